@@ -1,0 +1,20 @@
+//! inflow: which training data a causal language model learned a behaviour from,
+//! and which data is worth training on.
+//!
+//! The crate mirrors the pipeline of DESIGN.md:
+//! samples → tokens → model pass → features → store → estimator → scores.
+
+pub mod data;
+pub mod error;
+pub mod estimators;
+pub mod features;
+pub mod model;
+pub mod scores;
+pub mod store;
+
+pub use error::{Error, Result};
+
+/// The crate version, recorded in every store manifest.
+pub fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
