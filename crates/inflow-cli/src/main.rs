@@ -1,1 +1,3 @@
-fn main() { println!("{}", inflow::version()); }
+fn main() {
+    println!("{}", inflow::version());
+}

@@ -1,0 +1,38 @@
+//! Dense Rademacher projection of the full per-sample gradient (TRAK, LESS):
+//! φ = Pᵀ vec(g), P ∈ {±1/√k}^{D×k}. P is regenerated in row blocks from the seed and the
+//! layer name and never held whole; each block is applied to the whole batch as one GEMM.
+//! Costs D·k multiply-adds per sample: meant for small models or a few layers.
+
+use super::random::Stream;
+use crate::model::Captured;
+use crate::Result;
+use candle_core::{DType, Device, Tensor};
+
+/// Rows of P generated at a time.
+const BLOCK_ROWS: usize = 2048;
+
+/// Projects each sample's gradient of every captured layer to `dim` dimensions.
+pub fn project(cap: &Captured, dim: usize, seed: u64) -> Result<Vec<f32>> {
+    let b = cap.losses.len();
+    let scale = 1.0 / (dim as f32).sqrt();
+    let mut out = Tensor::zeros((b, dim), DType::F32, &Device::Cpu)?;
+    let mut block = vec![0f32; BLOCK_ROWS * dim];
+    for layer in &cap.layers {
+        let g = super::per_sample_gradient(&layer.x, &layer.delta)?
+            .to_dtype(DType::F32)?
+            .reshape((b, ()))?;
+        let d = g.dim(1)?;
+        let mut r0 = 0;
+        let mut blk = 0;
+        while r0 < d {
+            let rows = BLOCK_ROWS.min(d - r0);
+            let mut s = Stream::new(seed, &format!("{}/dense/{blk}", layer.info.name));
+            s.rademacher(&mut block[..rows * dim], scale);
+            let p = Tensor::from_slice(&block[..rows * dim], (rows, dim), &Device::Cpu)?;
+            out = (out + g.narrow(1, r0, rows)?.matmul(&p)?)?;
+            r0 += rows;
+            blk += 1;
+        }
+    }
+    Ok(out.flatten_all()?.to_vec1()?)
+}

@@ -1,0 +1,534 @@
+//! A Llama-family decoder written on candle primitives that all have a backward pass.
+//!
+//! candle-transformers' Llama uses fused softmax/RMSNorm/RoPE kernels without a backward
+//! (STACK.md), so this file builds the same network from differentiable primitives:
+//! RMSNorm as x·rsqrt(mean x² + ε)·w, RoPE with Hugging Face's `rotate_half`, GQA by
+//! repeating key/value heads, SwiGLU MLP. Every block Linear goes through
+//! [`super::linear`], which records the layer input x_t and, after backward, δ_t.
+
+use super::config::LlamaConfig;
+use super::linear::{self, GradSlot};
+use crate::{Error, Result};
+use candle_core::{DType, Device, Tensor, Var, D};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// The seven Linear layers of a Llama block, by their short names.
+pub const BLOCK_LINEARS: [&str; 7] = ["q", "k", "v", "o", "gate", "up", "down"];
+
+/// Hugging Face parameter name of a block Linear (`model.layers.{i}.self_attn.q_proj`).
+pub fn linear_name(layer: usize, short: &str) -> String {
+    match short {
+        "q" | "k" | "v" | "o" => format!("model.layers.{layer}.self_attn.{short}_proj"),
+        _ => format!("model.layers.{layer}.mlp.{short}_proj"),
+    }
+}
+
+/// One tracked Linear: its full name and shape (d_out, d_in).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LinearInfo {
+    pub name: String,
+    pub d_out: usize,
+    pub d_in: usize,
+}
+
+struct Block {
+    attn_norm: Tensor,
+    mlp_norm: Tensor,
+    /// q, k, v, o, gate, up, down weights, each (d_out, d_in).
+    linears: [Tensor; 7],
+}
+
+/// A loaded Llama-family causal LM.
+pub struct Llama {
+    pub config: LlamaConfig,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Tensor,
+    device: Device,
+    dtype: DType,
+}
+
+/// Token ids with a per-token loss mask; `loss_mask[t]` says whether token t is a response
+/// token whose prediction (from position t−1) enters the loss.
+#[derive(Debug, Clone, Default)]
+pub struct TokenSeq {
+    pub ids: Vec<u32>,
+    pub loss_mask: Vec<bool>,
+}
+
+impl TokenSeq {
+    /// Number of predicted tokens that enter the loss.
+    pub fn n_loss_tokens(&self) -> usize {
+        self.loss_mask.iter().skip(1).filter(|m| **m).count()
+    }
+}
+
+/// What one tracked layer saw in a forward/backward pass over a padded batch.
+pub struct LayerCapture {
+    pub info: LinearInfo,
+    /// Layer inputs x_t, shape (B, T, d_in).
+    pub x: Tensor,
+    /// Output gradients δ_t = ∂ℓ_b/∂y_t, shape (B, T, d_out); zero at padding.
+    pub delta: Tensor,
+}
+
+/// Result of [`Llama::loss_and_capture`].
+pub struct Captured {
+    /// ℓ_b: mean cross-entropy over sample b's response tokens (0 if it has none).
+    pub losses: Vec<f32>,
+    pub layers: Vec<LayerCapture>,
+}
+
+struct Tracker<'a> {
+    /// Index into the flat list of block Linears (layer * 7 + j) → slot.
+    slots: HashMap<usize, GradSlot>,
+    inputs: &'a mut HashMap<usize, Tensor>,
+}
+
+impl Llama {
+    /// Builds the model from Hugging Face–named tensors (`model.embed_tokens.weight`, …).
+    /// `source` is only used in error messages.
+    pub fn from_tensors(
+        config: LlamaConfig,
+        mut tensors: HashMap<String, Tensor>,
+        source: PathBuf,
+        dtype: DType,
+    ) -> Result<Self> {
+        config.validate().map_err(|msg| Error::Model {
+            path: source.clone(),
+            msg,
+        })?;
+        let device = Device::Cpu;
+        let hd = config.head_dim();
+        let (h, v, m) = (
+            config.hidden_size,
+            config.vocab_size,
+            config.intermediate_size,
+        );
+        let (nh, nkv) = (config.num_attention_heads, config.num_key_value_heads);
+        let has_head = tensors.contains_key("lm_head.weight");
+        let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            let t = tensors.remove(name).ok_or_else(|| Error::Model {
+                path: source.clone(),
+                msg: format!("missing tensor `{name}`"),
+            })?;
+            if t.dims() != shape {
+                return Err(Error::Model {
+                    path: source.clone(),
+                    msg: format!(
+                        "tensor `{name}` has shape {:?}, expected {:?}",
+                        t.dims(),
+                        shape
+                    ),
+                });
+            }
+            Ok(t.to_dtype(dtype)?.to_device(&device)?.contiguous()?)
+        };
+        let embed = take("model.embed_tokens.weight", &[v, h])?;
+        let mut blocks = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let shapes: [[usize; 2]; 7] = [
+                [nh * hd, h],
+                [nkv * hd, h],
+                [nkv * hd, h],
+                [h, nh * hd],
+                [m, h],
+                [m, h],
+                [h, m],
+            ];
+            let mut ws = Vec::with_capacity(7);
+            for (short, shape) in BLOCK_LINEARS.iter().zip(shapes.iter()) {
+                ws.push(take(&format!("{}.weight", linear_name(i, short)), shape)?);
+            }
+            let linears: [Tensor; 7] = ws.try_into().map_err(|_| Error::Model {
+                path: source.clone(),
+                msg: "internal: block linears".into(),
+            })?;
+            blocks.push(Block {
+                attn_norm: take(&format!("model.layers.{i}.input_layernorm.weight"), &[h])?,
+                mlp_norm: take(
+                    &format!("model.layers.{i}.post_attention_layernorm.weight"),
+                    &[h],
+                )?,
+                linears,
+            });
+        }
+        let norm = take("model.norm.weight", &[h])?;
+        // Tied models (SmolLM2) have no separate head: logits = h · Eᵀ.
+        let lm_head = if has_head {
+            take("lm_head.weight", &[v, h])?
+        } else {
+            embed.clone()
+        };
+        Ok(Self {
+            config,
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            device,
+            dtype,
+        })
+    }
+
+    /// The tensors in Hugging Face naming (for `convert`); the LM head is left out when tied.
+    pub fn hf_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
+        for (i, b) in self.blocks.iter().enumerate() {
+            out.push((
+                format!("model.layers.{i}.input_layernorm.weight"),
+                b.attn_norm.clone(),
+            ));
+            out.push((
+                format!("model.layers.{i}.post_attention_layernorm.weight"),
+                b.mlp_norm.clone(),
+            ));
+            for (short, w) in BLOCK_LINEARS.iter().zip(b.linears.iter()) {
+                out.push((format!("{}.weight", linear_name(i, short)), w.clone()));
+            }
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.clone()));
+        if !self.config.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), self.lm_head.clone()));
+        }
+        out
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Every block Linear in order (layer-major, then q, k, v, o, gate, up, down).
+    pub fn linears(&self) -> Vec<LinearInfo> {
+        let mut out = Vec::new();
+        for (i, b) in self.blocks.iter().enumerate() {
+            for (short, w) in BLOCK_LINEARS.iter().zip(b.linears.iter()) {
+                let (d_out, d_in) = w.dims2().unwrap_or((0, 0));
+                out.push(LinearInfo {
+                    name: linear_name(i, short),
+                    d_out,
+                    d_in,
+                });
+            }
+        }
+        out
+    }
+
+    /// Total number of parameters (embedding counted once when tied).
+    pub fn n_params(&self) -> usize {
+        let mut n = self.embed.elem_count() + self.norm.elem_count();
+        for b in &self.blocks {
+            n += b.attn_norm.elem_count() + b.mlp_norm.elem_count();
+            n += b.linears.iter().map(|w| w.elem_count()).sum::<usize>();
+        }
+        if !self.config.tie_word_embeddings {
+            n += self.lm_head.elem_count();
+        }
+        n
+    }
+
+    /// A block Linear's weight, by flat index (layer * 7 + j).
+    pub fn linear_weight(&self, flat: usize) -> Option<&Tensor> {
+        self.blocks.get(flat / 7).map(|b| &b.linears[flat % 7])
+    }
+
+    fn rope_tables(&self, t: usize) -> Result<(Tensor, Tensor)> {
+        let hd = self.config.head_dim();
+        let theta = self.config.rope_theta;
+        let mut cos = Vec::with_capacity(t * hd);
+        let mut sin = Vec::with_capacity(t * hd);
+        for pos in 0..t {
+            for _half in 0..2 {
+                for i in 0..hd / 2 {
+                    let inv = 1.0 / theta.powf(2.0 * i as f64 / hd as f64);
+                    let a = pos as f64 * inv;
+                    cos.push(a.cos());
+                    sin.push(a.sin());
+                }
+            }
+        }
+        let cos = Tensor::from_vec(cos, (t, hd), &self.device)?.to_dtype(self.dtype)?;
+        let sin = Tensor::from_vec(sin, (t, hd), &self.device)?.to_dtype(self.dtype)?;
+        Ok((cos, sin))
+    }
+
+    fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let eps = self.config.rms_norm_eps;
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let inv = (ms + eps)?.sqrt()?.recip()?;
+        Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
+    }
+
+    /// Final-norm hidden states (B, T, H) for right-padded `ids` (B, T).
+    /// With a tracker, the embedding output becomes the root of the autograd graph and every
+    /// tracked Linear records its input and gets a gradient slot.
+    fn hidden(&self, ids: &Tensor, mut tracker: Option<&mut Tracker>) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let c = &self.config;
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
+        let emb = self
+            .embed
+            .embedding(&ids.flatten_all()?)?
+            .reshape((b, t, c.hidden_size))?;
+        let mut h = match tracker {
+            Some(_) => Var::from_tensor(&emb)?.as_tensor().clone(),
+            None => emb,
+        };
+        let (cos, sin) = self.rope_tables(t)?;
+        let mask = causal_mask(t, self.dtype, &self.device)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        for (li, block) in self.blocks.iter().enumerate() {
+            let mut lin = |j: usize, x: &Tensor| -> Result<Tensor> {
+                let flat = li * 7 + j;
+                let slot = match tracker.as_deref_mut() {
+                    Some(tr) => match tr.slots.get(&flat) {
+                        Some(slot) => {
+                            tr.inputs.insert(flat, x.detach());
+                            Some(slot.clone())
+                        }
+                        None => None,
+                    },
+                    None => None,
+                };
+                Ok(linear::apply(x, &block.linears[j], slot)?)
+            };
+            let x = self.rms_norm(&h, &block.attn_norm)?;
+            let q = lin(0, &x)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
+            let k = lin(1, &x)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+            let v = lin(2, &x)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+            let q = rope(&q.contiguous()?, &cos, &sin)?;
+            let k = repeat_kv(&rope(&k.contiguous()?, &cos, &sin)?, nh / nkv)?;
+            let v = repeat_kv(&v.contiguous()?, nh / nkv)?;
+            let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
+            let p = softmax_last(&att)?;
+            let o = p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+            h = (h + lin(3, &o)?)?;
+            let x = self.rms_norm(&h, &block.mlp_norm)?;
+            let g = lin(4, &x)?.silu()?;
+            let u = lin(5, &x)?;
+            h = (h + lin(6, &(g * u)?)?)?;
+        }
+        self.rms_norm(&h, &self.norm)
+    }
+
+    /// Log-probabilities log p(ids[t] | ids[<t]) for t ≥ 1 of one sequence (no gradients).
+    pub fn token_logprobs(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        if ids.len() < 2 {
+            return Ok(Vec::new());
+        }
+        let t = ids.len();
+        let x = Tensor::from_slice(ids, (1, t), &self.device)?;
+        let hs = self.hidden(&x, None)?.squeeze(0)?.narrow(0, 0, t - 1)?;
+        let logits = linear::apply(&hs, &self.lm_head, None)?;
+        let lp = log_softmax_last(&logits)?;
+        let tgt = Tensor::from_slice(&ids[1..], (t - 1, 1), &self.device)?;
+        let v = lp.gather(&tgt, 1)?.squeeze(1)?.to_dtype(DType::F32)?;
+        Ok(v.to_vec1()?)
+    }
+
+    /// Logits of the last position, for greedy decoding.
+    pub fn next_token_logits(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let t = ids.len();
+        let x = Tensor::from_slice(ids, (1, t), &self.device)?;
+        let hs = self.hidden(&x, None)?.squeeze(0)?.narrow(0, t - 1, 1)?;
+        let logits = linear::apply(&hs, &self.lm_head, None)?;
+        Ok(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?)
+    }
+
+    /// Greedy decoding of up to `max_new` tokens, stopping at any id in `stop`.
+    pub fn generate_greedy(
+        &self,
+        prompt: &[u32],
+        max_new: usize,
+        stop: &[u32],
+    ) -> Result<Vec<u32>> {
+        let mut ids = prompt.to_vec();
+        let mut out = Vec::new();
+        for _ in 0..max_new {
+            let logits = self.next_token_logits(&ids)?;
+            let next = argmax(&logits);
+            if stop.contains(&next) {
+                break;
+            }
+            ids.push(next);
+            out.push(next);
+        }
+        Ok(out)
+    }
+
+    /// One padded forward and backward pass over `batch`.
+    ///
+    /// The loss backpropagated is Σ_b ℓ_b with ℓ_b the mean token cross-entropy over sample b's
+    /// response tokens, so the δ_t of each sample are exactly ∂ℓ_b/∂y_t (samples do not interact).
+    /// `tracked` holds flat Linear indices (layer * 7 + j) whose x_t and δ_t are captured.
+    pub fn loss_and_capture(&self, batch: &[TokenSeq], tracked: &[usize]) -> Result<Captured> {
+        let (ids, t) = pad_batch(batch, &self.device)?;
+        let b = batch.len();
+        let mut inputs = HashMap::new();
+        let mut tracker = Tracker {
+            slots: tracked
+                .iter()
+                .map(|&f| (f, Arc::new(Mutex::new(None))))
+                .collect(),
+            inputs: &mut inputs,
+        };
+        let slots = tracker.slots.clone();
+        let hs = self.hidden(&ids, Some(&mut tracker))?;
+        let (losses, total) = self.loss_from_hidden(&hs, batch, t)?;
+        if let Some(total) = total {
+            total.backward()?;
+        }
+        let infos = self.linears();
+        let mut layers = Vec::with_capacity(tracked.len());
+        for &f in tracked {
+            let info = infos
+                .get(f)
+                .cloned()
+                .ok_or_else(|| Error::Msg(format!("tracked layer index {f} out of range")))?;
+            let x = inputs
+                .remove(&f)
+                .ok_or_else(|| Error::Msg(format!("no input captured for {}", info.name)))?;
+            let delta = match slots.get(&f).and_then(|s| s.lock().ok()?.take()) {
+                Some(d) => d.reshape((b, t, info.d_out))?,
+                // No response token in the whole batch: every gradient is zero.
+                None => Tensor::zeros((b, t, info.d_out), self.dtype, &self.device)?,
+            };
+            layers.push(LayerCapture { info, x, delta });
+        }
+        Ok(Captured { losses, layers })
+    }
+
+    /// Per-sample mean response-token losses of a batch, without gradients.
+    pub fn losses(&self, batch: &[TokenSeq]) -> Result<Vec<f32>> {
+        let (ids, t) = pad_batch(batch, &self.device)?;
+        let hs = self.hidden(&ids, None)?;
+        Ok(self.loss_from_hidden(&hs, batch, t)?.0)
+    }
+
+    /// ℓ_b for each sample and the summed loss tensor (None when no token is in the loss).
+    /// Logits are computed only at the positions that predict a response token.
+    fn loss_from_hidden(
+        &self,
+        hs: &Tensor,
+        batch: &[TokenSeq],
+        t: usize,
+    ) -> Result<(Vec<f32>, Option<Tensor>)> {
+        let mut pos = Vec::new();
+        let mut tgt = Vec::new();
+        let mut weight = Vec::new();
+        let mut owner = Vec::new();
+        for (bi, s) in batch.iter().enumerate() {
+            let n = s.n_loss_tokens();
+            for ti in 1..s.ids.len() {
+                if s.loss_mask[ti] {
+                    pos.push((bi * t + ti - 1) as u32);
+                    tgt.push(s.ids[ti]);
+                    weight.push(1.0 / n as f64);
+                    owner.push(bi);
+                }
+            }
+        }
+        let mut losses = vec![0f32; batch.len()];
+        if pos.is_empty() {
+            return Ok((losses, None));
+        }
+        let h = self.config.hidden_size;
+        let n = pos.len();
+        let flat = hs.reshape((hs.elem_count() / h, h))?;
+        let sel = flat.index_select(&Tensor::from_vec(pos, n, &self.device)?, 0)?;
+        let logits = linear::apply(&sel, &self.lm_head, None)?;
+        let lp = log_softmax_last(&logits)?;
+        let tgt = Tensor::from_vec(tgt, (n, 1), &self.device)?;
+        let nll = lp.gather(&tgt, 1)?.squeeze(1)?.neg()?;
+        let w = Tensor::from_vec(weight, n, &self.device)?.to_dtype(self.dtype)?;
+        let weighted = (nll * w)?;
+        let per_tok: Vec<f32> = weighted.to_dtype(DType::F32)?.to_vec1()?;
+        for (i, v) in per_tok.iter().enumerate() {
+            losses[owner[i]] += v;
+        }
+        Ok((losses, Some(weighted.sum_all()?)))
+    }
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Right-pads a batch with token 0 (padding never enters the loss, and causal attention keeps
+/// real tokens from seeing it).
+fn pad_batch(batch: &[TokenSeq], device: &Device) -> Result<(Tensor, usize)> {
+    let t = batch.iter().map(|s| s.ids.len()).max().unwrap_or(0);
+    if batch.is_empty() || t == 0 {
+        return Err(Error::Msg("empty batch".into()));
+    }
+    let mut flat = vec![0u32; batch.len() * t];
+    for (bi, s) in batch.iter().enumerate() {
+        if s.loss_mask.len() != s.ids.len() {
+            return Err(Error::Msg(format!(
+                "sample {bi}: {} ids but {} mask entries",
+                s.ids.len(),
+                s.loss_mask.len()
+            )));
+        }
+        flat[bi * t..bi * t + s.ids.len()].copy_from_slice(&s.ids);
+    }
+    Ok((Tensor::from_vec(flat, (batch.len(), t), device)?, t))
+}
+
+fn causal_mask(t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let mut m = vec![0f32; t * t];
+    for i in 0..t {
+        for j in i + 1..t {
+            m[i * t + j] = f32::NEG_INFINITY;
+        }
+    }
+    Ok(Tensor::from_vec(m, (t, t), device)?.to_dtype(dtype)?)
+}
+
+/// Softmax over the last dimension from primitives (max subtracted, detached: it does not
+/// change the value, so it contributes no gradient).
+fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&m)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&s)?)
+}
+
+fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&m)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(shifted.broadcast_sub(&lse)?)
+}
+
+/// Hugging Face RoPE: x·cos + rotate_half(x)·sin, rotate_half(x) = (−x₂, x₁).
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let hd = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
+    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+    let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?)?)
+}
+
+/// (B, n_kv, T, hd) → (B, n_kv·rep, T, hd), head h using key/value head h / rep.
+fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, nkv, t, hd) = x.dims4()?;
+    let xs: Vec<&Tensor> = std::iter::repeat_n(x, rep).collect();
+    Ok(Tensor::cat(&xs, 2)?.reshape((b, nkv * rep, t, hd))?)
+}
