@@ -49,6 +49,9 @@ pub struct Llama {
     lm_head: Tensor,
     device: Device,
     dtype: DType,
+    /// Block Linear weights are `Var`s and go through the stock matmul, so autograd yields dW
+    /// (training and reference gradients); otherwise the frozen custom op is used.
+    trainable: bool,
 }
 
 /// Token ids with a per-token loss mask; `loss_mask[t]` says whether token t is a response
@@ -171,7 +174,39 @@ impl Llama {
             lm_head,
             device,
             dtype,
+            trainable: false,
         })
+    }
+
+    /// Turns every block Linear weight into a trainable `Var` (gradients via candle autograd)
+    /// and returns them by Hugging Face name.
+    pub fn make_trainable(&mut self) -> Result<Vec<(String, Var)>> {
+        let mut vars = Vec::new();
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            for (short, w) in BLOCK_LINEARS.iter().zip(b.linears.iter_mut()) {
+                let v = Var::from_tensor(w)?;
+                *w = v.as_tensor().clone();
+                vars.push((format!("{}.weight", linear_name(i, short)), v));
+            }
+        }
+        self.trainable = true;
+        Ok(vars)
+    }
+
+    /// Per-sample losses and the autograd gradients of Σ_b ℓ_b (after [`Self::make_trainable`]).
+    pub fn loss_and_grads(
+        &self,
+        batch: &[TokenSeq],
+    ) -> Result<(Vec<f32>, Option<candle_core::backprop::GradStore>)> {
+        let (ids, t) = pad_batch(batch, &self.device)?;
+        let hs = self.hidden(&ids, None)?;
+        let (losses, total) = self.loss_from_hidden(&hs, batch, t)?;
+        let losses = losses.into_iter().map(|v| v as f32).collect();
+        let grads = match total {
+            Some(total) => Some(total.backward()?),
+            None => None,
+        };
+        Ok((losses, grads))
     }
 
     /// The tensors in Hugging Face naming (for `convert`); the LM head is left out when tied.
@@ -297,6 +332,9 @@ impl Llama {
                     },
                     None => None,
                 };
+                if self.trainable {
+                    return Ok(x.broadcast_matmul(&block.linears[j].t()?)?);
+                }
                 Ok(linear::apply(x, &block.linears[j], slot)?)
             };
             let x = self.rms_norm(&h, &block.attn_norm)?;
@@ -382,6 +420,7 @@ impl Llama {
         let slots = tracker.slots.clone();
         let hs = self.hidden(&ids, Some(&mut tracker))?;
         let (losses, total) = self.loss_from_hidden(&hs, batch, t)?;
+        let losses = losses.into_iter().map(|v| v as f32).collect();
         if let Some(total) = total {
             total.backward()?;
         }
@@ -407,6 +446,15 @@ impl Llama {
 
     /// Per-sample mean response-token losses of a batch, without gradients.
     pub fn losses(&self, batch: &[TokenSeq]) -> Result<Vec<f32>> {
+        Ok(self
+            .losses_f64(batch)?
+            .into_iter()
+            .map(|v| v as f32)
+            .collect())
+    }
+
+    /// [`Self::losses`] in f64 (for finite-difference checks on f64 models).
+    pub fn losses_f64(&self, batch: &[TokenSeq]) -> Result<Vec<f64>> {
         let (ids, t) = pad_batch(batch, &self.device)?;
         let hs = self.hidden(&ids, None)?;
         Ok(self.loss_from_hidden(&hs, batch, t)?.0)
@@ -419,7 +467,7 @@ impl Llama {
         hs: &Tensor,
         batch: &[TokenSeq],
         t: usize,
-    ) -> Result<(Vec<f32>, Option<Tensor>)> {
+    ) -> Result<(Vec<f64>, Option<Tensor>)> {
         let mut pos = Vec::new();
         let mut tgt = Vec::new();
         let mut weight = Vec::new();
@@ -435,7 +483,7 @@ impl Llama {
                 }
             }
         }
-        let mut losses = vec![0f32; batch.len()];
+        let mut losses = vec![0f64; batch.len()];
         if pos.is_empty() {
             return Ok((losses, None));
         }
@@ -449,7 +497,7 @@ impl Llama {
         let nll = lp.gather(&tgt, 1)?.squeeze(1)?.neg()?;
         let w = Tensor::from_vec(weight, n, &self.device)?.to_dtype(self.dtype)?;
         let weighted = (nll * w)?;
-        let per_tok: Vec<f32> = weighted.to_dtype(DType::F32)?.to_vec1()?;
+        let per_tok: Vec<f64> = weighted.to_dtype(DType::F64)?.to_vec1()?;
         for (i, v) in per_tok.iter().enumerate() {
             losses[owner[i]] += v;
         }
