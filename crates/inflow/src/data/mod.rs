@@ -14,6 +14,7 @@ mod format;
 mod jsonl;
 mod parquet_file;
 mod record;
+pub mod tokens;
 #[cfg(test)]
 mod tests;
 

@@ -1,0 +1,287 @@
+//! Building a gradient store: samples → tokens → model pass → features → store, shard by
+//! shard. A killed run resumes where it stopped (shards are written atomically and the
+//! manifest lists only whole ones); a rerun with other settings is refused by the store.
+
+use crate::data::tokens::{Renderer, Template};
+use crate::data::{self, ReadOptions, Sample};
+use crate::features::{select_modules, FeatureSpec, Projection, Projector};
+use crate::model::{LoadedModel, TokenSeq};
+use crate::store::{Dtype, SampleRow, Store, StoreSpec};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// How features are computed (shared by `index` and by query featurization in `score`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureOptions {
+    pub projection: Projection,
+    pub seed: u64,
+    /// `--modules` pattern (see [`select_modules`]).
+    pub modules: String,
+    pub template: Template,
+    pub max_tokens: usize,
+}
+
+/// Options of one `index` run.
+#[derive(Debug, Clone)]
+pub struct IndexOptions {
+    pub data: PathBuf,
+    pub read: ReadOptions,
+    pub features: FeatureOptions,
+    pub dtype: Dtype,
+    pub shard_size: usize,
+    pub batch_size: usize,
+    /// Worker threads; each runs candle single-threaded on its own micro-batches.
+    pub threads: usize,
+}
+
+/// Where the inputs of a store live, written beside the manifest as `run.json` so `score`
+/// can find the model and data again. Not part of the store's identity (hashes are).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub model_path: PathBuf,
+    pub data_path: PathBuf,
+    pub features: FeatureOptions,
+    pub format: String,
+}
+
+/// Counts reported when an index run ends.
+#[derive(Debug, Clone, Serialize)]
+pub struct IndexSummary {
+    pub n_samples: usize,
+    pub n_skipped_bad: usize,
+    pub n_truncated: usize,
+    pub shards_written: usize,
+    pub shards_reused: usize,
+    pub dim: usize,
+    pub tokens: usize,
+    pub bytes_per_sample: f64,
+}
+
+/// Progress of a feature pass: samples and tokens done so far (thread-safe).
+#[derive(Default)]
+pub struct Progress {
+    pub samples: AtomicUsize,
+    pub tokens: AtomicUsize,
+}
+
+/// A model, its projector and tokenizer settings, ready to featurize samples.
+pub struct Featurizer<'a> {
+    pub model: &'a LoadedModel,
+    renderer: Renderer<'a>,
+    projector: Projector,
+    tracked: Vec<usize>,
+}
+
+impl<'a> Featurizer<'a> {
+    pub fn new(model: &'a LoadedModel, opts: &FeatureOptions) -> Result<Self> {
+        let all = model.llama.linears();
+        let tracked = select_modules(&all, &opts.modules)?;
+        let spec = FeatureSpec {
+            projection: opts.projection.clone(),
+            seed: opts.seed,
+            loss: "mean token cross-entropy over response tokens".into(),
+            layers: tracked.iter().map(|&i| all[i].clone()).collect(),
+        };
+        if let Projection::Full = spec.projection {
+            if spec.dim() > 50_000_000 {
+                return Err(Error::Msg(format!(
+                    "--projection full would store {} values per sample; use logra or dense",
+                    spec.dim()
+                )));
+            }
+        }
+        Ok(Self {
+            model,
+            renderer: Renderer::new(model, opts.template, opts.max_tokens)?,
+            projector: Projector::new(spec, model.llama.dtype())?,
+            tracked,
+        })
+    }
+
+    pub fn spec(&self) -> &FeatureSpec {
+        self.projector.spec()
+    }
+
+    pub fn renderer(&self) -> &Renderer<'a> {
+        &self.renderer
+    }
+
+    /// Feature rows (n × dim) and sample records for `samples`, in order. The samples are
+    /// split into `threads` contiguous parts processed in parallel, each in micro-batches.
+    pub fn featurize(
+        &self,
+        samples: &[Sample],
+        batch_size: usize,
+        threads: usize,
+        progress: &Progress,
+    ) -> Result<(Vec<f32>, Vec<SampleRow>)> {
+        let dim = self.spec().dim();
+        let threads = threads.max(1).min(samples.len().max(1));
+        let part = samples.len().div_ceil(threads).max(1);
+        let results: Vec<Result<(Vec<f32>, Vec<SampleRow>)>> = std::thread::scope(|s| {
+            let handles: Vec<_> = samples
+                .chunks(part)
+                .map(|chunk| s.spawn(move || self.featurize_serial(chunk, batch_size, progress)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::Msg("feature worker panicked".into())))
+                })
+                .collect()
+        });
+        let mut feats = Vec::with_capacity(samples.len() * dim);
+        let mut rows = Vec::with_capacity(samples.len());
+        for r in results {
+            let (f, s) = r?;
+            feats.extend(f);
+            rows.extend(s);
+        }
+        Ok((feats, rows))
+    }
+
+    fn featurize_serial(
+        &self,
+        samples: &[Sample],
+        batch_size: usize,
+        progress: &Progress,
+    ) -> Result<(Vec<f32>, Vec<SampleRow>)> {
+        let mut feats = Vec::new();
+        let mut rows = Vec::new();
+        for chunk in samples.chunks(batch_size.max(1)) {
+            let mut seqs: Vec<TokenSeq> = Vec::with_capacity(chunk.len());
+            for s in chunk {
+                let tok = self.renderer.tokenize(s)?;
+                let (prompt, response) = self.renderer.render(&s.body)?;
+                rows.push(SampleRow {
+                    id: s.id.clone(),
+                    row: s.row as u64,
+                    n_tokens: tok.seq.ids.len() as u32,
+                    n_loss_tokens: tok.seq.n_loss_tokens() as u32,
+                    loss: 0.0,
+                    truncated: tok.truncated,
+                    prompt,
+                    response,
+                });
+                seqs.push(tok.seq);
+            }
+            let cap = self.model.llama.loss_and_capture(&seqs, &self.tracked)?;
+            let n = rows.len();
+            for (r, l) in rows[n - chunk.len()..].iter_mut().zip(&cap.losses) {
+                r.loss = *l;
+            }
+            feats.extend(self.projector.project(&cap)?);
+            progress.samples.fetch_add(chunk.len(), Ordering::Relaxed);
+            progress.tokens.fetch_add(
+                seqs.iter().map(|s| s.ids.len()).sum::<usize>(),
+                Ordering::Relaxed,
+            );
+        }
+        Ok((feats, rows))
+    }
+}
+
+/// The model part of a store spec: what identifies the weights and tokenizer.
+pub fn model_spec(model: &LoadedModel) -> Result<serde_json::Value> {
+    Ok(serde_json::json!({
+        "sha256": model.source.sha256,
+        "kind": model.source.kind,
+        "tokenizer_sha256": model.tokenizer_sha256()?,
+        "dtype": format!("{:?}", model.llama.dtype()).to_lowercase(),
+        "n_params": model.llama.n_params(),
+    }))
+}
+
+/// Reads the store's `run.json`.
+pub fn read_run_info(store_dir: &Path) -> Result<RunInfo> {
+    let p = store_dir.join("run.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Store {
+        path: store_dir.into(),
+        msg: format!("run.json: {e}"),
+    })
+}
+
+/// Runs (or resumes) an index into `out`. `on_shard` is called after each shard with the
+/// rows done so far and the total.
+pub fn run_index(
+    model: &LoadedModel,
+    opts: &IndexOptions,
+    out: &Path,
+    progress: &Progress,
+    on_shard: &mut dyn FnMut(usize, usize),
+) -> Result<IndexSummary> {
+    let report = data::read_samples(&opts.data, &opts.read)?;
+    if report.samples.is_empty() {
+        return Err(Error::Msg(format!(
+            "{}: no samples to index",
+            opts.data.display()
+        )));
+    }
+    let fz = Featurizer::new(model, &opts.features)?;
+    let n = report.samples.len();
+    let spec = StoreSpec {
+        model: model_spec(model)?,
+        data: serde_json::json!({
+            "sha256": report.sha256,
+            "format": report.format.to_string(),
+            "limit": opts.read.limit,
+            "skip_bad": opts.read.skip_bad,
+            "template": fz.renderer().template(),
+            "max_tokens": opts.features.max_tokens,
+        }),
+        features: serde_json::to_value(fz.spec()).map_err(|e| Error::Msg(e.to_string()))?,
+        dtype: opts.dtype,
+        dim: fz.spec().dim(),
+        shard_size: opts.shard_size,
+    };
+    let mut store = Store::create_or_resume(out, spec, n)?;
+    let run = RunInfo {
+        model_path: std::fs::canonicalize(&model.source.path)
+            .unwrap_or_else(|_| model.source.path.clone()),
+        data_path: std::fs::canonicalize(&opts.data).unwrap_or_else(|_| opts.data.clone()),
+        features: opts.features.clone(),
+        format: report.format.to_string(),
+    };
+    let run_path = out.join("run.json");
+    crate::store::write_atomic(&run_path, |f| {
+        use std::io::Write;
+        let text = serde_json::to_string_pretty(&run).map_err(|e| Error::Msg(e.to_string()))?;
+        f.write_all(text.as_bytes()).map_err(|e| Error::io(&run_path, e))
+    })?;
+    let pending = store.pending_shards();
+    let reused = store.n_shards() - pending.len();
+    progress
+        .samples
+        .store(store.n_done_rows(), Ordering::Relaxed);
+    let mut n_truncated = 0;
+    let mut tokens = 0;
+    for &i in &pending {
+        let range = store.shard_range(i);
+        let (feats, rows) = fz.featurize(
+            &report.samples[range],
+            opts.batch_size,
+            opts.threads,
+            progress,
+        )?;
+        n_truncated += rows.iter().filter(|r| r.truncated).count();
+        tokens += rows.iter().map(|r| r.n_tokens as usize).sum::<usize>();
+        store.write_shard(i, &feats, &rows)?;
+        on_shard(store.n_done_rows(), n);
+    }
+    store.finish()?;
+    let dim = store.dim();
+    Ok(IndexSummary {
+        n_samples: n,
+        n_skipped_bad: report.skipped.len(),
+        n_truncated,
+        shards_written: pending.len(),
+        shards_reused: reused,
+        dim,
+        tokens,
+        bytes_per_sample: (dim * opts.dtype.size() + 4) as f64,
+    })
+}
