@@ -1,1 +1,381 @@
-//! placeholder
+//! Scoring queries against a store, and the score files (DESIGN.md, "estimators" and "scores").
+//!
+//! Scores are one blocked matrix product streamed over the shards: for each block of
+//! training rows Z, S = Z · Q'ᵀ (Q' the prepared queries), each row scaled by
+//! `train_scale(‖z‖)`, then fed to a per-query top-k heap. Training rows are split across
+//! threads with a single-threaded sgemm per block (the fastest split measured, STACK.md).
+
+mod output;
+mod topk;
+
+pub use output::{write_full_npy, write_topk_parquet};
+
+use rayon::prelude::*;
+
+use crate::estimators::Estimator;
+use crate::store::Store;
+use crate::{Error, Result};
+use topk::TopK;
+
+/// The outcome of scoring nq queries against n training rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreResult {
+    /// Per query, up to k `(global train row, score)` pairs, best first; equal scores are
+    /// ordered by smaller row.
+    pub topk: Vec<Vec<(usize, f32)>>,
+    /// The dense nq × n score matrix (query-major), when asked for.
+    pub full: Option<Vec<f32>>,
+    /// Number of training rows scored.
+    pub n_train: usize,
+}
+
+/// f32 values of training features converted per block (bounds per-thread memory).
+const BLOCK_FLOATS: usize = 4 << 20;
+/// f32 values of the block-of-scores buffer between the product and the heaps.
+const CHUNK_FLOATS: usize = 8 << 20;
+
+/// Scores `nq` queries (`queries`: nq × dim row-major, raw features) against every row of a
+/// complete store with `est`, keeping the best `k` per query and, if `full`, the dense matrix.
+/// Memory is bounded by one shard's map plus fixed buffers; `on_shard` is called with the
+/// number of training rows done after each shard.
+pub fn score_store(
+    store: &Store,
+    queries: &[f32],
+    nq: usize,
+    est: &dyn Estimator,
+    k: usize,
+    full: bool,
+    on_shard: &mut dyn FnMut(usize),
+) -> Result<ScoreResult> {
+    let dim = store.dim();
+    let block = (BLOCK_FLOATS / dim)
+        .min(CHUNK_FLOATS / nq.max(1))
+        .clamp(16, 1024);
+    let chunk = (CHUNK_FLOATS / nq.max(1) / block).max(1) * block;
+    score_store_blocked(store, queries, nq, est, k, full, on_shard, block, chunk)
+}
+
+/// [`score_store`] with explicit block sizes (training rows per sgemm, rows per score chunk;
+/// `chunk` a multiple of `block`), so tests can exercise many blocks on small data.
+#[allow(clippy::too_many_arguments)]
+fn score_store_blocked(
+    store: &Store,
+    queries: &[f32],
+    nq: usize,
+    est: &dyn Estimator,
+    k: usize,
+    full: bool,
+    on_shard: &mut dyn FnMut(usize),
+    block: usize,
+    chunk: usize,
+) -> Result<ScoreResult> {
+    let (dim, n) = (store.dim(), store.n_samples());
+    if !store.is_complete() {
+        return Err(Error::Store {
+            path: store.dir().to_path_buf(),
+            msg: format!(
+                "is not complete ({} of {} rows indexed); finish indexing before scoring",
+                store.n_done_rows(),
+                n
+            ),
+        });
+    }
+    if nq.checked_mul(dim) != Some(queries.len()) {
+        return Err(Error::Msg(format!(
+            "query features: expected {nq} × {dim} = {} values (the store's dim), got {}",
+            nq.saturating_mul(dim),
+            queries.len()
+        )));
+    }
+    let q = est.prepare_queries(queries.to_vec(), dim)?;
+    if q.len() != queries.len() {
+        return Err(Error::Msg(format!(
+            "estimator {} changed the query shape",
+            est.name()
+        )));
+    }
+    let mut dense = if full { Some(alloc_full(nq, n)?) } else { None };
+    let mut heaps: Vec<TopK> = (0..nq).map(|_| TopK::new(k)).collect();
+    let mut scores = Vec::new();
+    let mut done = 0;
+
+    for shard in 0..store.n_shards() {
+        let start = store.shard_range(shard).start;
+        let feats = store.shard_features_npy(shard)?;
+        let scales: Vec<f32> = store
+            .shard_norms(shard)?
+            .iter()
+            .map(|&nrm| est.train_scale(nrm))
+            .collect();
+        let rows = feats.rows();
+        let direct = feats.as_f32_slice();
+
+        for c0 in (0..rows).step_by(chunk) {
+            let c1 = (c0 + chunk).min(rows);
+            scores.resize((c1 - c0) * nq, 0.0);
+            // S[r, j] for rows c0..c1: one sgemm per block of rows, blocks across threads.
+            scores
+                .par_chunks_mut(block * nq.max(1))
+                .enumerate()
+                .for_each_init(Vec::new, |buf: &mut Vec<f32>, (b, out)| {
+                    let r0 = c0 + b * block;
+                    let r1 = (r0 + block).min(c1);
+                    let z = match direct {
+                        Some(all) => &all[r0 * dim..r1 * dim],
+                        None => {
+                            buf.resize((r1 - r0) * dim, 0.0);
+                            feats.copy_rows_f32(r0, r1, buf);
+                            &buf[..]
+                        }
+                    };
+                    block_product(z, &q, r1 - r0, nq, dim, out);
+                    for (row, s) in out.chunks_exact_mut(nq.max(1)).zip(&scales[r0..r1]) {
+                        row.iter_mut().for_each(|x| *x *= s);
+                    }
+                });
+            // Each query's heap (and dense row) reads its column of S.
+            let chunk_scores = &scores[..];
+            let update = |j: usize, heap: &mut TopK, dense_row: Option<&mut [f32]>| {
+                let column = chunk_scores.iter().skip(j).step_by(nq);
+                let g0 = start + c0;
+                match dense_row {
+                    Some(d) => {
+                        for (r, (&s, slot)) in column.zip(&mut d[g0..]).enumerate() {
+                            heap.push(g0 + r, s);
+                            *slot = s;
+                        }
+                    }
+                    None => column.enumerate().for_each(|(r, &s)| heap.push(g0 + r, s)),
+                }
+            };
+            match dense.as_mut() {
+                Some(d) if n > 0 => heaps
+                    .par_iter_mut()
+                    .zip(d.par_chunks_mut(n))
+                    .enumerate()
+                    .for_each(|(j, (h, row))| update(j, h, Some(row))),
+                _ => heaps
+                    .par_iter_mut()
+                    .enumerate()
+                    .for_each(|(j, h)| update(j, h, None)),
+            }
+        }
+        done += rows;
+        on_shard(done);
+    }
+    Ok(ScoreResult {
+        topk: heaps.into_iter().map(TopK::into_sorted).collect(),
+        full: dense,
+        n_train: n,
+    })
+}
+
+/// out (rows × nq, row-major) = z (rows × dim) · qᵀ, with q nq × dim row-major.
+fn block_product(z: &[f32], q: &[f32], rows: usize, nq: usize, dim: usize, out: &mut [f32]) {
+    if rows == 0 || nq == 0 {
+        return;
+    }
+    assert!(z.len() == rows * dim && q.len() == nq * dim && out.len() == rows * nq);
+    // SAFETY: the lengths asserted above cover every element addressed by these strides:
+    // dst rows×nq (row stride nq), lhs rows×dim (row stride dim), rhs dim×nq read from q
+    // transposed (column stride dim). The buffers do not overlap (out is &mut).
+    unsafe {
+        gemm::gemm(
+            rows,
+            nq,
+            dim,
+            out.as_mut_ptr(),
+            1,
+            nq as isize,
+            false,
+            z.as_ptr(),
+            1,
+            dim as isize,
+            q.as_ptr(),
+            dim as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            // One thread per block: parallelism comes from splitting rows (STACK.md).
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+fn alloc_full(nq: usize, n: usize) -> Result<Vec<f32>> {
+    let too_big = || {
+        Error::Msg(format!(
+            "the full {nq} × {n} score matrix ({:.1} GB) does not fit in memory; \
+             drop the full matrix or score fewer queries at a time",
+            nq as f64 * n as f64 * 4e-9
+        ))
+    };
+    let len = nq.checked_mul(n).ok_or_else(too_big)?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| too_big())?;
+    v.resize(len, 0.0);
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::estimators::{by_name, Cosine, Dot};
+    use crate::store::tests::{filled_store, random, spec, temp_dir};
+    use crate::store::Dtype;
+
+    /// Integer-valued features: every dot product is exact in f32 whatever the summation
+    /// order, so the blocked product must match the reference bit for bit, ties included.
+    fn integer_data(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+        random(n * dim, seed)
+            .iter()
+            .map(|x| (x * 3.0).round())
+            .collect()
+    }
+
+    /// Reference: every score in f64 from the stored features, ranked by the same rule.
+    fn brute_force(store: &Store, q: &[f32], nq: usize, est: &dyn Estimator) -> Vec<Vec<f32>> {
+        let dim = store.dim();
+        let qp = est.prepare_queries(q.to_vec(), dim).unwrap();
+        let mut train = Vec::new();
+        let mut norms = Vec::new();
+        for i in 0..store.n_shards() {
+            train.extend(store.shard_features(i).unwrap().0);
+            norms.extend(store.shard_norms(i).unwrap());
+        }
+        (0..nq)
+            .map(|j| {
+                train
+                    .chunks(dim)
+                    .zip(&norms)
+                    .map(|(z, &nrm)| {
+                        let d: f64 = z
+                            .iter()
+                            .zip(&qp[j * dim..])
+                            .map(|(a, b)| *a as f64 * *b as f64)
+                            .sum();
+                        (d as f32) * est.train_scale(nrm)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dot_matches_brute_force_with_ties_over_uneven_shards() {
+        let (n, dim, nq) = (23, 7, 4);
+        let mut feats = integer_data(n, dim, 5);
+        // Duplicate rows so several training rows tie for each query.
+        for dup in [8, 17, 22] {
+            let src: Vec<f32> = feats[3 * dim..4 * dim].to_vec();
+            feats[dup * dim..(dup + 1) * dim].copy_from_slice(&src);
+        }
+        let mut queries = integer_data(nq, dim, 6);
+        queries[dim..2 * dim].copy_from_slice(&feats[3 * dim..4 * dim]);
+        let dir = temp_dir("score_dot");
+        let store = filled_store(&dir, spec(Dtype::F16, dim, 5, 8), &feats);
+        assert_eq!(store.n_shards(), 5);
+        let reference = brute_force(&store, &queries, nq, &Dot);
+
+        for (block, chunk) in [(2, 4), (3, 3), (1024, 1024)] {
+            for k in [1, 6, 30] {
+                let mut seen = Vec::new();
+                let r = score_store_blocked(
+                    &store,
+                    &queries,
+                    nq,
+                    &Dot,
+                    k,
+                    true,
+                    &mut |d| seen.push(d),
+                    block,
+                    chunk,
+                )
+                .unwrap();
+                assert_eq!(seen, vec![5, 10, 15, 20, 23]);
+                assert_eq!(r.n_train, n);
+                let full = r.full.as_ref().unwrap();
+                for j in 0..nq {
+                    assert_eq!(&full[j * n..(j + 1) * n], &reference[j][..], "query {j}");
+                    let mut want = topk::rank_all(&reference[j]);
+                    want.truncate(k);
+                    assert_eq!(r.topk[j], want, "query {j}, k {k}, block {block}");
+                }
+                let tied: Vec<usize> = r.topk[1].iter().take(4).map(|p| p.0).collect();
+                if k >= 4 {
+                    assert_eq!(
+                        tied,
+                        vec![3, 8, 17, 22],
+                        "self-match ties, smaller row first"
+                    );
+                }
+            }
+        }
+        let plain = score_store(&store, &queries, nq, &Dot, 6, false, &mut |_| {}).unwrap();
+        assert!(plain.full.is_none());
+        let mut want = topk::rank_all(&reference[2]);
+        want.truncate(6);
+        assert_eq!(plain.topk[2], want);
+    }
+
+    #[test]
+    fn cosine_matches_brute_force_and_self_ranks_first() {
+        let (n, dim, nq) = (37, 16, 3);
+        let mut feats = random(n * dim, 9);
+        feats[20 * dim..21 * dim].iter_mut().for_each(|x| *x = 0.0);
+        let mut queries = random(nq * dim, 10);
+        queries[..dim].copy_from_slice(&feats[13 * dim..14 * dim]);
+        queries[2 * dim..].iter_mut().for_each(|x| *x *= 1000.0);
+        let dir = temp_dir("score_cos");
+        let store = filled_store(&dir, spec(Dtype::F32, dim, 8, 8), &feats);
+        let est = by_name("cosine").unwrap();
+        let reference = brute_force(&store, &queries, nq, &Cosine);
+        let k = 5;
+        let r = score_store_blocked(
+            &store,
+            &queries,
+            nq,
+            est.as_ref(),
+            k,
+            true,
+            &mut |_| {},
+            3,
+            6,
+        )
+        .unwrap();
+        let full = r.full.as_ref().unwrap();
+        for j in 0..nq {
+            for (got, want) in full[j * n..(j + 1) * n].iter().zip(&reference[j]) {
+                assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+                assert!(got.abs() <= 1.0 + 1e-5);
+            }
+            assert_eq!(full[j * n + 20], 0.0, "a zero training vector scores 0");
+            let mut want = topk::rank_all(&reference[j]);
+            want.truncate(k);
+            let rows = |v: &[(usize, f32)]| v.iter().map(|p| p.0).collect::<Vec<_>>();
+            assert_eq!(rows(&r.topk[j]), rows(&want), "query {j}");
+        }
+        assert_eq!(r.topk[0][0].0, 13);
+        assert!((r.topk[0][0].1 - 1.0).abs() < 1e-6, "{}", r.topk[0][0].1);
+    }
+
+    #[test]
+    fn refuses_incomplete_store_and_bad_query_shape() {
+        let dir = temp_dir("score_bad");
+        let store = filled_store(&dir, spec(Dtype::F16, 4, 3, 8), &random(20, 1));
+        let err = score_store(&store, &[1.0; 7], 2, &Dot, 3, false, &mut |_| {});
+        assert!(err.unwrap_err().to_string().contains("dim"));
+        let part_dir = temp_dir("score_part");
+        let partial =
+            crate::store::Store::create_or_resume(&part_dir, spec(Dtype::F16, 4, 3, 8), 5).unwrap();
+        let msg = score_store(&partial, &[1.0; 4], 1, &Dot, 3, false, &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("not complete"), "{msg}");
+        let none = score_store(&store, &[], 0, &Dot, 3, true, &mut |_| {}).unwrap();
+        assert!(none.topk.is_empty() && none.full.unwrap().is_empty());
+    }
+}

@@ -1,1 +1,866 @@
-//! placeholder
+//! The feature store: a folder per run (DESIGN.md, "store").
+//!
+//! ```text
+//! manifest.json              spec, status, written shards
+//! features-00000.npy         rows × dim, f16 or f32 (np.load(..., mmap_mode="r"))
+//! norms-00000.npy            rows, f32 L2 norms of the stored rows
+//! samples-00000.parquet      the shard's rows of the samples table
+//! samples.parquet            all rows in order, once complete
+//! ```
+//!
+//! Shard `i` covers rows `[i * shard_size, min((i + 1) * shard_size, n_samples))`. Every file
+//! is written to a temporary name, fsynced and renamed, and only then is the shard added to the
+//! manifest (written the same way): a killed run resumes where it stopped, and a shard listed in
+//! the manifest is always whole. Files the manifest does not name are ignored and overwritten.
+
+pub mod atomic_write;
+mod manifest;
+pub mod npy;
+mod samples;
+
+use std::fs;
+use std::io::{BufWriter, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use serde_json::Value;
+
+pub use manifest::{differences, Dtype, Manifest, ShardInfo, Status, StoreSpec, FORMAT_VERSION};
+pub use npy::NpyFile;
+pub use samples::{read_samples, SampleRow};
+
+use crate::{Error, Result};
+
+const MANIFEST: &str = "manifest.json";
+const SAMPLES: &str = "samples.parquet";
+
+/// An open store: its folder and manifest. Writable when made by
+/// [`Store::create_or_resume`], read-only when made by [`Store::open`].
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    manifest: Manifest,
+    writable: bool,
+}
+
+impl Store {
+    /// Creates a store in `dir` for `n_samples` rows, or resumes the one already there.
+    ///
+    /// Resuming requires the same spec and `n_samples`; otherwise the error lists every
+    /// differing field with both values. Shards whose files are missing or have another size
+    /// than recorded are dropped from the manifest so they get written again.
+    pub fn create_or_resume(dir: &Path, spec: StoreSpec, n_samples: usize) -> Result<Store> {
+        validate_spec(dir, &spec)?;
+        let manifest_path = dir.join(MANIFEST);
+        if manifest_path.exists() {
+            let mut store = Store::open(dir)?;
+            store.writable = true;
+            let have = spec_value(&store.manifest.spec, store.manifest.n_samples);
+            let want = spec_value(&spec, n_samples);
+            store.refuse_differences(
+                &have,
+                &want,
+                "Use another --out directory, or run with the same settings as the store.",
+            )?;
+            let before = store.manifest.shards.len();
+            store.manifest.shards.retain(|s| shard_files_intact(dir, s));
+            if store.manifest.shards.len() != before {
+                store.manifest.status = Status::InProgress;
+                store.save_manifest()?;
+            }
+            return Ok(store);
+        }
+        if let Ok(mut entries) = fs::read_dir(dir) {
+            if entries.next().is_some() {
+                return Err(store_err(
+                    dir,
+                    "exists, is not empty and has no manifest.json, so it is not an inflow store; \
+                     choose a new or empty --out directory",
+                ));
+            }
+        }
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let store = Store {
+            dir: dir.to_path_buf(),
+            manifest: Manifest {
+                format_version: FORMAT_VERSION,
+                inflow_version: crate::version().to_string(),
+                spec,
+                status: Status::InProgress,
+                n_samples,
+                shards: Vec::new(),
+            },
+            writable: true,
+        };
+        store.save_manifest()?;
+        Ok(store)
+    }
+
+    /// Opens an existing store read-only.
+    pub fn open(dir: &Path) -> Result<Store> {
+        let path = dir.join(MANIFEST);
+        let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let manifest: Manifest = serde_json::from_str(&text)
+            .map_err(|e| store_err(&path, format!("cannot read manifest: {e}")))?;
+        if manifest.format_version > FORMAT_VERSION {
+            return Err(store_err(
+                &path,
+                format!(
+                    "format version {} is newer than this inflow ({}) reads; upgrade inflow",
+                    manifest.format_version, FORMAT_VERSION
+                ),
+            ));
+        }
+        validate_spec(dir, &manifest.spec)?;
+        if manifest.shards.windows(2).any(|w| w[0].index >= w[1].index) {
+            return Err(store_err(
+                &path,
+                "shard entries are not in strictly increasing index order",
+            ));
+        }
+        for s in &manifest.shards {
+            let expected = manifest.shard_range(s.index);
+            let plain = |n: &str| Path::new(n).file_name() == Some(n.as_ref());
+            if s.index >= manifest.n_shards()
+                || (s.start_row, s.end_row) != (expected.start, expected.end)
+                || ![&s.features, &s.norms, &s.samples].iter().all(|n| plain(n))
+            {
+                return Err(store_err(
+                    &path,
+                    format!(
+                        "shard entry {} is inconsistent with the spec: {s:?}",
+                        s.index
+                    ),
+                ));
+            }
+        }
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            manifest,
+            writable: false,
+        })
+    }
+
+    /// Checks that the store was built with the given settings: `expected` is a JSON object
+    /// whose keys are a subset of the spec's (`model`, `data`, `features`, `dtype`, `dim`,
+    /// `shard_size`); each given key must equal the store's value. A mismatch error names
+    /// every differing field with both values.
+    pub fn check_compatible(&self, expected: &Value) -> Result<()> {
+        let Value::Object(want) = expected else {
+            return Err(Error::Msg(
+                "check_compatible expects a JSON object of spec fields".into(),
+            ));
+        };
+        let Value::Object(have) = spec_value(&self.manifest.spec, self.manifest.n_samples) else {
+            unreachable!("a struct serializes to an object")
+        };
+        let mut subset = serde_json::Map::new();
+        for key in want.keys() {
+            let v = have
+                .get(key)
+                .ok_or_else(|| Error::Msg(format!("'{key}' is not a store spec field")))?;
+            subset.insert(key.clone(), v.clone());
+        }
+        self.refuse_differences(
+            &Value::Object(subset),
+            expected,
+            "Use the model and feature settings the store was built with, or index again.",
+        )
+    }
+
+    fn refuse_differences(&self, have: &Value, want: &Value, advice: &str) -> Result<()> {
+        let diffs = differences(have, want);
+        if diffs.is_empty() {
+            return Ok(());
+        }
+        Err(store_err(
+            &self.dir,
+            format!(
+                "was built with different settings:\n  {}\n{advice}",
+                diffs.join("\n  ")
+            ),
+        ))
+    }
+
+    /// The store folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The manifest as last written or read.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// What the store holds.
+    pub fn spec(&self) -> &StoreSpec {
+        &self.manifest.spec
+    }
+
+    /// Feature vector length.
+    pub fn dim(&self) -> usize {
+        self.manifest.spec.dim
+    }
+
+    /// Total rows planned.
+    pub fn n_samples(&self) -> usize {
+        self.manifest.n_samples
+    }
+
+    /// Number of shards the rows split into.
+    pub fn n_shards(&self) -> usize {
+        self.manifest.n_shards()
+    }
+
+    /// Global rows of shard `index`.
+    pub fn shard_range(&self, index: usize) -> Range<usize> {
+        self.manifest.shard_range(index)
+    }
+
+    /// Whether shard `index` is listed in the manifest (and therefore whole).
+    pub fn is_shard_done(&self, index: usize) -> bool {
+        self.shard_info(index).is_some()
+    }
+
+    /// Shards still to write, in increasing order.
+    pub fn pending_shards(&self) -> Vec<usize> {
+        (0..self.n_shards())
+            .filter(|&i| !self.is_shard_done(i))
+            .collect()
+    }
+
+    /// Rows in written shards.
+    pub fn n_done_rows(&self) -> usize {
+        self.manifest
+            .shards
+            .iter()
+            .map(|s| s.end_row - s.start_row)
+            .sum()
+    }
+
+    /// Whether every shard is written and [`Store::finish`] has run.
+    pub fn is_complete(&self) -> bool {
+        self.manifest.status == Status::Complete
+    }
+
+    fn shard_info(&self, index: usize) -> Option<&ShardInfo> {
+        self.manifest.shards.iter().find(|s| s.index == index)
+    }
+
+    fn done_shard(&self, index: usize) -> Result<&ShardInfo> {
+        self.shard_info(index).ok_or_else(|| {
+            store_err(
+                &self.dir,
+                format!("shard {index} is not written (of {})", self.n_shards()),
+            )
+        })
+    }
+
+    /// Writes shard `index`: `features` is rows × dim row-major (cast to the store dtype),
+    /// `samples` one record per row. Refuses a shard that is already written, wrong lengths,
+    /// and values that are not finite once stored (f16 overflows above 65504).
+    pub fn write_shard(
+        &mut self,
+        index: usize,
+        features: &[f32],
+        samples: &[SampleRow],
+    ) -> Result<()> {
+        if !self.writable {
+            return Err(store_err(
+                &self.dir,
+                "opened read-only; cannot write shards",
+            ));
+        }
+        if index >= self.n_shards() {
+            return Err(store_err(
+                &self.dir,
+                format!(
+                    "shard {index} does not exist (store has {} shards)",
+                    self.n_shards()
+                ),
+            ));
+        }
+        if self.is_shard_done(index) {
+            return Err(store_err(
+                &self.dir,
+                format!("shard {index} is already written"),
+            ));
+        }
+        let range = self.shard_range(index);
+        let (rows, dim) = (range.len(), self.dim());
+        if samples.len() != rows || features.len() != rows * dim {
+            return Err(store_err(
+                &self.dir,
+                format!(
+                    "shard {index} has {rows} rows of {dim} features; got {} samples and {} values",
+                    samples.len(),
+                    features.len()
+                ),
+            ));
+        }
+
+        let names = [
+            format!("features-{index:05}.npy"),
+            format!("norms-{index:05}.npy"),
+            format!("samples-{index:05}.parquet"),
+        ];
+        let [fpath, npath, spath] = names.clone().map(|n| self.dir.join(n));
+        check_finite(&self.dir, index, features, dim, "in the input")?;
+        let shape = [rows, dim];
+        let (mut bytes, norms) = match self.spec().dtype {
+            Dtype::F32 => (
+                npy::write_file(&fpath, &shape, features)?,
+                row_norms(features, dim),
+            ),
+            Dtype::F16 => {
+                // Slice conversions: vectorized (F16C) when the CPU has it.
+                let mut stored = vec![f16::ZERO; features.len()];
+                stored.convert_from_f32_slice(features);
+                // Norms of the rounded vectors, so cosine is exact for what is on disk.
+                let mut as_f32 = vec![0f32; features.len()];
+                stored.convert_to_f32_slice(&mut as_f32);
+                check_finite(
+                    &self.dir,
+                    index,
+                    &as_f32,
+                    dim,
+                    "after the cast to f16 (|x| > 65504?); use dtype f32",
+                )?;
+                (
+                    npy::write_file(&fpath, &shape, &stored)?,
+                    row_norms(&as_f32, dim),
+                )
+            }
+        };
+        bytes += npy::write_file(&npath, &[rows], &norms)?;
+        bytes += atomic_write::write_atomic(&spath, |file| {
+            let mut w = samples::SamplesWriter::new(&spath, file)?;
+            w.write(samples)?;
+            w.close()
+        })?;
+
+        let [features, norms, samples] = names;
+        self.manifest.shards.push(ShardInfo {
+            index,
+            start_row: range.start,
+            end_row: range.end,
+            features,
+            norms,
+            samples,
+            bytes,
+        });
+        self.manifest.shards.sort_by_key(|s| s.index);
+        self.save_manifest()
+    }
+
+    /// Writes `samples.parquet` (every row in order) and marks the store complete once all
+    /// shards are written. Calling it again on a complete store does nothing.
+    pub fn finish(&mut self) -> Result<()> {
+        let all = self.dir.join(SAMPLES);
+        if self.is_complete() && all.exists() {
+            return Ok(());
+        }
+        if !self.writable {
+            return Err(store_err(&self.dir, "opened read-only; cannot finish"));
+        }
+        let pending = self.pending_shards();
+        if !pending.is_empty() {
+            let first: Vec<String> = pending.iter().take(10).map(|i| i.to_string()).collect();
+            return Err(store_err(
+                &self.dir,
+                format!(
+                    "{} of {} shards are not written yet (first: {}); index them before finishing",
+                    pending.len(),
+                    self.n_shards(),
+                    first.join(", ")
+                ),
+            ));
+        }
+        atomic_write::write_atomic(&all, |file| {
+            let mut w = samples::SamplesWriter::new(&all, file)?;
+            for i in 0..self.n_shards() {
+                w.write(&self.shard_samples(i)?)?;
+            }
+            w.close()
+        })?;
+        self.manifest.status = Status::Complete;
+        self.save_manifest()
+    }
+
+    /// The mapped feature file of a written shard, checked to be rows × dim in the store dtype.
+    pub fn shard_features_npy(&self, index: usize) -> Result<NpyFile> {
+        let info = self.done_shard(index)?;
+        let f = NpyFile::open(&self.dir.join(&info.features))?;
+        let want = [info.end_row - info.start_row, self.dim()];
+        if f.shape() != want || f.dtype() != self.spec().dtype {
+            return Err(store_err(
+                f.path(),
+                format!(
+                    "holds {} {:?}, the manifest expects {} {want:?}",
+                    f.dtype(),
+                    f.shape(),
+                    self.spec().dtype
+                ),
+            ));
+        }
+        Ok(f)
+    }
+
+    /// Shard features as f32 (f16 widened) and the shard's row count.
+    pub fn shard_features(&self, index: usize) -> Result<(Vec<f32>, usize)> {
+        let f = self.shard_features_npy(index)?;
+        Ok((f.to_f32_vec(), f.rows()))
+    }
+
+    /// L2 norms of a written shard's stored rows.
+    pub fn shard_norms(&self, index: usize) -> Result<Vec<f32>> {
+        let info = self.done_shard(index)?;
+        let f = NpyFile::open(&self.dir.join(&info.norms))?;
+        let rows = info.end_row - info.start_row;
+        if f.shape() != [rows] || f.dtype() != Dtype::F32 {
+            return Err(store_err(
+                f.path(),
+                format!("holds {} {:?}, expected f32 [{rows}]", f.dtype(), f.shape()),
+            ));
+        }
+        Ok(f.to_f32_vec())
+    }
+
+    /// The sample records of a written shard.
+    pub fn shard_samples(&self, index: usize) -> Result<Vec<SampleRow>> {
+        let info = self.done_shard(index)?;
+        let path = self.dir.join(&info.samples);
+        let rows = read_samples(&path)?;
+        if rows.len() != info.end_row - info.start_row {
+            return Err(store_err(
+                &path,
+                format!(
+                    "has {} rows, the manifest expects {}",
+                    rows.len(),
+                    info.end_row - info.start_row
+                ),
+            ));
+        }
+        Ok(rows)
+    }
+
+    /// Sample records of all written shards in row order (`samples.parquet` once complete).
+    pub fn samples(&self) -> Result<Vec<SampleRow>> {
+        let all = self.dir.join(SAMPLES);
+        if self.is_complete() && all.exists() {
+            let rows = read_samples(&all)?;
+            if rows.len() != self.n_samples() {
+                return Err(store_err(
+                    &all,
+                    format!(
+                        "has {} rows, the manifest expects {}",
+                        rows.len(),
+                        self.n_samples()
+                    ),
+                ));
+            }
+            return Ok(rows);
+        }
+        let mut out = Vec::with_capacity(self.n_done_rows());
+        for s in &self.manifest.shards {
+            out.extend(self.shard_samples(s.index)?);
+        }
+        Ok(out)
+    }
+
+    fn save_manifest(&self) -> Result<()> {
+        let path = self.dir.join(MANIFEST);
+        let mut text = serde_json::to_string_pretty(&self.manifest)
+            .map_err(|e| store_err(&path, format!("cannot serialize manifest: {e}")))?;
+        text.push('\n');
+        atomic_write::write_atomic(&path, |file| {
+            let mut w = BufWriter::new(file);
+            w.write_all(text.as_bytes())
+                .and_then(|_| w.flush())
+                .map_err(|e| Error::io(&path, e))
+        })?;
+        Ok(())
+    }
+}
+
+fn store_err(path: &Path, msg: impl Into<String>) -> Error {
+    Error::Store {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
+}
+
+fn validate_spec(dir: &Path, spec: &StoreSpec) -> Result<()> {
+    if spec.dim == 0 || spec.shard_size == 0 {
+        return Err(store_err(
+            dir,
+            format!(
+                "dim ({}) and shard_size ({}) must be positive",
+                spec.dim, spec.shard_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The spec plus `n_samples` as one JSON object, so one diff covers everything compared.
+fn spec_value(spec: &StoreSpec, n_samples: usize) -> Value {
+    let mut v = serde_json::to_value(spec).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert("n_samples".into(), n_samples.into());
+    }
+    v
+}
+
+fn shard_files_intact(dir: &Path, s: &ShardInfo) -> bool {
+    let size = |n: &str| fs::metadata(dir.join(n)).map(|m| m.len()).ok();
+    match (size(&s.features), size(&s.norms), size(&s.samples)) {
+        (Some(a), Some(b), Some(c)) => a + b + c == s.bytes,
+        _ => false,
+    }
+}
+
+/// L2 norm of each row, accumulated in f64 so long rows do not lose precision.
+fn row_norms(values: &[f32], dim: usize) -> Vec<f32> {
+    values
+        .chunks_exact(dim)
+        .map(|r| {
+            r.iter()
+                .map(|&x| (x as f64) * (x as f64))
+                .sum::<f64>()
+                .sqrt() as f32
+        })
+        .collect()
+}
+
+fn check_finite(dir: &Path, index: usize, values: &[f32], dim: usize, hint: &str) -> Result<()> {
+    match values.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(p) => Err(store_err(
+            dir,
+            format!(
+                "shard {index}, row {} of the shard, column {}: value {} is not finite {hint}",
+                p / dim,
+                p % dim,
+                values[p]
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A test directory, removed when dropped.
+    pub(crate) struct TempDir(PathBuf);
+
+    impl std::ops::Deref for TempDir {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl AsRef<Path> for TempDir {
+        fn as_ref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A fresh, empty directory under the system temp dir, unique per test and process.
+    pub(crate) fn temp_dir(name: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "inflow-test-{}-{name}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub(crate) fn have_numpy() -> bool {
+        std::process::Command::new("python3")
+            .args(["-c", "import numpy"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    pub(crate) fn spec(dtype: Dtype, dim: usize, shard_size: usize, rank: u32) -> StoreSpec {
+        StoreSpec {
+            model: json!({"name": "tiny", "sha256": "abc"}),
+            data: json!({"path": "train.jsonl"}),
+            features: json!({"kind": "logra", "rank": rank, "seed": 0}),
+            dtype,
+            dim,
+            shard_size,
+        }
+    }
+
+    pub(crate) fn sample(row: usize) -> SampleRow {
+        SampleRow {
+            id: format!("{row}-h{:x}", row * 7919),
+            row: row as u64 + 100,
+            n_tokens: 10 + row as u32,
+            n_loss_tokens: 3 + row as u32 % 4,
+            loss: 0.5 + row as f32,
+            truncated: row.is_multiple_of(3),
+            prompt: format!("prompt ünïcode {row}"),
+            response: format!("response {row}"),
+        }
+    }
+
+    /// Deterministic pseudo-random values in [-1, 1) (xorshift), to avoid a rand dependency.
+    pub(crate) fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// Writes every shard of `features` (n × dim) into a new store; returns it finished.
+    pub(crate) fn filled_store(dir: &Path, spec: StoreSpec, features: &[f32]) -> Store {
+        let n = features.len() / spec.dim;
+        let dim = spec.dim;
+        let mut store = Store::create_or_resume(dir, spec, n).unwrap();
+        for i in store.pending_shards() {
+            let r = store.shard_range(i);
+            let rows: Vec<_> = r.clone().map(sample).collect();
+            store
+                .write_shard(i, &features[r.start * dim..r.end * dim], &rows)
+                .unwrap();
+        }
+        store.finish().unwrap();
+        store
+    }
+
+    #[test]
+    fn shards_out_of_order_resume_and_read_back() {
+        let dir = temp_dir("store_rw");
+        let (dim, n) = (6, 11);
+        let feats = random(n * dim, 1);
+        let mut s = Store::create_or_resume(&dir, spec(Dtype::F16, dim, 4, 16), n).unwrap();
+        assert_eq!((s.n_shards(), s.pending_shards()), (3, vec![0, 1, 2]));
+        let write = |s: &mut Store, i: usize| {
+            let r = s.shard_range(i);
+            let rows: Vec<_> = r.clone().map(sample).collect();
+            s.write_shard(i, &feats[r.start * dim..r.end * dim], &rows)
+        };
+        write(&mut s, 2).unwrap();
+        write(&mut s, 0).unwrap();
+        assert!(
+            write(&mut s, 0).is_err(),
+            "a written shard is not rewritten"
+        );
+        assert!(
+            s.finish().is_err(),
+            "finish must refuse while shard 1 is missing"
+        );
+        drop(s);
+
+        let mut s = Store::create_or_resume(&dir, spec(Dtype::F16, dim, 4, 16), n).unwrap();
+        assert_eq!(s.pending_shards(), vec![1]);
+        assert!(s.is_shard_done(2) && !s.is_shard_done(1));
+        assert_eq!(s.n_done_rows(), 4 + 3);
+        let got: Vec<_> = s.samples().unwrap().iter().map(|r| r.row).collect();
+        assert_eq!(got, vec![100, 101, 102, 103, 108, 109, 110]);
+        write(&mut s, 1).unwrap();
+        s.finish().unwrap();
+        s.finish().unwrap();
+
+        let s = Store::open(&dir).unwrap();
+        assert!(s.is_complete());
+        assert_eq!(s.samples().unwrap(), (0..n).map(sample).collect::<Vec<_>>());
+        assert_eq!(read_samples(&dir.join(SAMPLES)).unwrap().len(), n);
+        for i in 0..3 {
+            let r = s.shard_range(i);
+            let (f, rows) = s.shard_features(i).unwrap();
+            assert_eq!(rows, r.len());
+            let want = &feats[r.start * dim..r.end * dim];
+            for (a, b) in f.iter().zip(want) {
+                assert_eq!(*a, f16::from_f32(*b).to_f32());
+                assert!((a - b).abs() <= 1e-3);
+            }
+            let norms = s.shard_norms(i).unwrap();
+            for (k, row) in f.chunks(dim).enumerate() {
+                let exact = row.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+                assert!((norms[k] as f64 - exact).abs() < 1e-6, "norm of stored row");
+            }
+        }
+        let m: Value =
+            serde_json::from_str(&fs::read_to_string(dir.join(MANIFEST)).unwrap()).unwrap();
+        assert_eq!(m["status"], "complete");
+        assert_eq!(m["spec"]["dtype"], "f16");
+        assert_eq!(m["shards"][2]["features"], "features-00002.npy");
+    }
+
+    #[test]
+    fn f32_store_is_exact_and_numpy_reads_it() {
+        let dir = temp_dir("store_f32");
+        let feats = random(5 * 3, 2);
+        let s = filled_store(&dir, spec(Dtype::F32, 3, 2, 8), &feats);
+        let all: Vec<f32> = (0..s.n_shards())
+            .flat_map(|i| s.shard_features(i).unwrap().0)
+            .collect();
+        assert_eq!(all, feats);
+        if !have_numpy() {
+            eprintln!(
+                "f32_store_is_exact_and_numpy_reads_it: numpy not found, Python check skipped"
+            );
+            return;
+        }
+        let script = "import sys,numpy as np\n\
+            a=np.concatenate([np.load(sys.argv[1]+f'/features-{i:05d}.npy',mmap_mode='r') for i in range(3)])\n\
+            n=np.concatenate([np.load(sys.argv[1]+f'/norms-{i:05d}.npy',mmap_mode='r') for i in range(3)])\n\
+            assert a.shape==(5,3) and np.allclose(np.linalg.norm(a,axis=1),n,rtol=1e-6)\n\
+            print(repr(a.astype(float).ravel().tolist()))";
+        let out = std::process::Command::new("python3")
+            .args(["-c", script, dir.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let back: Vec<f32> = text
+            .trim()
+            .trim_matches(['[', ']'])
+            .split(',')
+            .map(|x| x.trim().parse::<f64>().unwrap() as f32)
+            .collect();
+        assert_eq!(back, feats);
+    }
+
+    #[test]
+    fn spec_mismatch_is_refused_naming_fields() {
+        let dir = temp_dir("store_spec");
+        Store::create_or_resume(&dir, spec(Dtype::F16, 4, 2, 16), 5).unwrap();
+        let msg = Store::create_or_resume(&dir, spec(Dtype::F32, 4, 2, 32), 6)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("features.rank: store has 16, this run asks for 32"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("dtype: store has \"f16\", this run asks for \"f32\""),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("n_samples: store has 5, this run asks for 6"),
+            "{msg}"
+        );
+        assert!(msg.contains("--out"), "{msg}");
+        assert!(!msg.contains("model"), "equal fields are not listed: {msg}");
+
+        let s = Store::open(&dir).unwrap();
+        s.check_compatible(
+            &json!({"dim": 4, "features": {"kind": "logra", "rank": 16, "seed": 0}}),
+        )
+        .unwrap();
+        let msg = s
+            .check_compatible(&json!({"model": {"name": "other", "sha256": "abc"}}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("model.name: store has \"tiny\", this run asks for \"other\""),
+            "{msg}"
+        );
+        assert!(s.check_compatible(&json!({"colour": 1})).is_err());
+
+        let other = temp_dir("store_foreign");
+        fs::write(other.join("notes.txt"), "mine").unwrap();
+        let msg = Store::create_or_resume(&other, spec(Dtype::F16, 4, 2, 16), 5)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("not an inflow store"), "{msg}");
+    }
+
+    #[test]
+    fn stray_and_damaged_files_do_not_count_as_done() {
+        let dir = temp_dir("store_stray");
+        let (dim, n) = (2, 6);
+        let sp = spec(Dtype::F32, dim, 2, 16);
+        let mut s = Store::create_or_resume(&dir, sp.clone(), n).unwrap();
+        s.write_shard(0, &random(4, 3), &[sample(0), sample(1)])
+            .unwrap();
+        // A killed run can leave a temp file and shard files the manifest never got to name.
+        fs::write(dir.join(".features-00001.npy.tmp.999"), b"partial").unwrap();
+        npy::write_file(&dir.join("features-00001.npy"), &[2, 2], &[1f32; 4]).unwrap();
+        npy::write_file(&dir.join("norms-00001.npy"), &[2], &[1f32; 2]).unwrap();
+        drop(s);
+        let mut s = Store::create_or_resume(&dir, sp.clone(), n).unwrap();
+        assert_eq!(s.pending_shards(), vec![1, 2]);
+        assert!(s.shard_features(1).is_err());
+        let feats = random(4, 4);
+        s.write_shard(1, &feats, &[sample(2), sample(3)]).unwrap();
+        assert_eq!(s.shard_features(1).unwrap(), (feats, 2));
+
+        // A listed shard whose file was cut short is dropped on resume and rewritten.
+        let f0 = dir.join("features-00000.npy");
+        let bytes = fs::read(&f0).unwrap();
+        fs::write(&f0, &bytes[..bytes.len() - 4]).unwrap();
+        let msg = Store::open(&dir)
+            .unwrap()
+            .shard_features(0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("truncated") && msg.contains("features-00000.npy"),
+            "{msg}"
+        );
+        let s = Store::create_or_resume(&dir, sp, n).unwrap();
+        assert_eq!(s.pending_shards(), vec![0, 2]);
+    }
+
+    #[test]
+    fn write_shard_validates_input() {
+        let dir = temp_dir("store_validate");
+        let mut s = Store::create_or_resume(&dir, spec(Dtype::F16, 2, 2, 16), 3).unwrap();
+        let rows = [sample(0), sample(1)];
+        assert!(
+            s.write_shard(0, &[1.0; 3], &rows).is_err(),
+            "wrong feature count"
+        );
+        assert!(
+            s.write_shard(0, &[1.0; 4], &rows[..1]).is_err(),
+            "wrong sample count"
+        );
+        assert!(s.write_shard(5, &[1.0; 4], &rows).is_err(), "no such shard");
+        let msg = s
+            .write_shard(0, &[1.0, 1e6, 0.0, 0.0], &rows)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("f16") && msg.contains("column 1"), "{msg}");
+        assert_eq!(s.pending_shards(), vec![0, 1]);
+        s.write_shard(1, &[0.0, 0.0], &[sample(2)]).unwrap();
+        assert_eq!(s.shard_norms(1).unwrap(), vec![0.0]);
+        assert!(
+            Store::open(&dir)
+                .unwrap()
+                .write_shard(0, &[1.0; 4], &rows)
+                .is_err(),
+            "read-only"
+        );
+    }
+}

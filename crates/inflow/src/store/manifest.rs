@@ -1,0 +1,214 @@
+//! `manifest.json`: what a store holds (its spec) and which shards are whole.
+
+use std::fmt;
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The manifest layout version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Element type of stored feature vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    /// IEEE half precision: half the disk and bandwidth, ~3 significant digits.
+    F16,
+    /// IEEE single precision.
+    F32,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F16 => 2,
+            Dtype::F32 => 4,
+        }
+    }
+}
+
+impl fmt::Display for Dtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Dtype::F16 => "f16",
+            Dtype::F32 => "f32",
+        })
+    }
+}
+
+/// Everything that defines a store's content. Two runs with equal specs produce
+/// interchangeable shards; the store compares `model`, `data` and `features` without
+/// interpreting them (their meaning belongs to the modules that fill them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoreSpec {
+    /// The model: path, hashes of weights and tokenizer, and so on.
+    pub model: Value,
+    /// The training data: file, format, hash, template, truncation.
+    pub data: Value,
+    /// The feature map: tracked modules, projection kind, ranks, seed.
+    pub features: Value,
+    /// Element type on disk.
+    pub dtype: Dtype,
+    /// Length of one feature vector.
+    pub dim: usize,
+    /// Rows per shard (the last shard may be shorter).
+    pub shard_size: usize,
+}
+
+/// Whether every shard has been written and the combined samples table exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Some shards may still be missing.
+    InProgress,
+    /// All shards are written and `samples.parquet` holds every row.
+    Complete,
+}
+
+/// One written shard. A shard listed in the manifest is whole: its files were renamed into
+/// place before the manifest naming them was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    /// Shard number: rows `[index * shard_size, min((index + 1) * shard_size, n_samples))`.
+    pub index: usize,
+    /// First global row.
+    pub start_row: usize,
+    /// One past the last global row.
+    pub end_row: usize,
+    /// Feature matrix file (rows × dim, store dtype).
+    pub features: String,
+    /// Row L2 norms file (rows, f32), computed from the stored (rounded) vectors.
+    pub norms: String,
+    /// Per-sample table for the shard's rows.
+    pub samples: String,
+    /// Total size of the three files, to notice a damaged shard on resume.
+    pub bytes: u64,
+}
+
+/// The content of `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Layout version ([`FORMAT_VERSION`]).
+    pub format_version: u32,
+    /// inflow version that created the store.
+    pub inflow_version: String,
+    /// What the store holds.
+    pub spec: StoreSpec,
+    /// In progress or complete.
+    pub status: Status,
+    /// Total rows planned.
+    pub n_samples: usize,
+    /// Written shards, sorted by index.
+    pub shards: Vec<ShardInfo>,
+}
+
+impl Manifest {
+    /// Number of shards the planned rows split into.
+    pub fn n_shards(&self) -> usize {
+        self.n_samples.div_ceil(self.spec.shard_size)
+    }
+
+    /// Global rows of shard `index`.
+    pub fn shard_range(&self, index: usize) -> Range<usize> {
+        let start = (index * self.spec.shard_size).min(self.n_samples);
+        start..((index + 1) * self.spec.shard_size).min(self.n_samples)
+    }
+}
+
+/// Field-by-field differences between two JSON values, as lines
+/// `path: store has A, this run asks for B` (paths like `features.rank`, `modules[2]`).
+pub fn differences(have: &Value, want: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    diff_into("", have, want, &mut out);
+    out
+}
+
+fn diff_into(path: &str, have: &Value, want: &Value, out: &mut Vec<String>) {
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match (have, want) {
+        (Value::Object(a), Value::Object(b)) => {
+            let extra = b.keys().filter(|k| !a.contains_key(*k));
+            for key in a.keys().chain(extra) {
+                match (a.get(key), b.get(key)) {
+                    (Some(x), Some(y)) => diff_into(&join(key), x, y, out),
+                    (x, y) => out.push(line(&join(key), x, y)),
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                diff_into(&format!("{path}[{i}]"), x, y, out);
+            }
+        }
+        _ if have != want => out.push(line(path, Some(have), Some(want))),
+        _ => {}
+    }
+}
+
+fn line(path: &str, have: Option<&Value>, want: Option<&Value>) -> String {
+    let show = |v: Option<&Value>| v.map_or_else(|| "(absent)".to_string(), |v| v.to_string());
+    format!(
+        "{path}: store has {}, this run asks for {}",
+        show(have),
+        show(want)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn differences_name_nested_paths_and_both_values() {
+        let a = json!({"features": {"rank": 16, "modules": ["q", "k"], "seed": 0}, "dim": 8});
+        let b = json!({"features": {"rank": 32, "modules": ["q", "v"], "kind": "logra"}, "dim": 8});
+        // Sorted: key order depends on serde_json's map (sorted, or insertion order).
+        let mut d = differences(&a, &b);
+        d.sort();
+        assert_eq!(
+            d,
+            vec![
+                "features.kind: store has (absent), this run asks for \"logra\"",
+                "features.modules[1]: store has \"k\", this run asks for \"v\"",
+                "features.rank: store has 16, this run asks for 32",
+                "features.seed: store has 0, this run asks for (absent)",
+            ]
+        );
+        assert!(differences(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn shard_ranges_cover_rows_with_short_last_shard() {
+        let m = Manifest {
+            format_version: FORMAT_VERSION,
+            inflow_version: "t".into(),
+            spec: StoreSpec {
+                model: Value::Null,
+                data: Value::Null,
+                features: Value::Null,
+                dtype: Dtype::F16,
+                dim: 4,
+                shard_size: 4,
+            },
+            status: Status::InProgress,
+            n_samples: 10,
+            shards: vec![],
+        };
+        assert_eq!(m.n_shards(), 3);
+        assert_eq!(
+            (0..3).map(|i| m.shard_range(i)).collect::<Vec<_>>(),
+            vec![0..4, 4..8, 8..10]
+        );
+        let s = serde_json::to_string(&m).unwrap();
+        assert!(s.contains("\"dtype\":\"f16\"") && s.contains("\"status\":\"in_progress\""));
+    }
+}
