@@ -1,3 +1,676 @@
+//! The `inflow` command line: argument parsing, progress bars and printing around the
+//! inflow library.
+
+mod bench;
+mod demo;
+mod show;
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::DType;
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use inflow::data::tokens::Template;
+use inflow::data::{Format, ReadOptions};
+use inflow::features::Projection;
+use inflow::index::{FeatureOptions, Featurizer, IndexOptions, Progress};
+use inflow::model::LoadedModel;
+use inflow::store::{Dtype, Store};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// inflow: which training data taught a language model a behaviour, and which data is worth
+/// training on.
+///
+/// Typical use: `index` a training set (per-sample gradient features into a store), then
+/// `score` queries against it (which training samples most resemble, in gradient space,
+/// what the model does on the query). `demo` runs both on the bundled data.
+#[derive(Parser)]
+#[command(name = "inflow", version, about, long_about)]
+struct Cli {
+    /// Worker threads (default: all cores). Each worker runs the model single-threaded on its
+    /// own samples, which is faster on CPU than splitting one matrix product.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// Print a machine-readable JSON result on stdout instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Describe a model: architecture, size, tokenizer, chat template.
+    Inspect {
+        /// A .gguf file or a Hugging Face folder (config.json, *.safetensors, tokenizer.json).
+        #[arg(long)]
+        model: PathBuf,
+    },
+    /// Per-token log-probabilities of a text under the model, and its perplexity.
+    Logprob {
+        #[arg(long)]
+        model: PathBuf,
+        /// The text to score (tokens are predicted left to right; the first is context).
+        #[arg(long)]
+        text: String,
+    },
+    /// Greedy answer to a chat prompt (rendered with the model's chat template).
+    Generate {
+        #[arg(long)]
+        model: PathBuf,
+        /// The user message.
+        #[arg(long)]
+        prompt: String,
+        /// Maximum new tokens.
+        #[arg(long, default_value_t = 48)]
+        max_new: usize,
+    },
+    /// Write a GGUF model as a Hugging Face folder (f32 safetensors, tokenizer.json, config.json).
+    Convert {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Compute per-sample gradient features of a training set into a store (resumable).
+    Index(IndexArgs),
+    /// Score queries against a store: which training samples are most similar in gradient space.
+    Score(ScoreArgs),
+    /// Index the bundled Natural Instructions sample and score the bundled probes.
+    Demo {
+        /// Model (default: models/SmolLM2-135M-Instruct.Q4_1.gguf, fetched by scripts/fetch-model.sh).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Training samples to index from assets/data/train.jsonl.
+        #[arg(long, default_value_t = 120)]
+        limit: usize,
+        /// Store folder.
+        #[arg(long, default_value = "runs/demo")]
+        out: PathBuf,
+    },
+    /// Throughput benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Per-sample gradient features on the reference model: tokens/s, samples/s, GFLOP/s
+    /// beside this machine's measured GEMM GFLOP/s, peak RSS, bytes per sample.
+    Features {
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Samples from the bundled Natural Instructions data.
+        #[arg(long, default_value_t = 64)]
+        samples: usize,
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        /// LoGra rank per side.
+        #[arg(long, default_value_t = 16)]
+        rank: usize,
+    },
+}
+
+/// Options that define a feature vector; a store remembers them.
+#[derive(Args, Clone)]
+struct FeatureArgs {
+    /// Projection: `logra` (factorized, default: P_outᵀ G P_in per layer), `dense` (Rademacher
+    /// JL over the whole gradient; slow beyond small models) or `full` (exact; tiny models).
+    #[arg(long, default_value = "logra")]
+    projection: String,
+    /// LoGra rank per side: each tracked layer gives rank² features.
+    #[arg(long, default_value_t = 16)]
+    rank: usize,
+    /// Output dimension of the dense projection.
+    #[arg(long, default_value_t = 8192)]
+    dim: usize,
+    /// Seed of the projection matrices.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Tracked Linear layers: comma-separated short names (q,k,v,o,gate,up,down) or parts of
+    /// layer names (`layers.29.`, `mlp`); `all` for every block Linear.
+    #[arg(long, default_value = "all")]
+    modules: String,
+    /// Conversation rendering: `auto` (the model's chat template if it has one), `chat`, `plain`.
+    #[arg(long, default_value = "auto")]
+    template: String,
+    /// Longest sample in tokens; longer ones are cut (counted and reported, never silently).
+    #[arg(long, default_value_t = 512)]
+    max_tokens: usize,
+}
+
+impl FeatureArgs {
+    fn options(&self) -> Result<FeatureOptions> {
+        let projection = match self.projection.as_str() {
+            "logra" => Projection::Logra {
+                rank_in: self.rank,
+                rank_out: self.rank,
+            },
+            "dense" => Projection::Dense { dim: self.dim },
+            "full" => Projection::Full,
+            p => bail!("unknown --projection `{p}`; expected logra, dense or full"),
+        };
+        if self.rank == 0 || self.dim == 0 {
+            bail!("--rank and --dim must be positive");
+        }
+        Ok(FeatureOptions {
+            projection,
+            seed: self.seed,
+            modules: self.modules.clone(),
+            template: self.template.parse::<Template>()?,
+            max_tokens: self.max_tokens,
+        })
+    }
+}
+
+#[derive(Args)]
+struct IndexArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Training data: .jsonl or .parquet.
+    #[arg(long)]
+    data: PathBuf,
+    /// Data format: auto, alpaca, chat, prompt_completion, text.
+    #[arg(long, default_value = "auto")]
+    format: String,
+    /// Index only the first N samples.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Skip malformed records (counted) instead of stopping at the first.
+    #[arg(long)]
+    skip_bad: bool,
+    /// Store folder; rerunning the same command resumes it.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    features: FeatureArgs,
+    /// Stored element type: f16 (default, half the bytes) or f32.
+    #[arg(long, default_value = "f16")]
+    dtype: String,
+    /// Samples per shard (the unit of atomic writes and of resumption).
+    #[arg(long, default_value_t = 64)]
+    shard_size: usize,
+    /// Samples per forward/backward micro-batch (1 avoids padding; CPU gains little from more).
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    /// Store made by `inflow index`.
+    #[arg(long)]
+    store: PathBuf,
+    /// Query samples (.jsonl/.parquet); their features are computed with the store's settings.
+    #[arg(long)]
+    queries: PathBuf,
+    /// Query data format.
+    #[arg(long, default_value = "auto")]
+    format: String,
+    /// Estimator: cosine (default; gradient cosine similarity) or dot (gradient inner product).
+    #[arg(long, default_value = "cosine")]
+    method: String,
+    /// Training samples kept per query.
+    #[arg(long, default_value_t = 10)]
+    top_k: usize,
+    /// Parquet output (query_id, train_id, score, rank, method); default: STORE/scores-METHOD.parquet.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Also write the dense queries × train score matrix as .npy here.
+    #[arg(long)]
+    full: Option<PathBuf>,
+    /// Model override (default: the one the store was built with, from run.json).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Score only the first N queries.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Queries shown in the printed table.
+    #[arg(long, default_value_t = 5)]
+    show: usize,
+}
+
 fn main() {
-    println!("{}", inflow::version());
+    let cli = Cli::parse();
+    let threads = cli
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    // candle's CPU thread pool spins at barriers and slows down badly when cores are shared
+    // (STACK.md): each worker runs candle single-threaded, and workers split the samples.
+    std::env::set_var("RAYON_NUM_THREADS", "1");
+    if let Err(e) = run(cli, threads) {
+        eprintln!("error: {}", one_line(&e));
+        std::process::exit(1);
+    }
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+fn run(cli: Cli, threads: usize) -> Result<()> {
+    let json = cli.json;
+    match cli.cmd {
+        Cmd::Inspect { model } => inspect(&model, json),
+        Cmd::Logprob { model, text } => logprob(&model, &text, json),
+        Cmd::Generate {
+            model,
+            prompt,
+            max_new,
+        } => generate(&model, &prompt, max_new, json),
+        Cmd::Convert { model, out } => {
+            let m = load_model(&model)?;
+            inflow::model::hf::save_dir(&m, &out)?;
+            if json {
+                println!("{}", serde_json::json!({"out": out, "model": model}));
+            } else {
+                println!("wrote {} (config.json, model.safetensors, tokenizer.json, tokenizer_config.json)", out.display());
+            }
+            Ok(())
+        }
+        Cmd::Index(a) => index(a, threads, json).map(|_| ()),
+        Cmd::Score(a) => score(a, threads, json).map(|_| ()),
+        Cmd::Demo { model, limit, out } => demo::run(model, limit, out, threads, json),
+        Cmd::Bench { what } => match what {
+            BenchWhat::Features {
+                model,
+                samples,
+                max_tokens,
+                rank,
+            } => bench::features(model, samples, max_tokens, rank, threads, json),
+        },
+    }
+}
+
+pub(crate) fn load_model(path: &Path) -> Result<LoadedModel> {
+    let t = Instant::now();
+    let m = LoadedModel::load(path, DType::F32)?;
+    eprintln!(
+        "loaded {} ({:.1} M parameters) in {:.1} s",
+        path.display(),
+        m.llama.n_params() as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(m)
+}
+
+fn inspect(path: &Path, json: bool) -> Result<()> {
+    let m = load_model(path)?;
+    let c = &m.llama.config;
+    let layers = m.llama.linears();
+    let out = serde_json::json!({
+        "path": path,
+        "kind": m.source.kind,
+        "sha256": m.source.sha256,
+        "architecture": "llama",
+        "config": c,
+        "n_params": m.llama.n_params(),
+        "tracked_linears": layers.len(),
+        "linear_params": layers.iter().map(|l| l.d_in * l.d_out).sum::<usize>(),
+        "vocab_size_tokenizer": m.tokenizer.get_vocab_size(true),
+        "chat_template": m.chat_template.is_some(),
+        "bos_token": m.bos_token,
+        "eos_token": m.eos_token,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("model        {} ({})", path.display(), m.source.kind);
+        println!("sha256       {}", m.source.sha256);
+        println!(
+            "architecture llama: {} layers, hidden {}, {} query / {} key-value heads (head dim {}), MLP {}, vocab {}",
+            c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), c.intermediate_size, c.vocab_size
+        );
+        println!(
+            "             RoPE base {}, RMSNorm eps {:e}, tied embeddings: {}",
+            c.rope_theta, c.rms_norm_eps, c.tie_word_embeddings
+        );
+        println!(
+            "parameters   {:.1} M ({} block Linears with {:.1} M weights: the gradient features' source)",
+            m.llama.n_params() as f64 / 1e6,
+            layers.len(),
+            layers.iter().map(|l| l.d_in * l.d_out).sum::<usize>() as f64 / 1e6
+        );
+        println!(
+            "tokenizer    {} tokens; chat template: {}; bos {:?}, eos {:?}",
+            m.tokenizer.get_vocab_size(true),
+            if m.chat_template.is_some() {
+                "yes"
+            } else {
+                "no"
+            },
+            m.bos_token,
+            m.eos_token
+        );
+    }
+    Ok(())
+}
+
+fn logprob(path: &Path, text: &str, json: bool) -> Result<()> {
+    let m = load_model(path)?;
+    let ids = m.encode(text)?;
+    if ids.len() < 2 {
+        bail!(
+            "--text must have at least two tokens (it has {})",
+            ids.len()
+        );
+    }
+    let lp = m.llama.token_logprobs(&ids)?;
+    let total: f64 = lp.iter().map(|&x| x as f64).sum();
+    let ppl = (-total / lp.len() as f64).exp();
+    let tokens: Vec<String> = ids
+        .iter()
+        .map(|&i| m.decode(&[i]).unwrap_or_default())
+        .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "tokens": tokens, "ids": ids, "logprobs": lp,
+                "sum_logprob": total, "n_predicted": lp.len(), "perplexity": ppl,
+            })
+        );
+    } else {
+        println!("{:>4}  {:>10}  token", "pos", "log p");
+        println!("{:>4}  {:>10}  {:?}", 0, "(context)", tokens[0]);
+        for (i, l) in lp.iter().enumerate() {
+            println!("{:>4}  {:>10.4}  {:?}", i + 1, l, tokens[i + 1]);
+        }
+        println!(
+            "{} tokens, sum log p = {:.4}, perplexity = {:.4}",
+            ids.len(),
+            total,
+            ppl
+        );
+    }
+    Ok(())
+}
+
+fn generate(path: &Path, prompt: &str, max_new: usize, json: bool) -> Result<()> {
+    let m = load_model(path)?;
+    let r = inflow::data::tokens::Renderer::new(&m, Template::Auto, usize::MAX)?;
+    let body = inflow::data::Body::Chat {
+        messages: vec![inflow::data::Message {
+            role: "user".into(),
+            content: prompt.into(),
+        }],
+        response: String::new(),
+    };
+    let (text, _) = r.render(&body)?;
+    let ids = m.encode(&text)?;
+    let stop: Vec<u32> = [
+        m.eos_token.as_deref(),
+        Some("<|im_end|>"),
+        Some("<|endoftext|>"),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|t| m.token_id(t))
+    .collect();
+    let out = m.llama.generate_greedy(&ids, max_new, &stop)?;
+    let answer = m.decode(&out)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"prompt": prompt, "answer": answer})
+        );
+    } else {
+        println!("{answer}");
+    }
+    Ok(())
+}
+
+pub(crate) fn bar(total: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(total as u64);
+    pb.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what} {{bar:30}} {{pos}}/{{len}} samples  {{per_sec}}  ETA {{eta}}  {{msg}}"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb
+}
+
+/// Runs `work` while a progress bar follows `progress`.
+pub(crate) fn with_progress<T>(
+    pb: &ProgressBar,
+    progress: &Progress,
+    work: impl FnOnce() -> T + Send,
+) -> T
+where
+    T: Send,
+{
+    let start = Instant::now();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            let r = work();
+            done.store(true, Ordering::Relaxed);
+            r
+        });
+        while !done.load(Ordering::Relaxed) {
+            let n = progress.samples.load(Ordering::Relaxed);
+            let total = progress.total.load(Ordering::Relaxed);
+            if total > 0 && pb.length() != Some(total as u64) {
+                pb.set_length(total as u64);
+            }
+            let tok = progress.tokens.load(Ordering::Relaxed);
+            pb.set_position(n as u64);
+            pb.set_message(format!(
+                "{:.0} tok/s",
+                tok as f64 / start.elapsed().as_secs_f64().max(1e-9)
+            ));
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        pb.set_position(progress.samples.load(Ordering::Relaxed) as u64);
+        h.join()
+            .unwrap_or_else(|_| std::panic::resume_unwind(Box::new("worker panicked")))
+    })
+}
+
+pub(crate) fn index(
+    a: IndexArgs,
+    threads: usize,
+    json: bool,
+) -> Result<inflow::index::IndexSummary> {
+    let model = load_model(&a.model)?;
+    let dtype = match a.dtype.as_str() {
+        "f16" => Dtype::F16,
+        "f32" => Dtype::F32,
+        d => bail!("unknown --dtype `{d}`; expected f16 or f32"),
+    };
+    if a.shard_size == 0 || a.batch_size == 0 {
+        bail!("--shard-size and --batch-size must be positive");
+    }
+    let opts = IndexOptions {
+        data: a.data.clone(),
+        read: ReadOptions {
+            format: a.format.parse::<Format>()?,
+            skip_bad: a.skip_bad,
+            limit: a.limit,
+        },
+        features: a.features.options()?,
+        dtype,
+        shard_size: a.shard_size,
+        batch_size: a.batch_size,
+        threads,
+    };
+    // The total is known once the data is read; the bar starts empty and is resized.
+    let pb = bar(0, "index");
+    let progress = Progress::default();
+    let t = Instant::now();
+    let summary = with_progress(&pb, &progress, || {
+        inflow::index::run_index(&model, &opts, &a.out, &progress, &mut |done, total| {
+            pb.set_length(total as u64);
+            pb.set_position(done as u64);
+        })
+    });
+    pb.finish_and_clear();
+    let summary = summary?;
+    let secs = t.elapsed().as_secs_f64();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"out": a.out, "summary": summary, "seconds": secs})
+        );
+    } else {
+        println!(
+            "indexed {} samples into {} ({} shards written, {} already done) in {:.1} s: dim {}, {:.0} bytes/sample, {} truncated to {} tokens, {} bad records skipped",
+            summary.n_samples, a.out.display(), summary.shards_written, summary.shards_reused, secs,
+            summary.dim, summary.bytes_per_sample, summary.n_truncated, a.features.max_tokens, summary.n_skipped_bad
+        );
+    }
+    Ok(summary)
+}
+
+/// Everything a score run produced, for printing.
+pub(crate) struct ScoreOutput {
+    pub query_ids: Vec<String>,
+    pub query_text: Vec<String>,
+    pub result: inflow::scores::ScoreResult,
+    pub train: Vec<inflow::store::SampleRow>,
+    pub method: String,
+    pub out: PathBuf,
+}
+
+pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<ScoreOutput> {
+    let store = Store::open(&a.store)?;
+    if !store.is_complete() {
+        bail!(
+            "store {} is not complete ({} of {} samples): rerun the index command to finish it",
+            a.store.display(),
+            store.n_done_rows(),
+            store.n_samples()
+        );
+    }
+    let run = inflow::index::read_run_info(&a.store)?;
+    let model_path = a.model.clone().unwrap_or(run.model_path.clone());
+    let model = load_model(&model_path)
+        .with_context(|| format!("loading the store's model {}", model_path.display()))?;
+    store.check_compatible(&serde_json::json!({
+        "model": inflow::index::model_spec(&model)?,
+    }))?;
+    let est = inflow::estimators::by_name(&a.method)?;
+    let fz = Featurizer::new(&model, &run.features)?;
+    store.check_compatible(&serde_json::json!({
+        "features": serde_json::to_value(fz.spec())?,
+        "dim": fz.spec().dim(),
+    }))?;
+    let report = inflow::data::read_samples(
+        &a.queries,
+        &ReadOptions {
+            format: a.format.parse::<Format>()?,
+            skip_bad: false,
+            limit: a.limit,
+        },
+    )?;
+    let nq = report.samples.len();
+    if nq == 0 {
+        bail!("{}: no queries", a.queries.display());
+    }
+    let pb = bar(nq, "queries");
+    let progress = Progress::default();
+    let feats = with_progress(&pb, &progress, || {
+        fz.featurize(&report.samples, 1, threads, &progress)
+    });
+    pb.finish_and_clear();
+    let (qf, qrows) = feats?;
+    let sb = bar(store.n_samples(), "score");
+    let result = inflow::scores::score_store(
+        &store,
+        &qf,
+        nq,
+        est.as_ref(),
+        a.top_k,
+        a.full.is_some(),
+        &mut |done| sb.set_position(done as u64),
+    )?;
+    sb.finish_and_clear();
+    let train = store.samples()?;
+    let train_ids: Vec<String> = train.iter().map(|r| r.id.clone()).collect();
+    let query_ids: Vec<String> = report.samples.iter().map(|s| s.id.clone()).collect();
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| a.store.join(format!("scores-{}.parquet", est.name())));
+    inflow::scores::write_topk_parquet(
+        &out,
+        &query_ids,
+        &train_ids,
+        &result,
+        est.name(),
+        est.sign_convention(),
+    )?;
+    if let Some(full) = &a.full {
+        inflow::scores::write_full_npy(
+            full,
+            &result,
+            &query_ids,
+            est.name(),
+            est.sign_convention(),
+        )?;
+    }
+    let query_text: Vec<String> = qrows
+        .iter()
+        .map(|r| format!("{}{}", r.prompt, r.response))
+        .collect();
+    let so = ScoreOutput {
+        query_ids,
+        query_text,
+        result,
+        train,
+        method: est.name().to_string(),
+        out,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&show::json(&so))?);
+    } else {
+        show::table(&so, a.show);
+        println!(
+            "wrote {} ({} queries × top {}; sign: {})",
+            so.out.display(),
+            nq,
+            a.top_k,
+            est.sign_convention()
+        );
+    }
+    Ok(so)
+}
+
+/// The repository's bundled assets folder, found from the working directory or the source tree.
+pub(crate) fn assets_dir() -> Result<PathBuf> {
+    for base in [
+        PathBuf::from("."),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."),
+    ] {
+        let p = base.join("assets/data");
+        if p.join("train.jsonl").exists() {
+            return Ok(p);
+        }
+    }
+    Err(anyhow!(
+        "assets/data/train.jsonl not found: run inflow from the repository root"
+    ))
+}
+
+/// The default reference model path.
+pub(crate) fn default_model() -> Result<PathBuf> {
+    for base in [
+        PathBuf::from("."),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."),
+    ] {
+        let p = base.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    Err(anyhow!(
+        "models/SmolLM2-135M-Instruct.Q4_1.gguf not found: run ./scripts/fetch-model.sh first"
+    ))
 }

@@ -62,6 +62,8 @@ pub struct IndexSummary {
 /// Progress of a feature pass: samples and tokens done so far (thread-safe).
 #[derive(Default)]
 pub struct Progress {
+    /// Samples to do in this run (set once the data is read).
+    pub total: AtomicUsize,
     pub samples: AtomicUsize,
     pub tokens: AtomicUsize,
 }
@@ -247,12 +249,14 @@ pub fn run_index(
         format: report.format.to_string(),
     };
     let run_path = out.join("run.json");
-    crate::store::write_atomic(&run_path, |f| {
+    crate::store::atomic_write::write_atomic(&run_path, |f| {
         use std::io::Write;
         let text = serde_json::to_string_pretty(&run).map_err(|e| Error::Msg(e.to_string()))?;
-        f.write_all(text.as_bytes()).map_err(|e| Error::io(&run_path, e))
+        f.write_all(text.as_bytes())
+            .map_err(|e| Error::io(&run_path, e))
     })?;
     let pending = store.pending_shards();
+    progress.total.store(n, Ordering::Relaxed);
     let reused = store.n_shards() - pending.len();
     progress
         .samples

@@ -8,6 +8,7 @@ pub mod data;
 pub mod error;
 pub mod estimators;
 pub mod features;
+pub mod index;
 pub mod model;
 pub mod scores;
 pub mod store;

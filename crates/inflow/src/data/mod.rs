@@ -14,9 +14,9 @@ mod format;
 mod jsonl;
 mod parquet_file;
 mod record;
-pub mod tokens;
 #[cfg(test)]
 mod tests;
+pub mod tokens;
 
 use std::path::Path;
 

@@ -156,7 +156,9 @@ impl<'a> Renderer<'a> {
         let budget = self.max_tokens;
         let truncated = p.len() + r.len() > budget;
         if truncated {
-            let keep_r = r.len().min((budget / 2).max(budget.saturating_sub(p.len())));
+            let keep_r = r
+                .len()
+                .min((budget / 2).max(budget.saturating_sub(p.len())));
             r.truncate(keep_r);
             let keep_p = budget - keep_r;
             p.drain(..p.len() - keep_p.min(p.len()));

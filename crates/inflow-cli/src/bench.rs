@@ -1,0 +1,166 @@
+//! `inflow bench features`: throughput of per-sample gradient features on the reference model,
+//! beside baselines measured in the same run (this machine's GEMM rate, and plain candle
+//! autograd that also computes every weight gradient).
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+use inflow::data::{read_samples, Format, ReadOptions};
+use inflow::features::Projection;
+use inflow::index::{FeatureOptions, Featurizer, Progress};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Peak resident memory of this process in bytes (Linux VmHWM).
+fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// f32 GEMM rate (GFLOP/s) of `threads` independent single-threaded n×n×n products at once.
+fn gemm_gflops(threads: usize, n: usize, reps: usize) -> Result<f64> {
+    let a = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
+    a.matmul(&b)?; // warm-up
+    let t = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let hs: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    for _ in 0..reps {
+                        a.matmul(&b)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("gemm thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok(2.0 * (n * n * n * reps * threads) as f64 / t.elapsed().as_secs_f64() / 1e9)
+}
+
+pub(crate) fn features(
+    model: Option<PathBuf>,
+    n: usize,
+    max_tokens: usize,
+    rank: usize,
+    threads: usize,
+    json: bool,
+) -> Result<()> {
+    let model_path = match model {
+        Some(m) => m,
+        None => crate::default_model()?,
+    };
+    let m = crate::load_model(&model_path)?;
+    let data = crate::assets_dir()?.join("train.jsonl");
+    let report = read_samples(
+        &data,
+        &ReadOptions {
+            format: Format::Alpaca,
+            skip_bad: false,
+            limit: Some(n),
+        },
+    )?;
+    if report.samples.is_empty() {
+        bail!("no samples in {}", data.display());
+    }
+    let n = report.samples.len();
+    let opts = FeatureOptions {
+        projection: Projection::Logra {
+            rank_in: rank,
+            rank_out: rank,
+        },
+        seed: 0,
+        modules: "all".into(),
+        template: inflow::data::tokens::Template::Auto,
+        max_tokens,
+    };
+    let fz = Featurizer::new(&m, &opts)?;
+    let dim = fz.spec().dim();
+    let params = m.llama.n_params() as f64;
+
+    eprintln!("measuring GEMM (1024³ f32) with 1 and {threads} threads…");
+    let gemm1 = gemm_gflops(1, 1024, 8)?;
+    let gemm_n = gemm_gflops(threads, 1024, 8)?;
+
+    eprintln!("features: {n} samples, {threads} workers…");
+    let progress = Progress::default();
+    let pb = crate::bar(n, "bench");
+    let t = Instant::now();
+    let res = crate::with_progress(&pb, &progress, || {
+        fz.featurize(&report.samples, 1, threads, &progress)
+    });
+    pb.finish_and_clear();
+    let (_, rows) = res?;
+    let secs = t.elapsed().as_secs_f64();
+    let tokens: usize = rows.iter().map(|r| r.n_tokens as usize).sum();
+    let gflops = 6.0 * params * tokens as f64 / secs / 1e9;
+
+    // Baseline in the same run: plain candle autograd (weights as Vars, stock matmul backward
+    // computing every dW), one thread, on the first few samples, vs our path on the same ones.
+    let nb = n.min(4);
+    eprintln!("baseline: plain autograd on {nb} samples, 1 thread…");
+    let fz1 = &fz;
+    let t = Instant::now();
+    let p1 = Progress::default();
+    fz1.featurize(&report.samples[..nb], 1, 1, &p1)?;
+    let ours_1t = t.elapsed().as_secs_f64();
+    let mut trainable = inflow::model::LoadedModel::load(&model_path, DType::F32)?;
+    trainable.llama.make_trainable()?;
+    let seqs: Vec<_> = report.samples[..nb]
+        .iter()
+        .map(|s| fz.renderer().tokenize(s).map(|t| t.seq))
+        .collect::<inflow::Result<_>>()?;
+    let t = Instant::now();
+    for s in &seqs {
+        trainable.llama.loss_and_grads(std::slice::from_ref(s))?;
+    }
+    let autograd_1t = t.elapsed().as_secs_f64();
+    drop(trainable);
+
+    let out = serde_json::json!({
+        "model": model_path, "samples": n, "tokens": tokens, "threads": threads,
+        "seconds": secs, "samples_per_s": n as f64 / secs, "tokens_per_s": tokens as f64 / secs,
+        "gflops_6pt": gflops, "gemm_gflops_1_thread": gemm1, "gemm_gflops_all_threads": gemm_n,
+        "fraction_of_gemm": gflops / gemm_n,
+        "feature_dim": dim, "bytes_per_sample_f16": dim * 2 + 4,
+        "peak_rss_bytes": peak_rss(),
+        "baseline_samples": nb, "ours_1_thread_s": ours_1t, "plain_autograd_1_thread_s": autograd_1t,
+        "speedup_vs_plain_autograd": autograd_1t / ours_1t,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "inflow bench features — {} ({:.1} M params), LoGra rank {rank}, {threads} workers",
+            model_path.display(),
+            params / 1e6
+        );
+        println!("  samples             {n} ({tokens} tokens, ≤ {max_tokens} each)");
+        println!("  time                {secs:.2} s");
+        println!(
+            "  throughput          {:.2} samples/s, {:.0} tokens/s",
+            n as f64 / secs,
+            tokens as f64 / secs
+        );
+        println!("  achieved            {gflops:.1} GFLOP/s (6·params·tokens)");
+        println!("  GEMM, same run      {gemm1:.1} GFLOP/s on 1 thread, {gemm_n:.1} on {threads}  → {:.0}% of GEMM", 100.0 * gflops / gemm_n);
+        println!("  vs plain autograd   {:.2}× faster ({nb} samples, 1 thread: {ours_1t:.2} s vs {autograd_1t:.2} s)", autograd_1t / ours_1t);
+        println!(
+            "  store               {dim} dims, {} bytes/sample (f16 + norm)",
+            dim * 2 + 4
+        );
+        if let Some(r) = peak_rss() {
+            println!(
+                "  peak RSS            {:.2} GiB",
+                r as f64 / (1u64 << 30) as f64
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! `inflow demo`: index the bundled Natural Instructions sample with the reference model and
+//! show, for each bundled probe, the training samples most similar in gradient space.
+
+use crate::{FeatureArgs, IndexArgs, ScoreArgs};
+use anyhow::Result;
+use std::path::PathBuf;
+
+pub(crate) fn run(
+    model: Option<PathBuf>,
+    limit: usize,
+    out: PathBuf,
+    threads: usize,
+    json: bool,
+) -> Result<()> {
+    let model = match model {
+        Some(m) => m,
+        None => crate::default_model()?,
+    };
+    let assets = crate::assets_dir()?;
+    eprintln!(
+        "demo: indexing {limit} Natural Instructions training samples with {} ({} threads), then scoring the bundled probes",
+        model.display(),
+        threads
+    );
+    let summary = crate::index(
+        IndexArgs {
+            model: model.clone(),
+            data: assets.join("train.jsonl"),
+            format: "alpaca".into(),
+            limit: Some(limit),
+            skip_bad: false,
+            out: out.clone(),
+            features: FeatureArgs {
+                projection: "logra".into(),
+                rank: 8,
+                dim: 8192,
+                seed: 0,
+                modules: "all".into(),
+                template: "auto".into(),
+                max_tokens: 256,
+            },
+            dtype: "f16".into(),
+            shard_size: 32,
+            batch_size: 1,
+        },
+        threads,
+        json,
+    )?;
+    let _ = summary;
+    crate::score(
+        ScoreArgs {
+            store: out.clone(),
+            queries: assets.join("probe.jsonl"),
+            format: "alpaca".into(),
+            method: "cosine".into(),
+            top_k: 3,
+            out: Some(out.join("demo-top3.parquet")),
+            full: None,
+            model: Some(model),
+            limit: None,
+            show: 8,
+        },
+        threads,
+        json,
+    )?;
+    if !json {
+        println!(
+            "\nRead it from Python: pandas.read_parquet(\"{}\"); features: numpy.load(\"{}/features-00000.npy\", mmap_mode=\"r\")",
+            out.join("demo-top3.parquet").display(),
+            out.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! Printing score results: a readable table with the text of the top training samples, or JSON.
+
+use crate::ScoreOutput;
+
+/// One line of at most `n` characters, whitespace collapsed.
+pub(crate) fn preview(s: &str, n: usize) -> String {
+    let flat: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= n {
+        flat
+    } else {
+        let cut: String = flat.chars().take(n.saturating_sub(1)).collect();
+        format!("{cut}…")
+    }
+}
+
+/// Drops chat-template scaffolding so previews show the words people wrote.
+fn strip_template(s: &str) -> String {
+    let mut t = s.to_string();
+    for marker in ["<|im_start|>", "<|im_end|>", "<|endoftext|>"] {
+        t = t.replace(marker, " ");
+    }
+    for role in ["system\n", "user\n", "assistant\n"] {
+        t = t.replace(role, "");
+    }
+    t = t.replace(
+        "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+        "",
+    );
+    t
+}
+
+pub(crate) fn table(so: &ScoreOutput, show: usize) {
+    for (qi, top) in so.result.topk.iter().enumerate().take(show) {
+        println!();
+        println!(
+            "query {} · {}",
+            so.query_ids[qi],
+            preview(&strip_template(&so.query_text[qi]), 110)
+        );
+        println!(
+            "  {:>4}  {:>9}  {:<12}  training sample (prompt → response)",
+            "rank", so.method, "train id"
+        );
+        for (rank, (row, score)) in top.iter().enumerate() {
+            let t = &so.train[*row];
+            let text = format!(
+                "{} → {}",
+                preview(&strip_template(&t.prompt), 60),
+                preview(&strip_template(&t.response), 30)
+            );
+            println!("  {:>4}  {:>9.4}  {:<12}  {}", rank + 1, score, t.id, text);
+        }
+    }
+    if so.result.topk.len() > show {
+        println!(
+            "\n({} more queries in the output file)",
+            so.result.topk.len() - show
+        );
+    }
+}
+
+pub(crate) fn json(so: &ScoreOutput) -> serde_json::Value {
+    let queries: Vec<serde_json::Value> = so
+        .result
+        .topk
+        .iter()
+        .enumerate()
+        .map(|(qi, top)| {
+            serde_json::json!({
+                "query_id": so.query_ids[qi],
+                "top": top.iter().enumerate().map(|(r, (row, score))| serde_json::json!({
+                    "rank": r + 1, "train_id": so.train[*row].id, "score": score,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({"method": so.method, "out": so.out, "queries": queries})
+}
