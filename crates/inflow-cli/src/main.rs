@@ -238,8 +238,12 @@ fn main() {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
-    // candle's CPU thread pool spins at barriers and slows down badly when cores are shared
-    // (STACK.md): each worker runs candle single-threaded, and workers split the samples.
+    // rayon's pool (score blocks) gets every thread; candle's CPU ops run single-threaded
+    // (it reads RAYON_NUM_THREADS at each matmul) because its pool spins at barriers and slows
+    // down badly on shared cores (STACK.md): instead, index workers split the samples.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
     std::env::set_var("RAYON_NUM_THREADS", "1");
     if let Err(e) = run(cli, threads) {
         eprintln!("error: {}", one_line(&e));
@@ -247,9 +251,17 @@ fn main() {
     }
 }
 
+/// The error chain as one line (multi-line library messages joined with "; ").
 fn one_line(e: &anyhow::Error) -> String {
     e.chain()
-        .map(|c| c.to_string())
+        .map(|c| {
+            c.to_string()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
         .collect::<Vec<_>>()
         .join(": ")
 }
