@@ -10,6 +10,7 @@ pub mod estimators;
 pub mod features;
 pub mod index;
 pub mod model;
+pub mod probe;
 pub mod scores;
 pub mod store;
 

@@ -87,7 +87,8 @@ impl<'a> Renderer<'a> {
         self.template
     }
 
-    fn chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+    /// Renders `messages` with the model's chat template.
+    pub fn chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let tmpl = self.model.chat_template.as_deref().unwrap_or_default();
         self.env
             .render_str(

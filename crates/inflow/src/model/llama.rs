@@ -69,6 +69,15 @@ impl TokenSeq {
     }
 }
 
+/// Keys (after RoPE) and values of a processed prefix, per layer: (1, n_kv, len, head_dim).
+#[derive(Clone)]
+pub struct KvCache {
+    pub k: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+    /// Prefix length in tokens.
+    pub len: usize,
+}
+
 /// What one tracked layer saw in a forward/backward pass over a padded batch.
 pub struct LayerCapture {
     pub info: LinearInfo,
@@ -83,6 +92,8 @@ pub struct Captured {
     /// ℓ_b: mean cross-entropy over sample b's response tokens (0 if it has none).
     pub losses: Vec<f32>,
     pub layers: Vec<LayerCapture>,
+    /// Final-norm hidden states (B, T, H) of the same pass (RepSim uses them).
+    pub hidden: Tensor,
 }
 
 struct Tracker<'a> {
@@ -200,7 +211,7 @@ impl Llama {
     ) -> Result<(Vec<f32>, Option<candle_core::backprop::GradStore>)> {
         let (ids, t) = pad_batch(batch, &self.device)?;
         let hs = self.hidden(&ids, None)?;
-        let (losses, total) = self.loss_from_hidden(&hs, batch, t)?;
+        let (losses, total) = self.loss_from_hidden(&hs, batch, t, true)?;
         let losses = losses.into_iter().map(|v| v as f32).collect();
         let grads = match total {
             Some(total) => Some(total.backward()?),
@@ -304,10 +315,23 @@ impl Llama {
     /// Final-norm hidden states (B, T, H) for right-padded `ids` (B, T).
     /// With a tracker, the embedding output becomes the root of the autograd graph and every
     /// tracked Linear records its input and gets a gradient slot.
-    fn hidden(&self, ids: &Tensor, mut tracker: Option<&mut Tracker>) -> Result<Tensor> {
+    fn hidden(&self, ids: &Tensor, tracker: Option<&mut Tracker>) -> Result<Tensor> {
+        Ok(self.hidden_cached(ids, tracker, None, false)?.0)
+    }
+
+    /// [`Self::hidden`] continuing after a cached prefix (`past`, batch 1, shared by every row
+    /// of `ids`), optionally returning the keys/values of `ids` appended to the prefix's.
+    fn hidden_cached(
+        &self,
+        ids: &Tensor,
+        mut tracker: Option<&mut Tracker>,
+        past: Option<&KvCache>,
+        want_cache: bool,
+    ) -> Result<(Tensor, Option<KvCache>)> {
         let (b, t) = ids.dims2()?;
         let c = &self.config;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
+        let p0 = past.map_or(0, |p| p.len);
         let emb = self
             .embed
             .embedding(&ids.flatten_all()?)?
@@ -316,9 +340,15 @@ impl Llama {
             Some(_) => Var::from_tensor(&emb)?.as_tensor().clone(),
             None => emb,
         };
-        let (cos, sin) = self.rope_tables(t)?;
-        let mask = causal_mask(t, self.dtype, &self.device)?;
+        let (cos, sin) = self.rope_tables(p0 + t)?;
+        let (cos, sin) = (cos.narrow(0, p0, t)?, sin.narrow(0, p0, t)?);
+        let mask = causal_mask_after(t, p0, self.dtype, &self.device)?;
         let scale = 1.0 / (hd as f64).sqrt();
+        let mut cache = KvCache {
+            k: Vec::new(),
+            v: Vec::new(),
+            len: p0 + t,
+        };
         for (li, block) in self.blocks.iter().enumerate() {
             let mut lin = |j: usize, x: &Tensor| -> Result<Tensor> {
                 let flat = li * 7 + j;
@@ -342,8 +372,20 @@ impl Llama {
             let k = lin(1, &x)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
             let v = lin(2, &x)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
             let q = rope(&q.contiguous()?, &cos, &sin)?;
-            let k = repeat_kv(&rope(&k.contiguous()?, &cos, &sin)?, nh / nkv)?;
-            let v = repeat_kv(&v.contiguous()?, nh / nkv)?;
+            let mut k = rope(&k.contiguous()?, &cos, &sin)?;
+            let mut v = v.contiguous()?;
+            if let Some(p) = past {
+                let pk = p.k[li].broadcast_as((b, nkv, p0, hd))?;
+                let pv = p.v[li].broadcast_as((b, nkv, p0, hd))?;
+                k = Tensor::cat(&[&pk, &k], 2)?;
+                v = Tensor::cat(&[&pv, &v], 2)?;
+            }
+            if want_cache {
+                cache.k.push(k.clone());
+                cache.v.push(v.clone());
+            }
+            let k = repeat_kv(&k, nh / nkv)?;
+            let v = repeat_kv(&v, nh / nkv)?;
             let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
             let p = softmax_last(&att)?;
             let o = p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
@@ -353,7 +395,84 @@ impl Llama {
             let u = lin(5, &x)?;
             h = (h + lin(6, &(g * u)?)?)?;
         }
-        self.rms_norm(&h, &self.norm)
+        let out = self.rms_norm(&h, &self.norm)?;
+        Ok((out, want_cache.then_some(cache)))
+    }
+
+    /// Keys and values of a prefix (one sequence), to score many continuations after it.
+    pub fn prefix_cache(&self, ids: &[u32]) -> Result<KvCache> {
+        if ids.is_empty() {
+            return Err(Error::Msg("empty prefix".into()));
+        }
+        let x = Tensor::from_slice(ids, (1, ids.len()), &self.device)?;
+        let (_, cache) = self.hidden_cached(&x, None, None, true)?;
+        cache.ok_or_else(|| Error::Msg("internal: no cache".into()))
+    }
+
+    /// Appends `ids` to a cached prefix (batch 1), returning the longer cache.
+    pub fn extend_cache(&self, past: &KvCache, ids: &[u32]) -> Result<KvCache> {
+        let x = Tensor::from_slice(ids, (1, ids.len()), &self.device)?;
+        let (_, cache) = self.hidden_cached(&x, None, Some(past), true)?;
+        cache.ok_or_else(|| Error::Msg("internal: no cache".into()))
+    }
+
+    /// Σ log p over each sequence's response tokens (loss_mask), every sequence continuing
+    /// `past` when given (a shared prefix computed once). Sequences are right-padded into one
+    /// batch. With a prefix, a sequence's first token must not be a response token.
+    pub fn response_logprob_sums(
+        &self,
+        past: Option<&KvCache>,
+        batch: &[TokenSeq],
+    ) -> Result<Vec<f64>> {
+        if past.is_some() && batch.iter().any(|s| s.loss_mask.first() == Some(&true)) {
+            return Err(Error::Msg(
+                "a continuation must start with at least one prompt token".into(),
+            ));
+        }
+        let (ids, t) = pad_batch(batch, &self.device)?;
+        let (hs, _) = self.hidden_cached(&ids, None, past, false)?;
+        Ok(self
+            .loss_from_hidden(&hs, batch, t, false)?
+            .0
+            .into_iter()
+            .map(|v| -v)
+            .collect())
+    }
+
+    /// Final-norm hidden states (T, H) of one sequence, as f32 rows.
+    pub fn final_hidden(&self, ids: &[u32]) -> Result<Tensor> {
+        let x = Tensor::from_slice(ids, (1, ids.len()), &self.device)?;
+        Ok(self.hidden(&x, None)?.squeeze(0)?.to_dtype(DType::F32)?)
+    }
+
+    /// A copy of the model whose block Linears `W_i` are replaced by `W_i + Δ_i` (one-step
+    /// fine-tuning). Untouched weights are shared, not copied.
+    pub fn with_linear_deltas(&self, deltas: &[(usize, Tensor)]) -> Result<Llama> {
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for b in &self.blocks {
+            blocks.push(Block {
+                attn_norm: b.attn_norm.clone(),
+                mlp_norm: b.mlp_norm.clone(),
+                linears: b.linears.clone(),
+            });
+        }
+        for (flat, d) in deltas {
+            let b = blocks
+                .get_mut(flat / 7)
+                .ok_or_else(|| Error::Msg(format!("linear index {flat} out of range")))?;
+            let w = &b.linears[flat % 7];
+            b.linears[flat % 7] = (w + d.to_dtype(w.dtype())?)?;
+        }
+        Ok(Llama {
+            config: self.config.clone(),
+            embed: self.embed.clone(),
+            blocks,
+            norm: self.norm.clone(),
+            lm_head: self.lm_head.clone(),
+            device: self.device.clone(),
+            dtype: self.dtype,
+            trainable: false,
+        })
     }
 
     /// Log-probabilities log p(ids[t] | ids[<t]) for t ≥ 1 of one sequence (no gradients).
@@ -419,7 +538,7 @@ impl Llama {
         };
         let slots = tracker.slots.clone();
         let hs = self.hidden(&ids, Some(&mut tracker))?;
-        let (losses, total) = self.loss_from_hidden(&hs, batch, t)?;
+        let (losses, total) = self.loss_from_hidden(&hs, batch, t, true)?;
         let losses = losses.into_iter().map(|v| v as f32).collect();
         if let Some(total) = total {
             total.backward()?;
@@ -441,7 +560,11 @@ impl Llama {
             };
             layers.push(LayerCapture { info, x, delta });
         }
-        Ok(Captured { losses, layers })
+        Ok(Captured {
+            losses,
+            layers,
+            hidden: hs.detach(),
+        })
     }
 
     /// Per-sample mean response-token losses of a batch, without gradients.
@@ -457,7 +580,7 @@ impl Llama {
     pub fn losses_f64(&self, batch: &[TokenSeq]) -> Result<Vec<f64>> {
         let (ids, t) = pad_batch(batch, &self.device)?;
         let hs = self.hidden(&ids, None)?;
-        Ok(self.loss_from_hidden(&hs, batch, t)?.0)
+        Ok(self.loss_from_hidden(&hs, batch, t, true)?.0)
     }
 
     /// ℓ_b for each sample and the summed loss tensor (None when no token is in the loss).
@@ -467,6 +590,7 @@ impl Llama {
         hs: &Tensor,
         batch: &[TokenSeq],
         t: usize,
+        mean: bool,
     ) -> Result<(Vec<f64>, Option<Tensor>)> {
         let mut pos = Vec::new();
         let mut tgt = Vec::new();
@@ -478,7 +602,7 @@ impl Llama {
                 if s.loss_mask[ti] {
                     pos.push((bi * t + ti - 1) as u32);
                     tgt.push(s.ids[ti]);
-                    weight.push(1.0 / n as f64);
+                    weight.push(if mean { 1.0 / n as f64 } else { 1.0 });
                     owner.push(bi);
                 }
             }
@@ -536,14 +660,16 @@ fn pad_batch(batch: &[TokenSeq], device: &Device) -> Result<(Tensor, usize)> {
     Ok((Tensor::from_vec(flat, (batch.len(), t), device)?, t))
 }
 
-fn causal_mask(t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let mut m = vec![0f32; t * t];
+/// (t, past + t) additive mask: new token i sees the whole prefix and new tokens j ≤ i.
+fn causal_mask_after(t: usize, past: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let w = past + t;
+    let mut m = vec![0f32; t * w];
     for i in 0..t {
-        for j in i + 1..t {
-            m[i * t + j] = f32::NEG_INFINITY;
+        for j in past + i + 1..w {
+            m[i * w + j] = f32::NEG_INFINITY;
         }
     }
-    Ok(Tensor::from_vec(m, (t, t), device)?.to_dtype(dtype)?)
+    Ok(Tensor::from_vec(m, (t, w), device)?.to_dtype(dtype)?)
 }
 
 /// Softmax over the last dimension from primitives (max subtracted, detached: it does not

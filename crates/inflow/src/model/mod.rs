@@ -9,7 +9,7 @@ pub mod llama;
 pub mod tiny;
 
 pub use config::LlamaConfig;
-pub use llama::{Captured, LayerCapture, LinearInfo, Llama, TokenSeq, BLOCK_LINEARS};
+pub use llama::{Captured, KvCache, LayerCapture, LinearInfo, Llama, TokenSeq, BLOCK_LINEARS};
 
 use crate::{Error, Result};
 use candle_core::DType;

@@ -6,6 +6,7 @@
 //! threads with a single-threaded sgemm per block (the fastest split measured, STACK.md).
 
 mod output;
+pub mod table;
 mod topk;
 
 pub use output::{write_full_npy, write_topk_parquet};
