@@ -96,7 +96,7 @@ pub(crate) fn features(
         fz.featurize(&report.samples, 1, threads, &progress)
     });
     pb.finish_and_clear();
-    let (_, rows) = res?;
+    let rows = res?.rows;
     let secs = t.elapsed().as_secs_f64();
     let tokens: usize = rows.iter().map(|r| r.n_tokens as usize).sum();
     let gflops = 6.0 * params * tokens as f64 / secs / 1e9;

@@ -58,6 +58,7 @@ pub(crate) fn run(
             full: None,
             model: Some(model),
             limit: None,
+            aggregate: None,
             show: 8,
         },
         threads,

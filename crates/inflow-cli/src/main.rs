@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod probe;
 mod show;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -77,6 +78,11 @@ enum Cmd {
     Index(IndexArgs),
     /// Score queries against a store: which training samples are most similar in gradient space.
     Score(ScoreArgs),
+    /// Value training samples against probe tasks without gradients: in-context probing (ICP)
+    /// or one-step fine-tuning. Resumable; writes scores.parquet and scores_by_task.parquet.
+    Probe(probe::ProbeArgs),
+    /// Rank agreement of two score files (Spearman, Kendall, top-k overlap) and a scatter plot.
+    Compare(probe::CompareArgs),
     /// Index the bundled Natural Instructions sample and score the bundled probes.
     Demo {
         /// Model (default: models/SmolLM2-135M-Instruct.Q4_1.gguf, fetched by scripts/fetch-model.sh).
@@ -209,7 +215,9 @@ struct ScoreArgs {
     /// Query data format.
     #[arg(long, default_value = "auto")]
     format: String,
-    /// Estimator: cosine (default; gradient cosine similarity) or dot (gradient inner product).
+    /// Estimator: cosine (default; gradient cosine similarity), dot (gradient inner product),
+    /// repsim (cosine of final hidden states at the last prompt token), repsim-mean (… averaged
+    /// over response tokens).
     #[arg(long, default_value = "cosine")]
     method: String,
     /// Training samples kept per query.
@@ -227,6 +235,10 @@ struct ScoreArgs {
     /// Score only the first N queries.
     #[arg(long)]
     limit: Option<usize>,
+    /// Write one score per training sample instead of top-k lists: `mean` over the queries
+    /// (e.g. gradient similarity to a whole probe set, to compare with ICP).
+    #[arg(long)]
+    aggregate: Option<String>,
     /// Queries shown in the printed table.
     #[arg(long, default_value_t = 5)]
     show: usize,
@@ -288,6 +300,8 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
         }
         Cmd::Index(a) => index(a, threads, json).map(|_| ()),
         Cmd::Score(a) => score(a, threads, json).map(|_| ()),
+        Cmd::Probe(a) => probe::probe(a, threads, json),
+        Cmd::Compare(a) => probe::compare_cmd(a, json),
         Cmd::Demo { model, limit, out } => demo::run(model, limit, out, threads, json),
         Cmd::Bench { what } => match what {
             BenchWhat::Features {
@@ -592,17 +606,39 @@ pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<ScoreOut
         fz.featurize(&report.samples, 1, threads, &progress)
     });
     pb.finish_and_clear();
-    let (qf, qrows) = feats?;
-    let sb = bar(store.n_samples(), "score");
+    let feats = feats?;
+    let qrows = &feats.rows;
+    let qf = feats.set(est.features())?;
+    // Representation methods score a sub-store written beside the gradients by `index`.
+    let scored = if est.features() == "gradients" {
+        store
+    } else {
+        let dir = a.store.join(est.features());
+        if !dir.join("manifest.json").exists() {
+            bail!(
+                "{} has no `{}` representations (stores from older versions lack them): index again",
+                a.store.display(),
+                est.features()
+            );
+        }
+        Store::open(&dir)?
+    };
+    let aggregate = match a.aggregate.as_deref() {
+        None => false,
+        Some("mean") => true,
+        Some(o) => bail!("unknown --aggregate `{o}`; expected mean"),
+    };
+    let sb = bar(scored.n_samples(), "score");
     let result = inflow::scores::score_store(
-        &store,
-        &qf,
+        &scored,
+        qf,
         nq,
         est.as_ref(),
         a.top_k,
-        a.full.is_some(),
+        a.full.is_some() || aggregate,
         &mut |done| sb.set_position(done as u64),
     )?;
+    let store = scored;
     sb.finish_and_clear();
     let train = store.samples()?;
     let train_ids: Vec<String> = train.iter().map(|r| r.id.clone()).collect();
@@ -611,14 +647,40 @@ pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<ScoreOut
         .out
         .clone()
         .unwrap_or_else(|| a.store.join(format!("scores-{}.parquet", est.name())));
-    inflow::scores::write_topk_parquet(
-        &out,
-        &query_ids,
-        &train_ids,
-        &result,
-        est.name(),
-        est.sign_convention(),
-    )?;
+    if aggregate {
+        // One score per training sample: the mean over queries (e.g. influence on a task).
+        let full = result.full.as_deref().unwrap_or_default();
+        let n = result.n_train;
+        let mean: Vec<f32> = (0..n)
+            .map(|j| (0..nq).map(|q| full[q * n + j]).sum::<f32>() / nq as f32)
+            .collect();
+        let rank = inflow::probe::ranks(&mean);
+        use inflow::scores::table::{write_table, Column};
+        write_table(
+            &out,
+            vec![
+                ("train_id", Column::Str(train_ids.clone())),
+                ("score", Column::F32(mean)),
+                ("rank", Column::U32(rank)),
+                ("n_queries", Column::U32(vec![nq as u32; n])),
+                ("method", Column::Str(vec![est.name().to_string(); n])),
+            ],
+            &[
+                ("inflow.method", est.name()),
+                ("inflow.sign_convention", est.sign_convention()),
+                ("inflow.aggregate", "mean over queries"),
+            ],
+        )?;
+    } else {
+        inflow::scores::write_topk_parquet(
+            &out,
+            &query_ids,
+            &train_ids,
+            &result,
+            est.name(),
+            est.sign_convention(),
+        )?;
+    }
     if let Some(full) = &a.full {
         inflow::scores::write_full_npy(
             full,

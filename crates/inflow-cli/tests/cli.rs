@@ -326,3 +326,132 @@ fn help_explains_every_verb() {
     let o = run_ok(&["index", "--help"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("--max-tokens"));
 }
+
+#[test]
+fn probe_compare_and_repsim_on_a_tiny_model() {
+    let dir = tmp("probe");
+    let model = dir.join("m");
+    inflow::model::tiny::write_random(&model, 32, 2, 4).unwrap();
+    let model = model.display().to_string();
+    let probes = root()
+        .join("assets/data/probe-tasks.jsonl")
+        .display()
+        .to_string();
+    let data = train_jsonl();
+    let icp = dir.join("icp").display().to_string();
+    let one = dir.join("one").display().to_string();
+    let args = |method: &str, out: &str| -> Vec<String> {
+        [
+            "probe",
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--limit",
+            "6",
+            "--probes",
+            &probes,
+            "--probe-tasks",
+            "2",
+            "--method",
+            method,
+            "--out",
+            out,
+            "--shard-size",
+            "4",
+            "--max-tokens",
+            "128",
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let a = args("icp", &icp);
+    let o = run_ok(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["n_probes"], 6);
+    let first = std::fs::read(Path::new(&icp).join("features-00000.npy")).unwrap();
+    // Rerunning the finished command changes nothing.
+    run_ok(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    assert_eq!(
+        first,
+        std::fs::read(Path::new(&icp).join("features-00000.npy")).unwrap()
+    );
+    let b = args("one-step", &one);
+    run_ok(&b.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+
+    let (cols, meta) =
+        inflow::scores::table::read_table(&Path::new(&icp).join("scores.parquet")).unwrap();
+    assert!(meta.iter().any(|(k, v)| k == "inflow.method" && v == "icp"));
+    let score = cols
+        .iter()
+        .find(|c| c.0 == "score")
+        .unwrap()
+        .1
+        .as_f64()
+        .unwrap();
+    assert_eq!(score.len(), 6);
+    assert!(
+        score.iter().all(|s| (0.0..=1.0).contains(s)),
+        "ICP scores are fractions: {score:?}"
+    );
+    let by_task =
+        inflow::scores::table::read_table(&Path::new(&icp).join("scores_by_task.parquet")).unwrap();
+    assert_eq!(
+        by_task.0[0].1.as_str().unwrap().len(),
+        12,
+        "6 samples × 2 tasks"
+    );
+
+    let plot = dir.join("cmp.png");
+    let o = run_ok(&[
+        "compare",
+        &format!("{icp}/scores.parquet"),
+        &format!("{one}/scores.parquet"),
+        "--plot",
+        &plot.display().to_string(),
+        "--k",
+        "3",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["n_common"], 6);
+    assert_eq!(v["keys"], "train_id");
+    let png = std::fs::read(&plot).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+
+    // RepSim: identical text has identical hidden states, so each sample retrieves itself.
+    let store = dir.join("store").display().to_string();
+    run_ok(&index_args(&model, &store, &data, "12"));
+    let q = dir.join("q.jsonl");
+    let lines: Vec<String> = std::fs::read_to_string(&data)
+        .unwrap()
+        .lines()
+        .take(12)
+        .map(String::from)
+        .collect();
+    std::fs::write(&q, lines.join("\n") + "\n").unwrap();
+    for method in ["repsim", "repsim-mean"] {
+        let o = run_ok(&[
+            "score",
+            "--store",
+            &store,
+            "--queries",
+            &q.display().to_string(),
+            "--method",
+            method,
+            "--top-k",
+            "1",
+            "--json",
+            "--out",
+            &dir.join(format!("{method}.parquet")).display().to_string(),
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        for qv in v["queries"].as_array().unwrap() {
+            assert_eq!(qv["query_id"], qv["top"][0]["train_id"], "{method}");
+            assert!((qv["top"][0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-3);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -12,6 +12,64 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// Sub-store (beside the gradient features) of final hidden states at the last prompt token.
+pub const REPSIM_LAST: &str = "repsim-last";
+/// Sub-store of final hidden states averaged over the response tokens.
+pub const REPSIM_MEAN: &str = "repsim-mean";
+
+/// What one feature pass yields per sample, row-major.
+#[derive(Debug, Clone, Default)]
+pub struct Featurized {
+    /// Gradient features, n × spec dim.
+    pub grads: Vec<f32>,
+    /// Final hidden state at the last prompt token, n × hidden.
+    pub repsim_last: Vec<f32>,
+    /// Final hidden state averaged over response tokens, n × hidden.
+    pub repsim_mean: Vec<f32>,
+    pub rows: Vec<SampleRow>,
+}
+
+impl Featurized {
+    fn extend(&mut self, o: Featurized) {
+        self.grads.extend(o.grads);
+        self.repsim_last.extend(o.repsim_last);
+        self.repsim_mean.extend(o.repsim_mean);
+        self.rows.extend(o.rows);
+    }
+
+    /// The rows of feature set `name` (`gradients`, [`REPSIM_LAST`], [`REPSIM_MEAN`]).
+    pub fn set(&self, name: &str) -> Result<&[f32]> {
+        match name {
+            "gradients" => Ok(&self.grads),
+            REPSIM_LAST => Ok(&self.repsim_last),
+            REPSIM_MEAN => Ok(&self.repsim_mean),
+            _ => Err(Error::Msg(format!("unknown feature set `{name}`"))),
+        }
+    }
+}
+
+/// (last prompt token, mean over response tokens) hidden states of each sample of a batch.
+fn pooled_hidden(hidden: &candle_core::Tensor, seqs: &[TokenSeq]) -> Result<(Vec<f32>, Vec<f32>)> {
+    let h = hidden.to_dtype(candle_core::DType::F32)?;
+    let (mut last, mut mean) = (Vec::new(), Vec::new());
+    for (b, s) in seqs.iter().enumerate() {
+        let rows: Vec<Vec<f32>> = h.get(b)?.to_vec2()?;
+        let first_resp = s.loss_mask.iter().position(|&m| m).unwrap_or(s.ids.len());
+        last.extend_from_slice(&rows[first_resp.saturating_sub(1).min(s.ids.len() - 1)]);
+        let resp: Vec<usize> = (0..s.ids.len()).filter(|&t| s.loss_mask[t]).collect();
+        let dim = rows[0].len();
+        let mut m = vec![0f32; dim];
+        for &t in &resp {
+            for (a, x) in m.iter_mut().zip(&rows[t]) {
+                *a += x;
+            }
+        }
+        let n = resp.len().max(1) as f32;
+        mean.extend(m.into_iter().map(|x| x / n));
+    }
+    Ok((last, mean))
+}
+
 /// How features are computed (shared by `index` and by query featurization in `score`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureOptions {
@@ -118,11 +176,10 @@ impl<'a> Featurizer<'a> {
         batch_size: usize,
         threads: usize,
         progress: &Progress,
-    ) -> Result<(Vec<f32>, Vec<SampleRow>)> {
-        let dim = self.spec().dim();
+    ) -> Result<Featurized> {
         let threads = threads.max(1).min(samples.len().max(1));
         let part = samples.len().div_ceil(threads).max(1);
-        let results: Vec<Result<(Vec<f32>, Vec<SampleRow>)>> = std::thread::scope(|s| {
+        let results: Vec<Result<Featurized>> = std::thread::scope(|s| {
             let handles: Vec<_> = samples
                 .chunks(part)
                 .map(|chunk| s.spawn(move || self.featurize_serial(chunk, batch_size, progress)))
@@ -135,14 +192,11 @@ impl<'a> Featurizer<'a> {
                 })
                 .collect()
         });
-        let mut feats = Vec::with_capacity(samples.len() * dim);
-        let mut rows = Vec::with_capacity(samples.len());
+        let mut out = Featurized::default();
         for r in results {
-            let (f, s) = r?;
-            feats.extend(f);
-            rows.extend(s);
+            out.extend(r?);
         }
-        Ok((feats, rows))
+        Ok(out)
     }
 
     fn featurize_serial(
@@ -150,11 +204,11 @@ impl<'a> Featurizer<'a> {
         samples: &[Sample],
         batch_size: usize,
         progress: &Progress,
-    ) -> Result<(Vec<f32>, Vec<SampleRow>)> {
-        let mut feats = Vec::new();
-        let mut rows = Vec::new();
+    ) -> Result<Featurized> {
+        let mut out = Featurized::default();
         for chunk in samples.chunks(batch_size.max(1)) {
             let mut seqs: Vec<TokenSeq> = Vec::with_capacity(chunk.len());
+            let mut rows = Vec::with_capacity(chunk.len());
             for s in chunk {
                 let tok = self.renderer.tokenize(s)?;
                 let (prompt, response) = self.renderer.render(&s.body)?;
@@ -171,18 +225,21 @@ impl<'a> Featurizer<'a> {
                 seqs.push(tok.seq);
             }
             let cap = self.model.llama.loss_and_capture(&seqs, &self.tracked)?;
-            let n = rows.len();
-            for (r, l) in rows[n - chunk.len()..].iter_mut().zip(&cap.losses) {
+            for (r, l) in rows.iter_mut().zip(&cap.losses) {
                 r.loss = *l;
             }
-            feats.extend(self.projector.project(&cap)?);
+            let (last, mean) = pooled_hidden(&cap.hidden, &seqs)?;
+            out.grads.extend(self.projector.project(&cap)?);
+            out.repsim_last.extend(last);
+            out.repsim_mean.extend(mean);
+            out.rows.extend(rows);
             progress.samples.fetch_add(chunk.len(), Ordering::Relaxed);
             progress.tokens.fetch_add(
                 seqs.iter().map(|s| s.ids.len()).sum::<usize>(),
                 Ordering::Relaxed,
             );
         }
-        Ok((feats, rows))
+        Ok(out)
     }
 }
 
@@ -240,7 +297,25 @@ pub fn run_index(
         dim: fz.spec().dim(),
         shard_size: opts.shard_size,
     };
-    let mut store = Store::create_or_resume(out, spec, n)?;
+    let hidden = model.llama.config.hidden_size;
+    let rep_spec = |pooling: &str| StoreSpec {
+        features: serde_json::json!({
+            "kind": "repsim",
+            "pooling": pooling,
+            "representation": "final-norm hidden state",
+        }),
+        dim: hidden,
+        ..spec.clone()
+    };
+    let mut store = Store::create_or_resume(out, spec.clone(), n)?;
+    let mut subs = [
+        Store::create_or_resume(&out.join(REPSIM_LAST), rep_spec("last prompt token"), n)?,
+        Store::create_or_resume(
+            &out.join(REPSIM_MEAN),
+            rep_spec("mean over response tokens"),
+            n,
+        )?,
+    ];
     let run = RunInfo {
         model_path: std::fs::canonicalize(&model.source.path)
             .unwrap_or_else(|_| model.source.path.clone()),
@@ -255,7 +330,10 @@ pub fn run_index(
         f.write_all(text.as_bytes())
             .map_err(|e| Error::io(&run_path, e))
     })?;
-    let pending = store.pending_shards();
+    // A shard is pending while any of the three stores lacks it (a kill between writes).
+    let pending: Vec<usize> = (0..store.n_shards())
+        .filter(|&i| !store.is_shard_done(i) || subs.iter().any(|s| !s.is_shard_done(i)))
+        .collect();
     progress.total.store(n, Ordering::Relaxed);
     let reused = store.n_shards() - pending.len();
     progress
@@ -265,16 +343,26 @@ pub fn run_index(
     let mut tokens = 0;
     for &i in &pending {
         let range = store.shard_range(i);
-        let (feats, rows) = fz.featurize(
+        let f = fz.featurize(
             &report.samples[range],
             opts.batch_size,
             opts.threads,
             progress,
         )?;
-        n_truncated += rows.iter().filter(|r| r.truncated).count();
-        tokens += rows.iter().map(|r| r.n_tokens as usize).sum::<usize>();
-        store.write_shard(i, &feats, &rows)?;
+        n_truncated += f.rows.iter().filter(|r| r.truncated).count();
+        tokens += f.rows.iter().map(|r| r.n_tokens as usize).sum::<usize>();
+        for (sub, vals) in subs.iter_mut().zip([&f.repsim_last, &f.repsim_mean]) {
+            if !sub.is_shard_done(i) {
+                sub.write_shard(i, vals, &f.rows)?;
+            }
+        }
+        if !store.is_shard_done(i) {
+            store.write_shard(i, &f.grads, &f.rows)?;
+        }
         on_shard(store.n_done_rows(), n);
+    }
+    for sub in subs.iter_mut() {
+        sub.finish()?;
     }
     store.finish()?;
     let dim = store.dim();

@@ -7,6 +7,7 @@
 pub mod data;
 pub mod error;
 pub mod estimators;
+pub mod eval;
 pub mod features;
 pub mod index;
 pub mod model;

@@ -3,9 +3,11 @@
 
 mod cosine;
 mod dot;
+mod repsim;
 
 pub use cosine::Cosine;
 pub use dot::Dot;
+pub use repsim::RepSim;
 
 use crate::{Error, Result};
 
@@ -24,14 +26,23 @@ pub trait Estimator: Send + Sync {
     /// Scale applied to each training row's dot product, given its stored L2 norm
     /// (cosine: 1/‖z‖, 0 for a zero vector).
     fn train_scale(&self, norm: f32) -> f32;
+    /// Which feature set of a store the method scores: `gradients` (the store itself) or the
+    /// name of a representation sub-store written beside it by `index`.
+    fn features(&self) -> &str {
+        "gradients"
+    }
 }
 
 /// Builds one estimator.
 type Constructor = fn() -> Box<dyn Estimator>;
 
 /// Known methods: name and constructor.
-const REGISTRY: &[(&str, Constructor)] =
-    &[("dot", || Box::new(Dot)), ("cosine", || Box::new(Cosine))];
+const REGISTRY: &[(&str, Constructor)] = &[
+    ("dot", || Box::new(Dot)),
+    ("cosine", || Box::new(Cosine)),
+    ("repsim", || Box::new(RepSim::Last)),
+    ("repsim-mean", || Box::new(RepSim::Mean)),
+];
 
 /// The estimator called `name`; an unknown name gives an error listing the known ones.
 pub fn by_name(name: &str) -> Result<Box<dyn Estimator>> {

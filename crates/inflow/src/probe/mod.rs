@@ -27,8 +27,9 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Reads probes, keeping the first `per_task` of each task when given (file order).
-    pub fn read(path: &Path, per_task: Option<usize>, limit: Option<usize>) -> Result<Self> {
+    /// Reads probes, keeping the first `per_task` of each task and the first `max_tasks` tasks
+    /// when given (file order).
+    pub fn read(path: &Path, per_task: Option<usize>, max_tasks: Option<usize>) -> Result<Self> {
         let report = data::read_samples(
             path,
             &ReadOptions {
@@ -47,6 +48,9 @@ impl Probes {
                 .and_then(|t| t.as_str())
                 .unwrap_or("all")
                 .to_string();
+            if !counts.contains_key(&task) && max_tasks.is_some_and(|m| counts.len() >= m) {
+                continue;
+            }
             let c = counts.entry(task.clone()).or_default();
             if per_task.is_some_and(|k| *c >= k) {
                 continue;
@@ -54,9 +58,6 @@ impl Probes {
             *c += 1;
             tasks.push(task);
             samples.push(s);
-            if limit.is_some_and(|l| samples.len() >= l) {
-                break;
-            }
         }
         if samples.is_empty() {
             return Err(Error::Msg(format!("{}: no probes", path.display())));

@@ -1,0 +1,252 @@
+//! `inflow probe` (in-context probing or one-step fine-tuning against a probe set) and
+//! `inflow compare` (rank agreement of two score files, with a scatter plot).
+
+use anyhow::{bail, Result};
+use clap::Args;
+use inflow::data::{Format, ReadOptions};
+use inflow::eval::compare::{compare, ScoreFile};
+use inflow::index::Progress;
+use inflow::probe::icp::{DemoTemplate, Icp};
+use inflow::probe::one_step::OneStep;
+use inflow::probe::{ProbeMethod, ProbeRun, Probes};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args)]
+pub(crate) struct ProbeArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Training samples to value (.jsonl/.parquet).
+    #[arg(long)]
+    data: PathBuf,
+    /// Training data format.
+    #[arg(long, default_value = "auto")]
+    format: String,
+    /// Value only the first N training samples.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Probe tasks: samples (q_j, a_j) with an optional `task` field.
+    #[arg(long)]
+    probes: PathBuf,
+    /// Keep the first N probes of each task.
+    #[arg(long)]
+    probes_per_task: Option<usize>,
+    /// Keep the first N probe tasks.
+    #[arg(long)]
+    probe_tasks: Option<usize>,
+    /// `icp`: Δ_j = log p(a_j | z ⊕ q_j) − log p(a_j | q_j), z as a one-shot demonstration.
+    /// `one-step`: Δ_j = ℓ_j(θ) − ℓ_j(θ − lr·∇ℓ(z)), one SGD step on z.
+    #[arg(long, default_value = "icp")]
+    method: String,
+    /// How z and q_j are joined for ICP: `chat` (the model's template) or `plain`.
+    #[arg(long, default_value = "chat")]
+    demo_template: String,
+    /// Learning rate of the one-step method.
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// Linears updated by the one-step method (same syntax as index --modules).
+    #[arg(long, default_value = "all")]
+    modules: String,
+    /// Longest demonstration (ICP) or sample (one-step) in tokens.
+    #[arg(long, default_value_t = 512)]
+    max_tokens: usize,
+    /// Probes per batch.
+    #[arg(long, default_value_t = 8)]
+    probe_batch: usize,
+    /// Training samples per shard (the unit of resumption).
+    #[arg(long, default_value_t = 16)]
+    shard_size: usize,
+    /// Output folder; rerunning the same command resumes it.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also time the naive ICP (each probe's full prompt, no cache) on the first N samples
+    /// and check the scores are equal.
+    #[arg(long, default_value_t = 0)]
+    bench_naive: usize,
+}
+
+pub(crate) fn probe(a: ProbeArgs, threads: usize, json: bool) -> Result<()> {
+    let model = crate::load_model(&a.model)?;
+    let probes = Probes::read(&a.probes, a.probes_per_task, a.probe_tasks)?;
+    eprintln!(
+        "{} probes from {} tasks",
+        probes.samples.len(),
+        probes.groups().len()
+    );
+    let t0 = Instant::now();
+    let method: Box<dyn ProbeMethod> = match a.method.as_str() {
+        "icp" => Box::new(Icp::new(
+            &model,
+            &probes,
+            a.demo_template.parse::<DemoTemplate>()?,
+            a.max_tokens,
+            a.probe_batch,
+        )?),
+        "one-step" => Box::new(OneStep::new(
+            &model,
+            &probes,
+            a.lr,
+            &a.modules,
+            a.max_tokens,
+            a.probe_batch,
+        )?),
+        m => bail!("unknown --method `{m}`; expected icp or one-step"),
+    };
+    let setup = t0.elapsed().as_secs_f64();
+    let run = ProbeRun {
+        model: &model,
+        data: a.data.clone(),
+        read: ReadOptions {
+            format: a.format.parse::<Format>()?,
+            skip_bad: false,
+            limit: a.limit,
+        },
+        probes: &probes,
+        shard_size: a.shard_size.max(1),
+        threads,
+    };
+    let pb = crate::bar(0, a.method.as_str());
+    let progress = Progress::default();
+    let t = Instant::now();
+    let res = crate::with_progress(&pb, &progress, || {
+        inflow::probe::run(&run, method.as_ref(), &a.out, &progress)
+    });
+    pb.finish_and_clear();
+    let scores = res?;
+    let secs = t.elapsed().as_secs_f64();
+    let mut out = serde_json::json!({
+        "out": a.out, "scores": scores, "method": a.method,
+        "n_probes": probes.samples.len(), "seconds": secs, "setup_seconds": setup,
+    });
+    if a.bench_naive > 0 && a.method == "icp" {
+        out["naive_check"] = naive_check(&model, &probes, &a, threads)?;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "{} scores for the training samples in {:.1} s ({} probes): {}",
+            a.method,
+            secs,
+            probes.samples.len(),
+            scores.display()
+        );
+        if let Some(n) = out.get("naive_check") {
+            println!("naive vs cached ICP: {n}");
+        }
+    }
+    Ok(())
+}
+
+/// Times cached vs naive ICP on the first samples (one thread each) and checks equality.
+fn naive_check(
+    model: &inflow::model::LoadedModel,
+    probes: &Probes,
+    a: &ProbeArgs,
+    _threads: usize,
+) -> Result<serde_json::Value> {
+    let icp = Icp::new(
+        model,
+        probes,
+        a.demo_template.parse::<DemoTemplate>()?,
+        a.max_tokens,
+        a.probe_batch,
+    )?;
+    let samples = inflow::data::read_samples(
+        &a.data,
+        &ReadOptions {
+            format: a.format.parse::<Format>()?,
+            skip_bad: false,
+            limit: Some(a.bench_naive),
+        },
+    )?
+    .samples;
+    let base = icp.baselines();
+    let t = Instant::now();
+    let fast: Vec<Vec<f64>> = samples
+        .iter()
+        .map(|z| icp.conditional_logprobs(z).map(|r| r.0))
+        .collect::<inflow::Result<_>>()?;
+    let t_fast = t.elapsed().as_secs_f64();
+    // The naive way recomputes the baseline log p(a_j | q_j) for every z too.
+    let t = Instant::now();
+    let mut max_diff: f64 = 0.0;
+    for (z, f) in samples.iter().zip(&fast) {
+        let slow = icp.conditional_logprobs_naive(z)?;
+        for (x, y) in f.iter().zip(&slow) {
+            max_diff = max_diff.max((x - y).abs());
+        }
+    }
+    let t_slow_cond = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let _ = Icp::new(
+        model,
+        probes,
+        a.demo_template.parse::<DemoTemplate>()?,
+        a.max_tokens,
+        1,
+    )?;
+    let t_base = t.elapsed().as_secs_f64();
+    let t_slow = t_slow_cond + t_base * samples.len() as f64;
+    Ok(serde_json::json!({
+        "samples": samples.len(), "probes": base.len(),
+        "cached_seconds": t_fast, "naive_seconds": t_slow,
+        "speedup": t_slow / t_fast, "max_abs_logprob_difference": max_diff,
+    }))
+}
+
+#[derive(Args)]
+pub(crate) struct CompareArgs {
+    /// First score file (Parquet with train_id, score and optionally query_id).
+    a: PathBuf,
+    /// Second score file.
+    b: PathBuf,
+    /// Scatter plot PNG (default: A's folder, A_vs_B.png).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// k values for top-k overlap.
+    #[arg(long, value_delimiter = ',', default_value = "10,50,100")]
+    k: Vec<usize>,
+}
+
+pub(crate) fn compare_cmd(a: CompareArgs, json: bool) -> Result<()> {
+    let fa = ScoreFile::read(&a.a)?;
+    let fb = ScoreFile::read(&a.b)?;
+    let (c, xs, ys) = compare(&fa, &fb, &a.k)?;
+    let plot = a.plot.clone().unwrap_or_else(|| {
+        let stem = |p: &PathBuf| {
+            p.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        a.a.with_file_name(format!("{}_vs_{}.png", stem(&a.a), stem(&a.b)))
+    });
+    inflow::eval::plot::scatter(
+        &plot,
+        &xs,
+        &ys,
+        &format!("{} ({})", c.method_a, a.a.display()),
+        &format!("{} ({})", c.method_b, a.b.display()),
+        &format!(
+            "Spearman ρ = {:.3}, Kendall τ = {:.3} (n = {})",
+            c.spearman, c.kendall_tau_b, c.n_common
+        ),
+    )?;
+    if json {
+        let mut v = serde_json::to_value(&c)?;
+        v["plot"] = serde_json::json!(plot);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "{} vs {} on {} common {} keys",
+            c.method_a, c.method_b, c.n_common, c.keys
+        );
+        println!("  Spearman ρ     {:.4}", c.spearman);
+        println!("  Kendall τ-b    {:.4}", c.kendall_tau_b);
+        for (k, o) in &c.topk_overlap {
+            println!("  top-{k:<4} overlap {:.3}", o);
+        }
+        println!("  plot           {}", plot.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! How we know a score is right (METHODS.md §5): rank agreement between methods, and plots
+//! a person can look at.
+
+pub mod compare;
+pub mod plot;
+pub mod rank;
