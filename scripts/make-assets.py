@@ -2,7 +2,7 @@
 """Builds the bundled demo data in assets/data/ from the Natural Instructions extract.
 
 assets/data/train.jsonl: the first 300 lines of train.jsonl, byte for byte.
-assets/data/probe-tasks.jsonl: the first 3 probe lines of each of those 8 tasks (24 lines),
+assets/data/probe-tasks.jsonl: the first 4 probe lines of each of those 8 tasks (32 lines),
 a probe set for in-context probing and selection targets.
 assets/data/probe.jsonl: 8 lines of probe.jsonl from 8 distinct tasks, chosen among the
 tasks that also appear in those 300 train lines (the ones with the most train lines
@@ -40,7 +40,7 @@ others = sorted(t for t in first_probe if t not in train_count)
 chosen = (shared + others)[:PROBE_TASKS]
 picked = sorted(first_probe[t] for t in chosen)
 
-PER_TASK = 3
+PER_TASK = 4
 per_task = [i for i, line in enumerate(probe) if json.loads(line)["task"] in chosen]
 kept, seen = [], collections.Counter()
 for i in per_task:

@@ -370,7 +370,7 @@ fn probe_compare_and_repsim_on_a_tiny_model() {
     let a = args("icp", &icp);
     let o = run_ok(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["n_probes"], 6);
+    assert_eq!(v["n_probes"], 8);
     let first = std::fs::read(Path::new(&icp).join("features-00000.npy")).unwrap();
     // Rerunning the finished command changes nothing.
     run_ok(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
