@@ -83,6 +83,18 @@ enum Cmd {
     Probe(probe::ProbeArgs),
     /// Rank agreement of two score files (Spearman, Kendall, top-k overlap) and a scatter plot.
     Compare(probe::CompareArgs),
+    /// Fit K-FAC and EK-FAC curvature for a store (from the factor sums `index` saved and the
+    /// stored per-sample gradients), for `score --method influence --preconditioner kfac|ekfac`.
+    Fit {
+        /// Store made by `inflow index` (LoGra or full projection).
+        #[arg(long)]
+        store: PathBuf,
+        /// Kronecker factors from `tokens` (input/output-gradient covariances summed by index,
+        /// the K-FAC definition) or `samples` (marginals of the per-sample gradients; no model
+        /// pass, works on any LoGra/full store).
+        #[arg(long, default_value = "tokens")]
+        factors: String,
+    },
     /// Index the bundled Natural Instructions sample and score the bundled probes.
     Demo {
         /// Model (default: models/SmolLM2-135M-Instruct.Q4_1.gguf, fetched by scripts/fetch-model.sh).
@@ -216,6 +228,7 @@ struct ScoreArgs {
     #[arg(long, default_value = "auto")]
     format: String,
     /// Estimator: cosine (default; gradient cosine similarity), dot (gradient inner product),
+    /// influence (influence function with --preconditioner),
     /// repsim (cosine of final hidden states at the last prompt token), repsim-mean (… averaged
     /// over response tokens).
     #[arg(long, default_value = "cosine")]
@@ -235,6 +248,19 @@ struct ScoreArgs {
     /// Score only the first N queries.
     #[arg(long)]
     limit: Option<usize>,
+    /// Inverse-Hessian approximation for --method influence: identity, kfac, ekfac (both need
+    /// `inflow fit` first), datainf, lissa, exact (small feature dims only).
+    #[arg(long, default_value = "ekfac")]
+    preconditioner: String,
+    /// Damping, relative: λ_l = damping × the mean eigenvalue of layer l's (approximate) Fisher.
+    #[arg(long, default_value_t = 0.1)]
+    damping: f64,
+    /// LiSSA iterations.
+    #[arg(long, default_value_t = 300)]
+    lissa_iters: usize,
+    /// LiSSA mini-batch (training rows per Hessian-vector product).
+    #[arg(long, default_value_t = 64)]
+    lissa_batch: usize,
     /// Write one score per training sample instead of top-k lists: `mean` over the queries
     /// (e.g. gradient similarity to a whole probe set, to compare with ICP).
     #[arg(long)]
@@ -300,6 +326,22 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
         }
         Cmd::Index(a) => index(a, threads, json).map(|_| ()),
         Cmd::Score(a) => score(a, threads, json).map(|_| ()),
+        Cmd::Fit { store, factors } => {
+            let s = Store::open(&store)?;
+            let t = Instant::now();
+            let path = inflow::curvature::kfac::fit(&s, factors.parse()?)?;
+            let secs = t.elapsed().as_secs_f64();
+            if json {
+                println!("{}", serde_json::json!({"out": path, "seconds": secs}));
+            } else {
+                println!(
+                    "fitted K-FAC and EK-FAC for {} samples in {secs:.2} s: {}",
+                    s.n_samples(),
+                    path.display()
+                );
+            }
+            Ok(())
+        }
         Cmd::Probe(a) => probe::probe(a, threads, json),
         Cmd::Compare(a) => probe::compare_cmd(a, json),
         Cmd::Demo { model, limit, out } => demo::run(model, limit, out, threads, json),
@@ -582,7 +624,19 @@ pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<ScoreOut
     store.check_compatible(&serde_json::json!({
         "model": inflow::index::model_spec(&model)?,
     }))?;
-    let est = inflow::estimators::by_name(&a.method)?;
+    let est: Box<dyn inflow::estimators::Estimator + '_> = if a.method == "influence" {
+        let opts = inflow::curvature::Options {
+            damping: a.damping,
+            lissa_iters: a.lissa_iters,
+            lissa_batch: a.lissa_batch,
+            seed: 0,
+        };
+        Box::new(inflow::estimators::influence::Influence::new(
+            inflow::curvature::load(&a.preconditioner, &store, &opts)?,
+        ))
+    } else {
+        inflow::estimators::by_name(&a.method)?
+    };
     let fz = Featurizer::new(&model, &run.features)?;
     store.check_compatible(&serde_json::json!({
         "features": serde_json::to_value(fz.spec())?,
@@ -610,8 +664,9 @@ pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<ScoreOut
     let qrows = &feats.rows;
     let qf = feats.set(est.features())?;
     // Representation methods score a sub-store written beside the gradients by `index`.
-    let scored = if est.features() == "gradients" {
-        store
+    let sub;
+    let scored: &Store = if est.features() == "gradients" {
+        &store
     } else {
         let dir = a.store.join(est.features());
         if !dir.join("manifest.json").exists() {
@@ -621,7 +676,8 @@ pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<ScoreOut
                 est.features()
             );
         }
-        Store::open(&dir)?
+        sub = Store::open(&dir)?;
+        &sub
     };
     let aggregate = match a.aggregate.as_deref() {
         None => false,
@@ -630,7 +686,7 @@ pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<ScoreOut
     };
     let sb = bar(scored.n_samples(), "score");
     let result = inflow::scores::score_store(
-        &scored,
+        scored,
         qf,
         nq,
         est.as_ref(),
@@ -638,7 +694,9 @@ pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<ScoreOut
         a.full.is_some() || aggregate,
         &mut |done| sb.set_position(done as u64),
     )?;
-    let store = scored;
+    if let Some(r) = est.report() {
+        eprintln!("{}: {r}", est.name());
+    }
     sb.finish_and_clear();
     let train = store.samples()?;
     let train_ids: Vec<String> = train.iter().map(|r| r.id.clone()).collect();

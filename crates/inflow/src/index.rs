@@ -2,6 +2,7 @@
 //! shard. A killed run resumes where it stopped (shards are written atomically and the
 //! manifest lists only whole ones); a rerun with other settings is refused by the store.
 
+use crate::curvature::kfac::{self, KfacStats};
 use crate::data::tokens::{Renderer, Template};
 use crate::data::{self, ReadOptions, Sample};
 use crate::features::{select_modules, FeatureSpec, Projection, Projector};
@@ -27,10 +28,17 @@ pub struct Featurized {
     /// Final hidden state averaged over response tokens, n × hidden.
     pub repsim_mean: Vec<f32>,
     pub rows: Vec<SampleRow>,
+    /// K-FAC factor sums of the same pass (None for the dense projection).
+    pub kfac: Option<KfacStats>,
 }
 
 impl Featurized {
     fn extend(&mut self, o: Featurized) {
+        match (&mut self.kfac, &o.kfac) {
+            (Some(a), Some(b)) => a.merge(b),
+            (None, Some(b)) => self.kfac = Some(b.clone()),
+            _ => {}
+        }
         self.grads.extend(o.grads);
         self.repsim_last.extend(o.repsim_last);
         self.repsim_mean.extend(o.repsim_mean);
@@ -229,6 +237,18 @@ impl<'a> Featurizer<'a> {
                 r.loss = *l;
             }
             let (last, mean) = pooled_hidden(&cap.hidden, &seqs)?;
+            let mut factors = Vec::with_capacity(cap.layers.len());
+            for (i, l) in cap.layers.iter().enumerate() {
+                if let Some(f) = self.projector.factor_inputs(i, &l.x, &l.delta)? {
+                    factors.push(f);
+                }
+            }
+            if factors.len() == cap.layers.len() {
+                let lens: Vec<usize> = seqs.iter().map(|s| s.ids.len()).collect();
+                out.kfac
+                    .get_or_insert_with(KfacStats::default)
+                    .accumulate(&factors, &lens)?;
+            }
             out.grads.extend(self.projector.project(&cap)?);
             out.repsim_last.extend(last);
             out.repsim_mean.extend(mean);
@@ -357,6 +377,10 @@ pub fn run_index(
             }
         }
         if !store.is_shard_done(i) {
+            // Curvature sums first: a shard listed in the manifest always has them.
+            if let Some(k) = &f.kfac {
+                k.save(&kfac::stats_path(out, i))?;
+            }
             store.write_shard(i, &f.grads, &f.rows)?;
         }
         on_shard(store.n_done_rows(), n);

@@ -3,6 +3,7 @@
 
 mod cosine;
 mod dot;
+pub mod influence;
 mod repsim;
 
 pub use cosine::Cosine;
@@ -30,6 +31,10 @@ pub trait Estimator: Send + Sync {
     /// name of a representation sub-store written beside it by `index`.
     fn features(&self) -> &str {
         "gradients"
+    }
+    /// Diagnostics of the last query preparation (e.g. LiSSA convergence), if any.
+    fn report(&self) -> Option<serde_json::Value> {
+        None
     }
 }
 

@@ -108,6 +108,32 @@ impl Projector {
         &self.spec
     }
 
+    /// The inputs of layer `i`'s K-FAC factors: (x̃, δ̃) = (P_inᵀ x, P_outᵀ δ) per token for LoGra,
+    /// (x, δ) for full gradients, None for the dense projection (no Kronecker structure).
+    pub fn factor_inputs(
+        &self,
+        i: usize,
+        x: &Tensor,
+        delta: &Tensor,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        match (&self.spec.projection, &self.logra) {
+            (Projection::Logra { .. }, Some(lg)) => {
+                let (p_in, p_out) = lg
+                    .matrices(i)
+                    .ok_or_else(|| Error::Msg(format!("no projection for layer {i}")))?;
+                let (b, t, _) = x.dims3()?;
+                let xp = x.reshape((b * t, ()))?.matmul(p_in)?.reshape((b, t, ()))?;
+                let gp = delta
+                    .reshape((b * t, ()))?
+                    .matmul(p_out)?
+                    .reshape((b, t, ()))?;
+                Ok(Some((xp, gp)))
+            }
+            (Projection::Full, _) => Ok(Some((x.clone(), delta.clone()))),
+            _ => Ok(None),
+        }
+    }
+
     /// Feature rows (B × dim, row-major, f32) for a captured batch; layers in spec order.
     pub fn project(&self, cap: &Captured) -> Result<Vec<f32>> {
         if cap.layers.len() != self.spec.layers.len()

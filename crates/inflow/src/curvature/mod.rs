@@ -1,0 +1,192 @@
+//! Inverse-Hessian approximations for influence functions (METHODS.md §2, "Influence function").
+//!
+//! Influence of training sample z on query q (helpfulness sign convention):
+//! I(z, q) = g_qᵀ (H + λI)⁻¹ g_z, positive when up-weighting z lowers the query loss.
+//! H is the empirical Fisher of the per-sample gradients in feature space (per tracked layer
+//! blocks, or whole). Every method here is a [`Preconditioner`] applied once to the query side
+//! (q' = (H + λI)⁻¹ q), so scoring stays one streamed matrix product over the store.
+//!
+//! Damping: per layer block l, λ_l = `damping` × mean_i ‖g_il‖² / d_l, i.e. `damping` times the
+//! mean eigenvalue of that block's Fisher (DataInf's reference choice with `damping` = 0.1),
+//! shared by every method so they approximate the same damped matrix.
+
+pub mod datainf;
+pub mod exact;
+pub mod kfac;
+pub mod lissa;
+
+use crate::features::{FeatureSpec, Projection};
+use crate::store::Store;
+use crate::{Error, Result};
+
+/// q ← (H + λI)⁻¹ q for feature rows.
+pub trait Preconditioner: Send + Sync {
+    fn name(&self) -> &str;
+    /// Applies the inverse to every row of `queries` (nq × dim, row-major) in place.
+    fn apply(&self, queries: &mut [f32], dim: usize) -> Result<()>;
+    /// Diagnostics of the last application (LiSSA's convergence), if any.
+    fn report(&self) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+/// One layer's slice of a feature vector: rows × cols (r_out × r_in, or d_out × d_in), row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Block {
+    pub name: String,
+    pub offset: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Block {
+    pub fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The per-layer blocks of a feature spec; a dense projection is one unstructured block.
+pub fn blocks(spec: &FeatureSpec) -> Vec<Block> {
+    let mut off = 0;
+    match &spec.projection {
+        Projection::Logra { rank_in, rank_out } => spec
+            .layers
+            .iter()
+            .map(|l| {
+                let b = Block {
+                    name: l.name.clone(),
+                    offset: off,
+                    rows: *rank_out,
+                    cols: *rank_in,
+                };
+                off += b.len();
+                b
+            })
+            .collect(),
+        Projection::Full => spec
+            .layers
+            .iter()
+            .map(|l| {
+                let b = Block {
+                    name: l.name.clone(),
+                    offset: off,
+                    rows: l.d_out,
+                    cols: l.d_in,
+                };
+                off += b.len();
+                b
+            })
+            .collect(),
+        Projection::Dense { dim } => vec![Block {
+            name: "dense".into(),
+            offset: 0,
+            rows: 1,
+            cols: *dim,
+        }],
+    }
+}
+
+/// The feature spec a store was built with.
+pub fn store_feature_spec(store: &Store) -> Result<FeatureSpec> {
+    serde_json::from_value(store.spec().features.clone()).map_err(|e| Error::Store {
+        path: store.dir().into(),
+        msg: format!("features are not gradient features ({e}); influence needs a gradient store"),
+    })
+}
+
+/// Per-block λ_l = damping × mean_i ‖g_il‖² / d_l, from one pass over the store.
+pub fn block_damping(store: &Store, blocks: &[Block], damping: f64) -> Result<Vec<f64>> {
+    let mut sq = vec![0f64; blocks.len()];
+    let mut n = 0usize;
+    let dim = store.dim();
+    for s in 0..store.n_shards() {
+        let (f, rows) = store.shard_features(s)?;
+        for r in 0..rows {
+            let row = &f[r * dim..(r + 1) * dim];
+            for (k, b) in blocks.iter().enumerate() {
+                sq[k] += row[b.offset..b.offset + b.len()]
+                    .iter()
+                    .map(|&x| x as f64 * x as f64)
+                    .sum::<f64>();
+            }
+        }
+        n += rows;
+    }
+    Ok(blocks
+        .iter()
+        .zip(sq)
+        .map(|(b, s)| {
+            let l = damping * s / (n.max(1) as f64) / b.len() as f64;
+            // A block whose gradients are all zero still needs an invertible damping.
+            if l > 0.0 {
+                l
+            } else {
+                damping.max(1e-12)
+            }
+        })
+        .collect())
+}
+
+/// The identity (plain gradient dot product).
+pub struct Identity;
+
+impl Preconditioner for Identity {
+    fn name(&self) -> &str {
+        "identity"
+    }
+    fn apply(&self, _q: &mut [f32], _dim: usize) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Names accepted by `--preconditioner`.
+pub const NAMES: [&str; 6] = ["identity", "kfac", "ekfac", "datainf", "lissa", "exact"];
+
+/// Options for building a preconditioner.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub damping: f64,
+    pub lissa_iters: usize,
+    pub lissa_batch: usize,
+    pub seed: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            damping: 0.1,
+            lissa_iters: 300,
+            lissa_batch: 64,
+            seed: 0,
+        }
+    }
+}
+
+/// Builds the named preconditioner for a store (K-FAC and EK-FAC need `inflow fit` first).
+pub fn load<'a>(
+    name: &str,
+    store: &'a Store,
+    opts: &Options,
+) -> Result<Box<dyn Preconditioner + 'a>> {
+    Ok(match name {
+        "identity" => Box::new(Identity),
+        "kfac" | "ekfac" => Box::new(kfac::KfacPreconditioner::load(
+            store,
+            name == "ekfac",
+            opts.damping,
+        )?),
+        "datainf" => Box::new(datainf::DataInf::new(store, opts.damping)?),
+        "lissa" => Box::new(lissa::Lissa::new(store, opts)?),
+        "exact" => Box::new(exact::Exact::new(store, opts.damping)?),
+        _ => {
+            return Err(Error::Msg(format!(
+                "unknown preconditioner `{name}`; expected one of {}",
+                NAMES.join(", ")
+            )))
+        }
+    })
+}
