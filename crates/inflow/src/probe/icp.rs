@@ -13,7 +13,7 @@
 use super::{ProbeMethod, Probes};
 use crate::data::tokens::{Renderer, Template};
 use crate::data::{Body, Message, Sample};
-use crate::model::{KvCache, LoadedModel, TokenSeq};
+use crate::model::{LoadedModel, TokenSeq};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -213,35 +213,18 @@ impl<'a> Icp<'a> {
     pub fn conditional_logprobs(&self, z: &Sample) -> Result<(Vec<f64>, bool)> {
         let (pre, suffixes, truncated) = self.demo_and_suffixes(z)?;
         let zcache = self.model.llama.prefix_cache(&pre)?;
-        let mut out = vec![0f64; self.probes.len()];
-        for group in &self.groups {
-            // Longest common prefix of the group's suffixes, leaving each at least one token.
-            let min_len = group.iter().map(|&j| suffixes[j].len()).min().unwrap_or(0);
-            let first = &suffixes[group[0]];
-            let mut lcp = 0;
-            while lcp + 1 < min_len && group.iter().all(|&j| suffixes[j][lcp] == first[lcp]) {
-                lcp += 1;
-            }
-            let cache: KvCache = if lcp > 0 {
-                self.model.llama.extend_cache(&zcache, &first[..lcp])?
-            } else {
-                zcache.clone()
-            };
-            let seqs: Vec<(usize, TokenSeq)> = group
-                .iter()
-                .map(|&j| (j, seq(&suffixes[j][lcp..], &self.probes[j].answer)))
-                .collect();
-            for chunk in seqs.chunks(self.batch) {
-                let batch: Vec<TokenSeq> = chunk.iter().map(|(_, s)| s.clone()).collect();
-                let lp = self
-                    .model
-                    .llama
-                    .response_logprob_sums(Some(&cache), &batch)?;
-                for ((j, _), v) in chunk.iter().zip(lp) {
-                    out[*j] = v;
-                }
-            }
-        }
+        let seqs: Vec<TokenSeq> = suffixes
+            .iter()
+            .zip(&self.probes)
+            .map(|(s, p)| seq(s, &p.answer))
+            .collect();
+        let out = super::grouped_logprob_sums(
+            &self.model.llama,
+            Some(&zcache),
+            &self.groups,
+            &seqs,
+            self.batch,
+        )?;
         Ok((out, truncated))
     }
 

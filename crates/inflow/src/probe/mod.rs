@@ -87,6 +87,61 @@ impl Probes {
     }
 }
 
+/// Σ log p of each sequence's response tokens, sharing work: every sequence continues `base`
+/// (when given), and each group's longest common token prefix (kept short of the first response
+/// token) is run once and cached; the group's tails then run in batches of `batch`.
+pub fn grouped_logprob_sums(
+    llama: &crate::model::Llama,
+    base: Option<&crate::model::KvCache>,
+    groups: &[Vec<usize>],
+    seqs: &[crate::model::TokenSeq],
+    batch: usize,
+) -> Result<Vec<f64>> {
+    let mut out = vec![0f64; seqs.len()];
+    for group in groups {
+        let Some(&g0) = group.first() else { continue };
+        let prompt_len = |j: usize| {
+            seqs[j]
+                .loss_mask
+                .iter()
+                .position(|&m| m)
+                .unwrap_or(seqs[j].ids.len())
+        };
+        let min_len = group.iter().map(|&j| prompt_len(j)).min().unwrap_or(0);
+        let first = &seqs[g0].ids;
+        let mut lcp = 0;
+        while lcp + 1 < min_len && group.iter().all(|&j| seqs[j].ids[lcp] == first[lcp]) {
+            lcp += 1;
+        }
+        let cache = match (base, lcp) {
+            (Some(b), 0) => Some(b.clone()),
+            (Some(b), l) => Some(llama.extend_cache(b, &first[..l])?),
+            (None, 0) => None,
+            (None, l) => Some(llama.prefix_cache(&first[..l])?),
+        };
+        let tails: Vec<(usize, crate::model::TokenSeq)> = group
+            .iter()
+            .map(|&j| {
+                (
+                    j,
+                    crate::model::TokenSeq {
+                        ids: seqs[j].ids[lcp..].to_vec(),
+                        loss_mask: seqs[j].loss_mask[lcp..].to_vec(),
+                    },
+                )
+            })
+            .collect();
+        for chunk in tails.chunks(batch.max(1)) {
+            let b: Vec<crate::model::TokenSeq> = chunk.iter().map(|(_, s)| s.clone()).collect();
+            let lp = llama.response_logprob_sums(cache.as_ref(), &b)?;
+            for ((j, _), v) in chunk.iter().zip(lp) {
+                out[*j] = v;
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// A forward-only method that turns a training sample into one value per probe.
 pub trait ProbeMethod: Sync {
     fn name(&self) -> &str;

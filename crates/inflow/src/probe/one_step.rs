@@ -16,6 +16,8 @@ pub struct OneStep<'a> {
     probes: Vec<TokenSeq>,
     base: Vec<f64>,
     tracked: Vec<usize>,
+    groups: Vec<Vec<usize>>,
+    n_answer: Vec<f64>,
     lr: f64,
     batch: usize,
     modules: String,
@@ -37,9 +39,15 @@ impl<'a> OneStep<'a> {
             .map(|s| renderer.tokenize(s).map(|t| t.seq))
             .collect::<Result<_>>()?;
         let tracked = select_modules(&model.llama.linears(), modules)?;
+        let n_answer = seqs
+            .iter()
+            .map(|s| s.n_loss_tokens().max(1) as f64)
+            .collect();
         let mut os = OneStep {
             model,
             renderer,
+            groups: probes.groups(),
+            n_answer,
             probes: seqs,
             base: Vec::new(),
             tracked,
@@ -51,12 +59,15 @@ impl<'a> OneStep<'a> {
         Ok(os)
     }
 
+    /// Mean answer-token loss of each probe; a task's shared instruction is run once.
     fn probe_losses(&self, llama: &crate::model::Llama) -> Result<Vec<f64>> {
-        let mut out = Vec::with_capacity(self.probes.len());
-        for chunk in self.probes.chunks(self.batch) {
-            out.extend(llama.losses_f64(chunk)?);
-        }
-        Ok(out)
+        let sums =
+            super::grouped_logprob_sums(llama, None, &self.groups, &self.probes, self.batch)?;
+        Ok(sums
+            .iter()
+            .zip(&self.n_answer)
+            .map(|(s, n)| -s / n)
+            .collect())
     }
 
     /// Per-probe loss drops ℓ_j(θ) − ℓ_j(θ − η g_z), and ℓ(z; θ).
