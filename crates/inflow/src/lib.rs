@@ -12,6 +12,7 @@ pub mod index;
 pub mod model;
 pub mod scores;
 pub mod store;
+pub mod train;
 
 pub use error::{Error, Result};
 
