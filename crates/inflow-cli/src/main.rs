@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod show;
+mod train;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::DType;
@@ -89,6 +90,12 @@ enum Cmd {
         #[arg(long, default_value = "runs/demo")]
         out: PathBuf,
     },
+    /// Fine-tune with LoRA (default) or fully; checkpoints resume bit for bit (--resume).
+    Train(train::TrainArgs),
+    /// Mean response-token loss of a data file, optionally with --adapter.
+    EvalLoss(train::EvalLossArgs),
+    /// Merge an adapter or checkpoint into the model and write a Hugging Face folder.
+    Export(train::ExportArgs),
     /// Throughput benchmarks.
     Bench {
         #[command(subcommand)]
@@ -196,6 +203,19 @@ struct IndexArgs {
     /// Samples per forward/backward micro-batch (1 avoids padding; CPU gains little from more).
     #[arg(long, default_value_t = 1)]
     batch_size: usize,
+    /// LoRA adapter folder or `inflow train` checkpoint applied to the model first.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Features of the LoRA parameters (A and B of every adapter) instead of the base Linears.
+    #[arg(long)]
+    lora_grads: bool,
+    /// With --lora-grads: LESS's Adam-update features Γ = m'/(√v'+ε) from the checkpoint's
+    /// optimizer moments (use --projection dense).
+    #[arg(long)]
+    adam: bool,
+    /// One store per checkpoint (--out/{checkpoint}), each recording its step and learning rate.
+    #[arg(long, num_args = 1..)]
+    checkpoints: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -286,9 +306,17 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Index(a)
+            if a.adapter.is_some() || a.lora_grads || a.adam || !a.checkpoints.is_empty() =>
+        {
+            train::index_checkpoints(a, threads, json)
+        }
         Cmd::Index(a) => index(a, threads, json).map(|_| ()),
         Cmd::Score(a) => score(a, threads, json).map(|_| ()),
         Cmd::Demo { model, limit, out } => demo::run(model, limit, out, threads, json),
+        Cmd::Train(a) => train::train(a, threads, json),
+        Cmd::EvalLoss(a) => train::eval_loss(a, threads, json),
+        Cmd::Export(a) => train::export(a, json),
         Cmd::Bench { what } => match what {
             BenchWhat::Features {
                 model,
