@@ -105,6 +105,9 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// Training steps on the reference model (LoRA and full fine-tuning): tokens/s and
+    /// GFLOP/s beside this machine's measured GEMM GFLOP/s.
+    Train(train::BenchTrainArgs),
     /// Per-sample gradient features on the reference model: tokens/s, samples/s, GFLOP/s
     /// beside this machine's measured GEMM GFLOP/s, peak RSS, bytes per sample.
     Features {
@@ -324,6 +327,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
                 max_tokens,
                 rank,
             } => bench::features(model, samples, max_tokens, rank, threads, json),
+            BenchWhat::Train(a) => train::bench(a, threads, json),
         },
     }
 }

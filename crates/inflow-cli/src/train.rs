@@ -433,3 +433,125 @@ pub(crate) fn index_checkpoints(a: crate::IndexArgs, threads: usize, json: bool)
     }
     Ok(())
 }
+
+/// `inflow bench train`.
+#[derive(Args)]
+pub(crate) struct BenchTrainArgs {
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Samples per step (one padded pass split across --threads).
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Timed steps per method (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Methods to time: lora, full or both.
+    #[arg(long, default_value = "both")]
+    methods: String,
+}
+
+/// Tokens/s of training steps: the per-step times of the trainer's log, warm-up step left out.
+pub(crate) fn bench(a: BenchTrainArgs, threads: usize, json: bool) -> Result<()> {
+    let model_path = match a.model {
+        Some(m) => m,
+        None => crate::default_model()?,
+    };
+    let data = crate::assets_dir()?.join("train.jsonl");
+    eprintln!("measuring GEMM (1024³ f32) with 1 and {threads} threads…");
+    let gemm1 = crate::bench::gemm_gflops(1, 1024, 8)?;
+    let gemm_n = crate::bench::gemm_gflops(threads, 1024, 8)?;
+    let mut rows = Vec::new();
+    let methods: Vec<&str> = match a.methods.as_str() {
+        "both" => vec!["lora", "full"],
+        m @ ("lora" | "full") => vec![m],
+        m => bail!("unknown --methods `{m}`; expected lora, full or both"),
+    };
+    for method in methods {
+        let mut m = crate::load_model(&model_path)?;
+        let n_params = m.llama.n_params() as f64;
+        let (td, _) = tokenize(
+            &m,
+            &data,
+            &read_opts("alpaca", false, Some(a.batch_size * (a.steps + 2)))?,
+            "auto",
+            a.max_tokens,
+        )?;
+        let opts = TrainOptions {
+            method: match method {
+                "lora" => Method::Lora(LoraConfig {
+                    rank: 8,
+                    alpha: 16.0,
+                    dropout: 0.05,
+                    modules: "q,v".into(),
+                }),
+                _ => Method::Full {
+                    modules: "all".into(),
+                },
+            },
+            batch_size: a.batch_size,
+            threads,
+            // Stopping before the last step skips the final checkpoint (a GB for full).
+            max_steps: Some(a.steps + 2),
+            stop_after: Some(a.steps + 1),
+            ..TrainOptions::lora(8, 16.0, "q,v")
+        };
+        let out = std::env::temp_dir().join(format!(
+            "inflow-bench-train-{method}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&out);
+        eprintln!(
+            "{method}: {} steps of {} samples…",
+            a.steps + 1,
+            a.batch_size
+        );
+        let mut recs = Vec::new();
+        inflow::train::train(&mut m, &td, &opts, &out, false, &mut |r, _| {
+            recs.push(r.clone())
+        })?;
+        let _ = std::fs::remove_dir_all(&out);
+        let timed = &recs[1.min(recs.len() - 1)..];
+        let secs: f64 = timed.iter().map(|r| r.seconds).sum();
+        let tokens: usize = timed.iter().map(|r| r.tokens).sum();
+        let tps = tokens as f64 / secs;
+        // Forward 2·P·T plus backward: 2·P·T for dX, and 2·P·T more for dW when the weights
+        // train (full); LoRA's own FLOPs are negligible.
+        let flops_per_token = if method == "full" { 6.0 } else { 4.0 } * n_params;
+        rows.push(serde_json::json!({
+            "method": method, "steps_timed": timed.len(), "tokens": tokens, "seconds": secs,
+            "tokens_per_s": tps, "gflops": flops_per_token * tps / 1e9,
+            "flops_per_token": flops_per_token,
+            "fraction_of_gemm": flops_per_token * tps / 1e9 / gemm_n,
+        }));
+    }
+    let out = serde_json::json!({
+        "model": model_path, "threads": threads, "batch_size": a.batch_size,
+        "max_tokens": a.max_tokens, "gemm_gflops_1_thread": gemm1,
+        "gemm_gflops_all_threads": gemm_n, "methods": rows,
+        "peak_rss_bytes": crate::bench::peak_rss(),
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "inflow bench train — {}, {threads} threads, batch {}, ≤ {} tokens/sample",
+            model_path.display(),
+            a.batch_size,
+            a.max_tokens
+        );
+        println!("  GEMM, same run   {gemm1:.1} GFLOP/s on 1 thread, {gemm_n:.1} on {threads}");
+        for r in &rows {
+            println!(
+                "  {:<5} {:>8.0} tokens/s  {:>6.1} GFLOP/s ({} FLOPs/token·params)  {:.0}% of GEMM",
+                r["method"].as_str().unwrap_or(""),
+                r["tokens_per_s"].as_f64().unwrap_or(0.0),
+                r["gflops"].as_f64().unwrap_or(0.0),
+                if r["method"] == "full" { 6 } else { 4 },
+                100.0 * r["fraction_of_gemm"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    Ok(())
+}
