@@ -45,9 +45,9 @@ fn lora_epoch_lowers_held_out_loss_on_the_same_tasks() {
     }
     // Interleave tasks, then keep the test small enough for CI (2 cores, a few minutes).
     train_s.sort_by_key(|s| s.row % 7);
-    train_s.truncate(64);
-    test_s.truncate(24);
-    let r = Renderer::new(&m, Template::Auto, 128).unwrap();
+    train_s.truncate(48);
+    test_s.truncate(16);
+    let r = Renderer::new(&m, Template::Auto, 96).unwrap();
     let tok = |v: &[&Sample]| -> Vec<_> { v.iter().map(|s| r.tokenize(s).unwrap().seq).collect() };
     let (train_seqs, test_seqs) = (tok(&train_s), tok(&test_s));
     drop(r);
@@ -56,7 +56,9 @@ fn lora_epoch_lowers_held_out_loss_on_the_same_tasks() {
     let _ = std::fs::remove_dir_all(&out);
     let opts = TrainOptions {
         lr: 1e-3,
-        batch_size: 8,
+        // 8 samples per step in passes of 2: a pass of 8 would hold several GB of activations.
+        batch_size: 2,
+        grad_accum: 4,
         warmup_steps: 1,
         ..TrainOptions::lora(8, 16.0, "q,v")
     };
@@ -78,14 +80,14 @@ fn lora_epoch_lowers_held_out_loss_on_the_same_tasks() {
         s.tokens as f64 / secs,
         test_seqs.len()
     );
-    assert_eq!(s.total_steps, 8);
+    assert_eq!(s.total_steps, 6);
     assert!(
         after < before - 0.02,
         "held-out loss did not drop: {before} → {after}"
     );
     // The checkpoint reproduces the trained model.
     let mut fresh = LoadedModel::load(&model_path, DType::F32).unwrap();
-    inflow::train::features::attach(&mut fresh, &out.join("checkpoint-8")).unwrap();
+    inflow::train::features::attach(&mut fresh, &out.join("checkpoint-6")).unwrap();
     let again = train::eval_loss(&fresh, &test_seqs[..4], 4, 1)
         .unwrap()
         .mean_loss;
