@@ -133,6 +133,25 @@ fn lora_gradients_match_finite_differences_and_autograd() {
 }
 
 #[test]
+fn short_module_names_select_only_their_layers() {
+    let m = tiny::random(&tiny::config(16, 2), 1, DType::F32).unwrap();
+    let all = m.llama.linears();
+    let sel = inflow::features::select_modules(&all, "o").unwrap();
+    assert_eq!(
+        sel.len(),
+        2,
+        "`o` is o_proj, not every name containing an o"
+    );
+    assert!(sel.iter().all(|&i| all[i].name.ends_with("o_proj")));
+    assert_eq!(
+        inflow::features::select_modules(&all, "o,down")
+            .unwrap()
+            .len(),
+        4
+    );
+}
+
+#[test]
 fn lora_branch_equals_merged_weights() {
     let mut m = tiny::random(&tiny::config(16, 2), 2, DType::F64).unwrap();
     let ad = adapters_with_random_b(&m, "q,k,v,o,gate,up,down", 3);
@@ -169,6 +188,10 @@ fn peft_files_round_trip() {
         serde_json::json!(["q_proj", "v_proj"])
     );
     assert_eq!(cfg["base_model_name_or_path"], "tiny-base");
+    assert!(
+        cfg["layers_to_transform"].is_null(),
+        "every layer is adapted"
+    );
     let st = candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &Device::Cpu)
         .unwrap();
     let mut keys: Vec<&String> = st.keys().collect();
@@ -199,7 +222,7 @@ fn peft_files_round_trip() {
         .unwrap()
         .to_string();
     assert!(
-        err.contains("lora_A.weight") && err.contains("shape"),
+        err.contains(".weight` has shape") && err.contains("expected"),
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);

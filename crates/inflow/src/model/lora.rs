@@ -96,6 +96,8 @@ pub struct Adapters {
     config: LoraConfig,
     layers: Vec<LoraLayer>,
     by_flat: HashMap<usize, usize>,
+    /// Blocks of the model (PEFT's `layers_to_transform` is left out when all are adapted).
+    n_layers: usize,
 }
 
 impl Adapters {
@@ -123,10 +125,10 @@ impl Adapters {
                 b: Var::from_tensor(&b)?,
             });
         }
-        Ok(Self::from_layers(config, layers))
+        Ok(Self::from_layers(config, layers, llama))
     }
 
-    fn from_layers(config: LoraConfig, layers: Vec<LoraLayer>) -> Self {
+    fn from_layers(config: LoraConfig, layers: Vec<LoraLayer>, llama: &Llama) -> Self {
         let by_flat = layers
             .iter()
             .enumerate()
@@ -136,6 +138,7 @@ impl Adapters {
             config,
             layers,
             by_flat,
+            n_layers: llama.config.num_hidden_layers,
         }
     }
 
@@ -309,6 +312,11 @@ impl Adapters {
             .iter()
             .filter_map(|l| l.base.split('.').nth(2)?.parse().ok())
             .collect();
+        let layers_to_transform = if layer_ids.len() == self.n_layers {
+            serde_json::Value::Null
+        } else {
+            serde_json::json!(layer_ids)
+        };
         serde_json::json!({
             "peft_type": "LORA",
             "task_type": "CAUSAL_LM",
@@ -317,7 +325,7 @@ impl Adapters {
             "lora_alpha": self.config.alpha,
             "lora_dropout": self.config.dropout,
             "target_modules": targets,
-            "layers_to_transform": layer_ids,
+            "layers_to_transform": layers_to_transform,
             "bias": "none",
             "fan_in_fan_out": false,
             "inference_mode": true,
@@ -462,7 +470,7 @@ impl Adapters {
             modules,
         };
         validate(&config).map_err(|e| bad(e.to_string()))?;
-        Ok(Self::from_layers(config, layers))
+        Ok(Self::from_layers(config, layers, llama))
     }
 
     /// Copies another set of adapters' values into these (same layers and shapes).
