@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 /// Peak resident memory of this process in bytes (Linux VmHWM).
-fn peak_rss() -> Option<u64> {
+pub(crate) fn peak_rss() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -19,7 +19,7 @@ fn peak_rss() -> Option<u64> {
 }
 
 /// f32 GEMM rate (GFLOP/s) of `threads` independent single-threaded n×n×n products at once.
-fn gemm_gflops(threads: usize, n: usize, reps: usize) -> Result<f64> {
+pub(crate) fn gemm_gflops(threads: usize, n: usize, reps: usize) -> Result<f64> {
     let a = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
     let b = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
     a.matmul(&b)?; // warm-up

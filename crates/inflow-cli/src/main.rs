@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod probe;
 mod show;
+mod train;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::DType;
@@ -107,6 +108,12 @@ enum Cmd {
         #[arg(long, default_value = "runs/demo")]
         out: PathBuf,
     },
+    /// Fine-tune with LoRA (default) or fully; checkpoints resume bit for bit (--resume).
+    Train(train::TrainArgs),
+    /// Mean response-token loss of a data file, optionally with --adapter.
+    EvalLoss(train::EvalLossArgs),
+    /// Merge an adapter or checkpoint into the model and write a Hugging Face folder.
+    Export(train::ExportArgs),
     /// Throughput benchmarks.
     Bench {
         #[command(subcommand)]
@@ -116,6 +123,9 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// Training steps on the reference model (LoRA and full fine-tuning): tokens/s and
+    /// GFLOP/s beside this machine's measured GEMM GFLOP/s.
+    Train(train::BenchTrainArgs),
     /// Per-sample gradient features on the reference model: tokens/s, samples/s, GFLOP/s
     /// beside this machine's measured GEMM GFLOP/s, peak RSS, bytes per sample.
     Features {
@@ -214,6 +224,19 @@ struct IndexArgs {
     /// Samples per forward/backward micro-batch (1 avoids padding; CPU gains little from more).
     #[arg(long, default_value_t = 1)]
     batch_size: usize,
+    /// LoRA adapter folder or `inflow train` checkpoint applied to the model first.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Features of the LoRA parameters (A and B of every adapter) instead of the base Linears.
+    #[arg(long)]
+    lora_grads: bool,
+    /// With --lora-grads: LESS's Adam-update features Γ = m'/(√v'+ε) from the checkpoint's
+    /// optimizer moments (use --projection dense).
+    #[arg(long)]
+    adam: bool,
+    /// One store per checkpoint (--out/{checkpoint}), each recording its step and learning rate.
+    #[arg(long, num_args = 1..)]
+    checkpoints: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -324,6 +347,11 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Index(a)
+            if a.adapter.is_some() || a.lora_grads || a.adam || !a.checkpoints.is_empty() =>
+        {
+            train::index_checkpoints(a, threads, json)
+        }
         Cmd::Index(a) => index(a, threads, json).map(|_| ()),
         Cmd::Score(a) => score(a, threads, json).map(|_| ()),
         Cmd::Fit { store, factors } => {
@@ -345,6 +373,9 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
         Cmd::Probe(a) => probe::probe(a, threads, json),
         Cmd::Compare(a) => probe::compare_cmd(a, json),
         Cmd::Demo { model, limit, out } => demo::run(model, limit, out, threads, json),
+        Cmd::Train(a) => train::train(a, threads, json),
+        Cmd::EvalLoss(a) => train::eval_loss(a, threads, json),
+        Cmd::Export(a) => train::export(a, json),
         Cmd::Bench { what } => match what {
             BenchWhat::Features {
                 model,
@@ -352,6 +383,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
                 max_tokens,
                 rank,
             } => bench::features(model, samples, max_tokens, rank, threads, json),
+            BenchWhat::Train(a) => train::bench(a, threads, json),
         },
     }
 }

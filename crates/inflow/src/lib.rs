@@ -15,6 +15,7 @@ pub mod model;
 pub mod probe;
 pub mod scores;
 pub mod store;
+pub mod train;
 
 pub use error::{Error, Result};
 

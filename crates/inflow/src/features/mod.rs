@@ -67,9 +67,15 @@ pub fn select_modules(all: &[LinearInfo], pattern: &str) -> Result<Vec<usize>> {
         .iter()
         .enumerate()
         .filter(|(_, l)| {
-            items
-                .iter()
-                .any(|it| short(&l.name) == *it || l.name.contains(it))
+            // A short name matches only itself: as a substring, `o` would match every
+            // `model.layers…` name.
+            items.iter().any(|it| {
+                if crate::model::BLOCK_LINEARS.contains(it) {
+                    short(&l.name) == *it
+                } else {
+                    l.name.contains(it)
+                }
+            })
         })
         .map(|(i, _)| i)
         .collect();

@@ -28,6 +28,18 @@ impl Stream {
         s
     }
 
+    /// The generator's position, to save in a checkpoint and continue with [`Stream::from_state`].
+    /// A Box–Muller deviate cached by [`Stream::normal`] is not part of it: save only streams
+    /// that draw bits or uniforms (or an even number of normals).
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+
+    /// A stream continuing exactly where the one that reported `state` was.
+    pub fn from_state(state: u64) -> Self {
+        Stream { state, spare: None }
+    }
+
     /// Next 64 random bits (SplitMix64, Steele et al. 2014).
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -80,6 +92,17 @@ mod tests {
         assert_ne!(
             Stream::new(1, "x").next_u64(),
             Stream::new(2, "x").next_u64()
+        );
+    }
+
+    #[test]
+    fn saved_state_continues_the_stream() {
+        let mut a = Stream::new(3, "train");
+        a.next_u64();
+        let mut b = Stream::from_state(a.state());
+        assert_eq!(
+            (0..5).map(|_| a.next_u64()).collect::<Vec<_>>(),
+            (0..5).map(|_| b.next_u64()).collect::<Vec<_>>()
         );
     }
 

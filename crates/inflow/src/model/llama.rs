@@ -52,6 +52,8 @@ pub struct Llama {
     /// Block Linear weights are `Var`s and go through the stock matmul, so autograd yields dW
     /// (training and reference gradients); otherwise the frozen custom op is used.
     trainable: bool,
+    /// LoRA adapters whose branch (α/r)·B·A·x is added to the outputs of the Linears they adapt.
+    adapters: Option<Arc<super::lora::Adapters>>,
 }
 
 /// Token ids with a per-token loss mask; `loss_mask[t]` says whether token t is a response
@@ -186,6 +188,7 @@ impl Llama {
             device,
             dtype,
             trainable: false,
+            adapters: None,
         })
     }
 
@@ -209,6 +212,15 @@ impl Llama {
         &self,
         batch: &[TokenSeq],
     ) -> Result<(Vec<f32>, Option<candle_core::backprop::GradStore>)> {
+        let (losses, grads, _) = self.loss_grads_hidden(batch)?;
+        Ok((losses, grads))
+    }
+
+    /// [`Self::loss_and_grads`] plus the final hidden states (B, T, H), detached.
+    pub fn loss_grads_hidden(
+        &self,
+        batch: &[TokenSeq],
+    ) -> Result<(Vec<f32>, Option<candle_core::backprop::GradStore>, Tensor)> {
         let (ids, t) = pad_batch(batch, &self.device)?;
         let hs = self.hidden(&ids, None)?;
         let (losses, total) = self.loss_from_hidden(&hs, batch, t, true)?;
@@ -217,7 +229,18 @@ impl Llama {
             Some(total) => Some(total.backward()?),
             None => None,
         };
-        Ok((losses, grads))
+        Ok((losses, grads, hs.detach()))
+    }
+
+    /// Attaches (or with `None` detaches) LoRA adapters; every forward pass then adds their
+    /// branch to the adapted Linears' outputs.
+    pub fn set_adapters(&mut self, adapters: Option<Arc<super::lora::Adapters>>) {
+        self.adapters = adapters;
+    }
+
+    /// The attached LoRA adapters, if any.
+    pub fn adapters(&self) -> Option<&Arc<super::lora::Adapters>> {
+        self.adapters.as_ref()
     }
 
     /// The tensors in Hugging Face naming (for `convert`); the LM head is left out when tied.
@@ -362,10 +385,15 @@ impl Llama {
                     },
                     None => None,
                 };
-                if self.trainable {
-                    return Ok(x.broadcast_matmul(&block.linears[j].t()?)?);
+                let y = if self.trainable {
+                    x.broadcast_matmul(&block.linears[j].t()?)?
+                } else {
+                    linear::apply(x, &block.linears[j], slot)?
+                };
+                match &self.adapters {
+                    Some(a) => a.add_branch(flat, x, y),
+                    None => Ok(y),
                 }
-                Ok(linear::apply(x, &block.linears[j], slot)?)
             };
             let x = self.rms_norm(&h, &block.attn_norm)?;
             let q = lin(0, &x)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
@@ -472,6 +500,7 @@ impl Llama {
             device: self.device.clone(),
             dtype: self.dtype,
             trainable: false,
+            adapters: self.adapters.clone(),
         })
     }
 

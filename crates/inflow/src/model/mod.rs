@@ -6,6 +6,7 @@ pub mod gguf;
 pub mod hf;
 pub mod linear;
 pub mod llama;
+pub mod lora;
 pub mod tiny;
 
 pub use config::LlamaConfig;

@@ -1,0 +1,447 @@
+//! Gradient features from training checkpoints, for TracIn and LESS (METHODS.md §2).
+//!
+//! - LoRA gradients (LESS's feature space): the per-sample gradients of the adapters' A and B
+//!   factors, captured as (input, output-gradient) pairs of those small Linears and projected
+//!   by the ordinary [`Projector`] (LoGra, dense or full).
+//! - Adam updates (LESS's training-side features): Γ = m'/(√v' + ε) with
+//!   m' = β₁ m + (1 − β₁) g, v' = β₂ v + (1 − β₂) g² from the checkpoint's moments (m, v),
+//!   formed from the exact per-sample LoRA gradient g and then projected with the dense
+//!   Rademacher projection of [`crate::features::dense`], so that plain-gradient query features
+//!   of the same layers, seed and dimension lie in the same space.
+//!
+//! Every store records which checkpoint its features came from, with its step and learning
+//! rate η_c (TracIn's Σ_c η_c φ_c(q)·φ_c(z)).
+
+use super::adamw::{adam_update_feature, AdamWConfig};
+use super::checkpoint::{self, WEIGHTS_FILE};
+use crate::data::tokens::Renderer;
+use crate::data::{self, Sample};
+use crate::features::{dense, FeatureSpec, Projection, Projector};
+use crate::index::{model_spec, Featurizer, IndexOptions, IndexSummary, Progress, RunInfo};
+use crate::model::lora::{Adapters, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+use crate::model::{sha256_files, Llama, LoadedModel, TokenSeq};
+use crate::store::{SampleRow, Store, StoreSpec};
+use crate::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Where a model's fine-tuned state came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointInfo {
+    pub path: PathBuf,
+    /// `lora` (PEFT adapter folder) or `full` (trained weights).
+    pub kind: String,
+    /// Training step and the learning rate of that step, when the folder has a
+    /// `trainer_state.json` (adapters trained elsewhere do not).
+    pub step: Option<usize>,
+    pub lr: Option<f64>,
+    /// sha256 of the weight file.
+    pub sha256: String,
+}
+
+/// Loads a checkpoint onto `model`: LoRA adapters are attached; trained weights of a full
+/// fine-tuning run replace the base ones. The model's source hash then covers the checkpoint,
+/// so stores built from different checkpoints never mix.
+pub fn attach(model: &mut LoadedModel, dir: &Path) -> Result<CheckpointInfo> {
+    let (step, lr) = match checkpoint::read_state(dir) {
+        Ok(s) => (Some(s.step), Some(s.lr)),
+        Err(_) => (None, None),
+    };
+    let info = if dir.join(ADAPTER_CONFIG).exists() {
+        let a = Adapters::load(dir, &model.llama)?;
+        model.llama.set_adapters(Some(Arc::new(a)));
+        CheckpointInfo {
+            path: dir.into(),
+            kind: "lora".into(),
+            step,
+            lr,
+            sha256: sha256_files(&[dir.join(ADAPTER_WEIGHTS)])?,
+        }
+    } else if dir.join(WEIGHTS_FILE).exists() {
+        let p = dir.join(WEIGHTS_FILE);
+        let w = candle_core::safetensors::load(&p, &Device::Cpu).map_err(|e| Error::Model {
+            path: p.clone(),
+            msg: format!("cannot read safetensors: {e}"),
+        })?;
+        let mut t: HashMap<String, Tensor> = model.llama.hf_tensors().into_iter().collect();
+        for (name, v) in w {
+            let old = t.get(&name).ok_or_else(|| Error::Model {
+                path: p.clone(),
+                msg: format!("tensor `{name}` is not a parameter of the model"),
+            })?;
+            if old.dims() != v.dims() {
+                return Err(Error::Model {
+                    path: p.clone(),
+                    msg: format!(
+                        "tensor `{name}` has shape {:?}, the model's has {:?}",
+                        v.dims(),
+                        old.dims()
+                    ),
+                });
+            }
+            t.insert(name, v);
+        }
+        model.llama = Llama::from_tensors(
+            model.llama.config.clone(),
+            t,
+            dir.into(),
+            model.llama.dtype(),
+        )?;
+        CheckpointInfo {
+            path: dir.into(),
+            kind: "full".into(),
+            step,
+            lr,
+            sha256: sha256_files(&[p])?,
+        }
+    } else {
+        return Err(Error::Model {
+            path: dir.into(),
+            msg: format!(
+                "not a checkpoint: expected {ADAPTER_CONFIG} + {ADAPTER_WEIGHTS} (LoRA) or {WEIGHTS_FILE} (full fine-tuning)"
+            ),
+        });
+    };
+    model.source.sha256 = format!("{}+{}", model.source.sha256, info.sha256);
+    Ok(info)
+}
+
+/// Which per-sample vector of the LoRA parameters becomes the feature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum LoraGradient {
+    /// The plain gradient g (SGD direction; LESS's target side, TracIn).
+    Sgd,
+    /// LESS's Adam update Γ = m'/(√v' + ε) from the checkpoint's moments.
+    Adam(AdamWConfig),
+}
+
+/// Features of the attached adapters' parameters.
+pub struct LoraFeaturizer<'a> {
+    model: &'a LoadedModel,
+    adapters: Arc<Adapters>,
+    renderer: Renderer<'a>,
+    spec: FeatureSpec,
+    /// Projector of plain gradients (the spec's projection), or of the exact gradient for Γ.
+    projector: Projector,
+    /// (m, v) flattened in the spec's layer order, for Γ.
+    moments: Option<(Vec<f32>, Vec<f32>, AdamWConfig)>,
+}
+
+impl<'a> LoraFeaturizer<'a> {
+    /// `model` must carry adapters ([`attach`]); `checkpoint` is the folder holding
+    /// `optimizer.safetensors` when `gradient` is [`LoraGradient::Adam`].
+    pub fn new(
+        model: &'a LoadedModel,
+        projection: Projection,
+        seed: u64,
+        renderer: Renderer<'a>,
+        gradient: &LoraGradient,
+        checkpoint: Option<&Path>,
+    ) -> Result<Self> {
+        let adapters = model.llama.adapters().cloned().ok_or_else(|| {
+            Error::Msg("--lora-grads needs LoRA adapters: pass --adapter DIR".into())
+        })?;
+        let spec = FeatureSpec {
+            projection: projection.clone(),
+            seed,
+            loss: "mean token cross-entropy over response tokens".into(),
+            layers: adapters.infos(),
+        };
+        let dtype = model.llama.dtype();
+        let (projector, moments) = match gradient {
+            LoraGradient::Sgd => (Projector::new(spec.clone(), dtype)?, None),
+            LoraGradient::Adam(cfg) => {
+                if matches!(projection, Projection::Logra { .. }) {
+                    return Err(Error::Msg(
+                        "Adam-update features need --projection dense (or full): Γ is not a sum of outer products, so LoGra cannot project it".into(),
+                    ));
+                }
+                let dir = checkpoint.ok_or_else(|| {
+                    Error::Msg(
+                        "Adam-update features need a checkpoint with optimizer.safetensors".into(),
+                    )
+                })?;
+                let mv = checkpoint::read_moments(dir, &adapters.params())?;
+                let (mut m, mut v) = (Vec::new(), Vec::new());
+                for (a, b) in mv {
+                    m.extend(a.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+                    v.extend(b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+                }
+                let full = FeatureSpec {
+                    projection: Projection::Full,
+                    ..spec.clone()
+                };
+                (Projector::new(full, dtype)?, Some((m, v, cfg.clone())))
+            }
+        };
+        Ok(Self {
+            model,
+            adapters,
+            renderer,
+            spec,
+            projector,
+            moments,
+        })
+    }
+
+    pub fn spec(&self) -> &FeatureSpec {
+        &self.spec
+    }
+
+    /// Feature rows (B × dim) of one batch, and its per-sample losses.
+    pub fn features(&self, seqs: &[TokenSeq]) -> Result<(Vec<f32>, Vec<f32>)> {
+        let cap = self.adapters.loss_and_capture(&self.model.llama, seqs)?;
+        let rows = self.projector.project(&cap)?;
+        let Some((m, v, cfg)) = &self.moments else {
+            return Ok((rows, cap.losses));
+        };
+        let b = seqs.len();
+        let d = m.len();
+        let mut gamma = vec![0f32; rows.len()];
+        for i in 0..b {
+            adam_update_feature(
+                &rows[i * d..(i + 1) * d],
+                m,
+                v,
+                cfg,
+                &mut gamma[i * d..(i + 1) * d],
+            );
+        }
+        let rows = match self.spec.projection {
+            Projection::Dense { dim } => {
+                let g = Tensor::from_vec(gamma, (b, d), &Device::Cpu)?;
+                let mut blocks = Vec::with_capacity(self.spec.layers.len());
+                let mut off = 0;
+                for l in &self.spec.layers {
+                    let n = l.d_in * l.d_out;
+                    blocks.push((l.name.as_str(), g.narrow(1, off, n)?));
+                    off += n;
+                }
+                dense::project_rows(&blocks, b, dim, self.spec.seed)?
+            }
+            _ => gamma,
+        };
+        Ok((rows, cap.losses))
+    }
+
+    fn featurize_serial(
+        &self,
+        samples: &[Sample],
+        batch_size: usize,
+        progress: &Progress,
+    ) -> Result<(Vec<f32>, Vec<SampleRow>)> {
+        let mut feats = Vec::new();
+        let mut rows = Vec::new();
+        for chunk in samples.chunks(batch_size.max(1)) {
+            let mut seqs = Vec::with_capacity(chunk.len());
+            for s in chunk {
+                let tok = self.renderer.tokenize(s)?;
+                let (prompt, response) = self.renderer.render(&s.body)?;
+                rows.push(SampleRow {
+                    id: s.id.clone(),
+                    row: s.row as u64,
+                    n_tokens: tok.seq.ids.len() as u32,
+                    n_loss_tokens: tok.seq.n_loss_tokens() as u32,
+                    loss: 0.0,
+                    truncated: tok.truncated,
+                    prompt,
+                    response,
+                });
+                seqs.push(tok.seq);
+            }
+            let (f, losses) = self.features(&seqs)?;
+            let n = rows.len();
+            for (r, l) in rows[n - chunk.len()..].iter_mut().zip(&losses) {
+                r.loss = *l;
+            }
+            feats.extend(f);
+            progress.samples.fetch_add(chunk.len(), Ordering::Relaxed);
+            progress.tokens.fetch_add(
+                seqs.iter().map(|s| s.ids.len()).sum::<usize>(),
+                Ordering::Relaxed,
+            );
+        }
+        Ok((feats, rows))
+    }
+
+    /// Feature rows and sample records for `samples`, in order, `threads` workers on
+    /// contiguous parts.
+    pub fn featurize(
+        &self,
+        samples: &[Sample],
+        batch_size: usize,
+        threads: usize,
+        progress: &Progress,
+    ) -> Result<(Vec<f32>, Vec<SampleRow>)> {
+        let threads = threads.max(1).min(samples.len().max(1));
+        let part = samples.len().div_ceil(threads).max(1);
+        let results: Vec<Result<(Vec<f32>, Vec<SampleRow>)>> = std::thread::scope(|s| {
+            let hs: Vec<_> = samples
+                .chunks(part)
+                .map(|c| s.spawn(move || self.featurize_serial(c, batch_size, progress)))
+                .collect();
+            hs.into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::Msg("feature worker panicked".into())))
+                })
+                .collect()
+        });
+        let (mut feats, mut rows) = (Vec::new(), Vec::new());
+        for r in results {
+            let (f, s) = r?;
+            feats.extend(f);
+            rows.extend(s);
+        }
+        Ok((feats, rows))
+    }
+}
+
+/// Which parameters a checkpoint store's features are gradients of.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeatureSource {
+    /// The tracked base Linears (`--modules`), at the checkpoint's weights.
+    Base,
+    /// The LoRA factors, plain gradient or Adam update.
+    Lora(LoraGradient),
+}
+
+/// Indexes `opts.data` into `out` with the features of a model carrying `checkpoint` (already
+/// [`attach`]ed): the store's spec records the checkpoint (path, step, learning rate, hash) and
+/// the gradient kind beside the usual projection settings. Resumable like `index`.
+pub fn run_checkpoint_index(
+    model: &LoadedModel,
+    opts: &IndexOptions,
+    checkpoint: Option<&CheckpointInfo>,
+    source: &FeatureSource,
+    out: &Path,
+    progress: &Progress,
+    on_shard: &mut dyn FnMut(usize, usize),
+) -> Result<IndexSummary> {
+    let report = data::read_samples(&opts.data, &opts.read)?;
+    if report.samples.is_empty() {
+        return Err(Error::Msg(format!(
+            "{}: no samples to index",
+            opts.data.display()
+        )));
+    }
+    enum Fz<'a> {
+        Base(Featurizer<'a>),
+        Lora(LoraFeaturizer<'a>),
+    }
+    let fo = &opts.features;
+    let fz = match source {
+        FeatureSource::Base => Fz::Base(Featurizer::new(model, fo)?),
+        FeatureSource::Lora(g) => Fz::Lora(LoraFeaturizer::new(
+            model,
+            fo.projection.clone(),
+            fo.seed,
+            Renderer::new(model, fo.template, fo.max_tokens)?,
+            g,
+            checkpoint.map(|c| c.path.as_path()),
+        )?),
+    };
+    let (spec, template) = match &fz {
+        Fz::Base(f) => (f.spec().clone(), f.renderer().template()),
+        Fz::Lora(f) => (f.spec().clone(), f.renderer.template()),
+    };
+    let gradient = match source {
+        FeatureSource::Base => serde_json::json!({"kind": "sgd", "params": "base"}),
+        FeatureSource::Lora(LoraGradient::Sgd) => {
+            serde_json::json!({"kind": "sgd", "params": "lora"})
+        }
+        FeatureSource::Lora(LoraGradient::Adam(c)) => {
+            serde_json::json!({"kind": "adam", "params": "lora", "adam": c})
+        }
+    };
+    let mut features = serde_json::to_value(&spec).map_err(|e| Error::Msg(e.to_string()))?;
+    if let Some(obj) = features.as_object_mut() {
+        obj.insert("gradient".into(), gradient);
+        obj.insert(
+            "checkpoint".into(),
+            serde_json::to_value(checkpoint).map_err(|e| Error::Msg(e.to_string()))?,
+        );
+    }
+    let n = report.samples.len();
+    let store_spec = StoreSpec {
+        model: model_spec(model)?,
+        data: serde_json::json!({
+            "sha256": report.sha256,
+            "format": report.format.to_string(),
+            "limit": opts.read.limit,
+            "skip_bad": opts.read.skip_bad,
+            "template": template,
+            "max_tokens": fo.max_tokens,
+        }),
+        features,
+        dtype: opts.dtype,
+        dim: spec.dim(),
+        shard_size: opts.shard_size,
+    };
+    let mut store = Store::create_or_resume(out, store_spec, n)?;
+    let run = RunInfo {
+        model_path: std::fs::canonicalize(&model.source.path)
+            .unwrap_or_else(|_| model.source.path.clone()),
+        data_path: std::fs::canonicalize(&opts.data).unwrap_or_else(|_| opts.data.clone()),
+        features: fo.clone(),
+        format: report.format.to_string(),
+    };
+    let mut run_json = serde_json::to_value(&run).map_err(|e| Error::Msg(e.to_string()))?;
+    if let Some(obj) = run_json.as_object_mut() {
+        obj.insert(
+            "checkpoint".into(),
+            serde_json::to_value(checkpoint).map_err(|e| Error::Msg(e.to_string()))?,
+        );
+        obj.insert(
+            "lora_grads".into(),
+            serde_json::Value::Bool(matches!(source, FeatureSource::Lora(_))),
+        );
+    }
+    let run_path = out.join("run.json");
+    crate::store::atomic_write::write_atomic(&run_path, |f| {
+        use std::io::Write;
+        let text =
+            serde_json::to_string_pretty(&run_json).map_err(|e| Error::Msg(e.to_string()))?;
+        f.write_all(text.as_bytes())
+            .map_err(|e| Error::io(&run_path, e))
+    })?;
+    let pending = store.pending_shards();
+    progress.total.store(n, Ordering::Relaxed);
+    let reused = store.n_shards() - pending.len();
+    progress
+        .samples
+        .store(store.n_done_rows(), Ordering::Relaxed);
+    let (mut n_truncated, mut tokens) = (0, 0);
+    for &i in &pending {
+        let range = store.shard_range(i);
+        let samples = &report.samples[range];
+        let (feats, rows) = match &fz {
+            Fz::Base(f) => {
+                let r = f.featurize(samples, opts.batch_size, opts.threads, progress)?;
+                (r.grads, r.rows)
+            }
+            Fz::Lora(f) => f.featurize(samples, opts.batch_size, opts.threads, progress)?,
+        };
+        n_truncated += rows.iter().filter(|r| r.truncated).count();
+        tokens += rows.iter().map(|r| r.n_tokens as usize).sum::<usize>();
+        store.write_shard(i, &feats, &rows)?;
+        on_shard(store.n_done_rows(), n);
+    }
+    store.finish()?;
+    let dim = store.dim();
+    Ok(IndexSummary {
+        n_samples: n,
+        n_skipped_bad: report.skipped.len(),
+        n_truncated,
+        shards_written: pending.len(),
+        shards_reused: reused,
+        dim,
+        tokens,
+        bytes_per_sample: (dim * opts.dtype.size() + 4) as f64,
+    })
+}
