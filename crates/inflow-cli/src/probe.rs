@@ -50,8 +50,8 @@ pub(crate) struct ProbeArgs {
     /// Longest demonstration (ICP) or sample (one-step) in tokens.
     #[arg(long, default_value_t = 512)]
     max_tokens: usize,
-    /// Probes per batch.
-    #[arg(long, default_value_t = 8)]
+    /// Probes per batch (on CPU, 1 is fastest: no padding; STACK.md).
+    #[arg(long, default_value_t = 1)]
     probe_batch: usize,
     /// Training samples per shard (the unit of resumption).
     #[arg(long, default_value_t = 16)]
