@@ -251,7 +251,8 @@ struct ScoreArgs {
     #[arg(long, default_value = "auto")]
     format: String,
     /// Estimator: cosine (default; gradient cosine similarity), dot (gradient inner product),
-    /// influence (influence function with --preconditioner),
+    /// influence (influence function with --preconditioner), tracin and less (over the checkpoint
+    /// stores of `index --checkpoints`; less needs `--lora-grads --adam` training features),
     /// repsim (cosine of final hidden states at the last prompt token), repsim-mean (… averaged
     /// over response tokens).
     #[arg(long, default_value = "cosine")]
@@ -353,6 +354,9 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             train::index_checkpoints(a, threads, json)
         }
         Cmd::Index(a) => index(a, threads, json).map(|_| ()),
+        Cmd::Score(a) if a.method == "tracin" || a.method == "less" => {
+            checkpoint_score(a, threads, json)
+        }
         Cmd::Score(a) => score(a, threads, json).map(|_| ()),
         Cmd::Fit { store, factors } => {
             let s = Store::open(&store)?;
@@ -805,6 +809,137 @@ pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<ScoreOut
         );
     }
     Ok(so)
+}
+
+/// `score --method tracin|less`: scores summed over the checkpoint stores under `--store`.
+fn checkpoint_score(a: ScoreArgs, threads: usize, json: bool) -> Result<()> {
+    use inflow::scores::checkpoints::{self, CheckpointMethod};
+    use inflow::scores::table::{write_table, Column};
+    let method = if a.method == "less" {
+        CheckpointMethod::Less
+    } else {
+        CheckpointMethod::TracIn
+    };
+    let dirs = checkpoints::find(&a.store)?;
+    let report = inflow::data::read_samples(
+        &a.queries,
+        &ReadOptions {
+            format: a.format.parse::<Format>()?,
+            skip_bad: false,
+            limit: a.limit,
+        },
+    )?;
+    let nq = report.samples.len();
+    if nq == 0 {
+        bail!("{}: no queries", a.queries.display());
+    }
+    eprintln!(
+        "{}: {} checkpoint stores, {} queries",
+        method.name(),
+        dirs.len(),
+        nq
+    );
+    let (full, ids) =
+        checkpoints::score(&dirs, a.model.as_deref(), &report.samples, method, threads)?;
+    let n = ids.len();
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| a.store.join(format!("scores-{}.parquet", method.name())));
+    let meta = [
+        ("inflow.method", method.name()),
+        ("inflow.sign_convention", method.sign_convention()),
+    ];
+    let (per_train, what) = if method == CheckpointMethod::Less {
+        let tasks: Vec<String> = report
+            .samples
+            .iter()
+            .map(|s| {
+                s.meta
+                    .get("task")
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("all")
+                    .to_string()
+            })
+            .collect();
+        (
+            checkpoints::per_task_max(&full, nq, &tasks),
+            "mean per target task, max over tasks",
+        )
+    } else {
+        let mean = (0..n)
+            .map(|j| (0..nq).map(|q| full[q * n + j]).sum::<f32>() / nq as f32)
+            .collect();
+        (mean, "mean over queries")
+    };
+    if method == CheckpointMethod::TracIn && a.aggregate.is_none() {
+        // Per-query top-k lists.
+        let topk = (0..nq)
+            .map(|q| {
+                let row = &full[q * n..(q + 1) * n];
+                let mut idx: Vec<usize> = (0..n).collect();
+                idx.sort_by(|&x, &y| row[y].total_cmp(&row[x]).then(x.cmp(&y)));
+                idx.into_iter().take(a.top_k).map(|j| (j, row[j])).collect()
+            })
+            .collect();
+        let result = inflow::scores::ScoreResult {
+            topk,
+            full: None,
+            n_train: n,
+        };
+        let qids: Vec<String> = report.samples.iter().map(|s| s.id.clone()).collect();
+        inflow::scores::write_topk_parquet(
+            &out,
+            &qids,
+            &ids,
+            &result,
+            method.name(),
+            method.sign_convention(),
+        )?;
+    } else {
+        let rank = inflow::probe::ranks(&per_train);
+        write_table(
+            &out,
+            vec![
+                ("train_id", Column::Str(ids.clone())),
+                ("score", Column::F32(per_train.clone())),
+                ("rank", Column::U32(rank)),
+                ("method", Column::Str(vec![method.name().to_string(); n])),
+            ],
+            &[meta[0], meta[1], ("inflow.aggregate", what)],
+        )?;
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&x, &y| per_train[y].total_cmp(&per_train[x]).then(x.cmp(&y)));
+    let top: Vec<serde_json::Value> = order
+        .iter()
+        .take(a.top_k)
+        .map(|&j| serde_json::json!({"train_id": ids[j], "score": per_train[j]}))
+        .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "method": method.name(), "out": out, "checkpoints": dirs, "aggregate": what, "top": top,
+            }))?
+        );
+    } else {
+        println!(
+            "{} over {} checkpoints ({what}):",
+            method.name(),
+            dirs.len()
+        );
+        for (r, t) in top.iter().enumerate() {
+            println!(
+                "  {:>3}  {:>10.4}  {}",
+                r + 1,
+                t["score"].as_f64().unwrap_or(0.0),
+                t["train_id"].as_str().unwrap_or("")
+            );
+        }
+        println!("wrote {}", out.display());
+    }
+    Ok(())
 }
 
 /// The repository's bundled assets folder, found from the working directory or the source tree.

@@ -237,5 +237,96 @@ fn train_resume_eval_export_and_checkpoint_features() {
         );
         assert_eq!(man["status"], "complete");
     }
+
+    // LESS over the Adam-update stores, against target tasks.
+    let probes = root()
+        .join("assets/data/probe-tasks.jsonl")
+        .display()
+        .to_string();
+    let less_out = p("less.parquet");
+    let v = json(&run_ok(&[
+        "score",
+        "--store",
+        &per,
+        "--method",
+        "less",
+        "--queries",
+        &probes,
+        "--limit",
+        "8",
+        "--out",
+        &less_out,
+        "--json",
+        "--threads",
+        "1",
+    ]));
+    assert_eq!(v["checkpoints"].as_array().unwrap().len(), 2);
+    let (cols, _) = inflow::scores::table::read_table(Path::new(&less_out)).unwrap();
+    assert_eq!(
+        cols[0].1.as_str().unwrap().len(),
+        6,
+        "one LESS score per training sample"
+    );
+
+    // TracIn over SGD stores is the η-weighted sum of the per-checkpoint scores.
+    let sgd = p("per-checkpoint-sgd");
+    run_ok(&[
+        "index",
+        "--model",
+        &model,
+        "--checkpoints",
+        &ck2,
+        &ck4,
+        "--lora-grads",
+        "--projection",
+        "dense",
+        "--dim",
+        "32",
+        "--data",
+        &data,
+        "--limit",
+        "6",
+        "--max-tokens",
+        "64",
+        "--out",
+        &sgd,
+        "--threads",
+        "1",
+    ]);
+    let mean_scores = |store: &str, out: &str| -> std::collections::HashMap<String, f64> {
+        run_ok(&[
+            "score",
+            "--store",
+            store,
+            "--method",
+            "tracin",
+            "--queries",
+            &probes,
+            "--limit",
+            "4",
+            "--aggregate",
+            "mean",
+            "--out",
+            out,
+            "--threads",
+            "1",
+        ]);
+        let (cols, _) = inflow::scores::table::read_table(Path::new(out)).unwrap();
+        let ids = cols[0].1.as_str().unwrap().to_vec();
+        let sc = cols[1].1.as_f64().unwrap();
+        ids.into_iter().zip(sc).collect()
+    };
+    let both = mean_scores(&sgd, &p("tracin-both.parquet"));
+    let c2 = mean_scores(&format!("{sgd}/checkpoint-2"), &p("tracin-2.parquet"));
+    let c4 = mean_scores(&format!("{sgd}/checkpoint-4"), &p("tracin-4.parquet"));
+    assert_eq!(both.len(), 6);
+    for (id, s) in &both {
+        let sum = c2[id] + c4[id];
+        assert!(
+            (s - sum).abs() <= 1e-4 * sum.abs().max(1e-6),
+            "{id}: {s} vs {sum}"
+        );
+    }
+    assert!(both.values().any(|s| s.abs() > 0.0));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,6 +5,7 @@
 //! `train_scale(‖z‖)`, then fed to a per-query top-k heap. Training rows are split across
 //! threads with a single-threaded sgemm per block (the fastest split measured, STACK.md).
 
+pub mod checkpoints;
 mod output;
 pub mod table;
 mod topk;
