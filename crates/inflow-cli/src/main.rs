@@ -126,6 +126,22 @@ enum BenchWhat {
     /// Training steps on the reference model (LoRA and full fine-tuning): tokens/s and
     /// GFLOP/s beside this machine's measured GEMM GFLOP/s.
     Train(train::BenchTrainArgs),
+    /// Influence at scale: fit EK-FAC and score queries against a store of synthetic LoGra
+    /// features shaped like SmolLM2's (210 layers × rank²), beside this machine's GEMM rate.
+    Influence {
+        /// Training rows in the store.
+        #[arg(long, default_value_t = 10_000)]
+        samples: usize,
+        /// Queries scored.
+        #[arg(long, default_value_t = 1_000)]
+        queries: usize,
+        /// LoGra rank per side (dim = 210 · rank²).
+        #[arg(long, default_value_t = 16)]
+        rank: usize,
+        /// Scratch folder for the store (removed afterwards).
+        #[arg(long, default_value = "runs/bench-influence")]
+        out: PathBuf,
+    },
     /// Per-sample gradient features on the reference model: tokens/s, samples/s, GFLOP/s
     /// beside this machine's measured GEMM GFLOP/s, peak RSS, bytes per sample.
     Features {
@@ -388,6 +404,12 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
                 rank,
             } => bench::features(model, samples, max_tokens, rank, threads, json),
             BenchWhat::Train(a) => train::bench(a, threads, json),
+            BenchWhat::Influence {
+                samples,
+                queries,
+                rank,
+                out,
+            } => bench::influence(samples, queries, rank, &out, threads, json),
         },
     }
 }
