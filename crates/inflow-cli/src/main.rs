@@ -700,18 +700,8 @@ pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<ScoreOut
         "features": serde_json::to_value(fz.spec())?,
         "dim": fz.spec().dim(),
     }))?;
-    let report = inflow::data::read_samples(
-        &a.queries,
-        &ReadOptions {
-            format: a.format.parse::<Format>()?,
-            skip_bad: false,
-            limit: a.limit,
-        },
-    )?;
+    let report = read_queries(&a)?;
     let nq = report.samples.len();
-    if nq == 0 {
-        bail!("{}: no queries", a.queries.display());
-    }
     let pb = bar(nq, "queries");
     let progress = Progress::default();
     let feats = with_progress(&pb, &progress, || {
@@ -833,6 +823,22 @@ pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<ScoreOut
     Ok(so)
 }
 
+/// The `--queries` file of a score command (at least one query).
+fn read_queries(a: &ScoreArgs) -> Result<inflow::data::ReadReport> {
+    let report = inflow::data::read_samples(
+        &a.queries,
+        &ReadOptions {
+            format: a.format.parse::<Format>()?,
+            skip_bad: false,
+            limit: a.limit,
+        },
+    )?;
+    if report.samples.is_empty() {
+        bail!("{}: no queries", a.queries.display());
+    }
+    Ok(report)
+}
+
 /// `score --method tracin|less`: scores summed over the checkpoint stores under `--store`.
 fn checkpoint_score(a: ScoreArgs, threads: usize, json: bool) -> Result<()> {
     use inflow::scores::checkpoints::{self, CheckpointMethod};
@@ -843,18 +849,8 @@ fn checkpoint_score(a: ScoreArgs, threads: usize, json: bool) -> Result<()> {
         CheckpointMethod::TracIn
     };
     let dirs = checkpoints::find(&a.store)?;
-    let report = inflow::data::read_samples(
-        &a.queries,
-        &ReadOptions {
-            format: a.format.parse::<Format>()?,
-            skip_bad: false,
-            limit: a.limit,
-        },
-    )?;
+    let report = read_queries(&a)?;
     let nq = report.samples.len();
-    if nq == 0 {
-        bail!("{}: no queries", a.queries.display());
-    }
     eprintln!(
         "{}: {} checkpoint stores, {} queries",
         method.name(),

@@ -185,24 +185,11 @@ impl<'a> Featurizer<'a> {
         threads: usize,
         progress: &Progress,
     ) -> Result<Featurized> {
-        let threads = threads.max(1).min(samples.len().max(1));
-        let part = samples.len().div_ceil(threads).max(1);
-        let results: Vec<Result<Featurized>> = std::thread::scope(|s| {
-            let handles: Vec<_> = samples
-                .chunks(part)
-                .map(|chunk| s.spawn(move || self.featurize_serial(chunk, batch_size, progress)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(Error::Msg("feature worker panicked".into())))
-                })
-                .collect()
-        });
         let mut out = Featurized::default();
-        for r in results {
-            out.extend(r?);
+        for part in in_parallel_parts(samples, threads, |c| {
+            self.featurize_serial(c, batch_size, progress)
+        })? {
+            out.extend(part);
         }
         Ok(out)
     }
@@ -218,19 +205,9 @@ impl<'a> Featurizer<'a> {
             let mut seqs: Vec<TokenSeq> = Vec::with_capacity(chunk.len());
             let mut rows = Vec::with_capacity(chunk.len());
             for s in chunk {
-                let tok = self.renderer.tokenize(s)?;
-                let (prompt, response) = self.renderer.render(&s.body)?;
-                rows.push(SampleRow {
-                    id: s.id.clone(),
-                    row: s.row as u64,
-                    n_tokens: tok.seq.ids.len() as u32,
-                    n_loss_tokens: tok.seq.n_loss_tokens() as u32,
-                    loss: 0.0,
-                    truncated: tok.truncated,
-                    prompt,
-                    response,
-                });
-                seqs.push(tok.seq);
+                let (seq, row) = tokenized_row(&self.renderer, s)?;
+                rows.push(row);
+                seqs.push(seq);
             }
             let cap = self.model.llama.loss_and_capture(&seqs, &self.tracked)?;
             for (r, l) in rows.iter_mut().zip(&cap.losses) {
@@ -261,6 +238,49 @@ impl<'a> Featurizer<'a> {
         }
         Ok(out)
     }
+}
+
+/// Runs `work` on `threads` contiguous parts of `samples` in parallel (each worker runs candle
+/// single-threaded on its part) and returns the parts' results in order.
+pub fn in_parallel_parts<T: Send>(
+    samples: &[Sample],
+    threads: usize,
+    work: impl Fn(&[Sample]) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    let threads = threads.max(1).min(samples.len().max(1));
+    let part = samples.len().div_ceil(threads).max(1);
+    let work = &work;
+    let results: Vec<Result<T>> = std::thread::scope(|s| {
+        let handles: Vec<_> = samples
+            .chunks(part)
+            .map(|chunk| s.spawn(move || work(chunk)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Msg("feature worker panicked".into())))
+            })
+            .collect()
+    });
+    results.into_iter().collect()
+}
+
+/// A sample's tokens and its record in the store's samples table (loss filled in later).
+pub fn tokenized_row(renderer: &Renderer, s: &Sample) -> Result<(TokenSeq, SampleRow)> {
+    let tok = renderer.tokenize(s)?;
+    let (prompt, response) = renderer.render(&s.body)?;
+    let row = SampleRow {
+        id: s.id.clone(),
+        row: s.row as u64,
+        n_tokens: tok.seq.ids.len() as u32,
+        n_loss_tokens: tok.seq.n_loss_tokens() as u32,
+        loss: 0.0,
+        truncated: tok.truncated,
+        prompt,
+        response,
+    };
+    Ok((tok.seq, row))
 }
 
 /// The model part of a store spec: what identifies the weights and tokenizer.

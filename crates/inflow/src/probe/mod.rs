@@ -209,58 +209,40 @@ pub fn run(
     for i in store.pending_shards() {
         let range = store.shard_range(i);
         let chunk = &report.samples[range];
-        let threads = run.threads.max(1).min(chunk.len());
-        let part = chunk.len().div_ceil(threads);
-        let results: Vec<Result<(Vec<f32>, Vec<SampleRow>)>> = std::thread::scope(|s| {
-            let hs: Vec<_> = chunk
-                .chunks(part)
-                .map(|c| {
-                    s.spawn(move || -> Result<(Vec<f32>, Vec<SampleRow>)> {
-                        let mut rows = Vec::new();
-                        let mut meta = Vec::new();
-                        for z in c {
-                            let (r, loss, truncated) = method.row(z)?;
-                            rows.extend(r);
-                            let (prompt, response) = match &z.body {
-                                data::Body::Chat { messages, response } => (
-                                    messages
-                                        .iter()
-                                        .map(|m| m.content.as_str())
-                                        .collect::<Vec<_>>()
-                                        .join("\n"),
-                                    response.clone(),
-                                ),
-                                data::Body::Plain { prompt, response } => {
-                                    (prompt.clone(), response.clone())
-                                }
-                            };
-                            meta.push(SampleRow {
-                                id: z.id.clone(),
-                                row: z.row as u64,
-                                n_tokens: 0,
-                                n_loss_tokens: 0,
-                                loss,
-                                truncated,
-                                prompt,
-                                response,
-                            });
-                            progress.samples.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok((rows, meta))
-                    })
-                })
-                .collect();
-            hs.into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(Error::Msg("worker panicked".into())))
-                })
-                .collect()
-        });
+        let results = crate::index::in_parallel_parts(chunk, run.threads, |c| {
+            let mut rows = Vec::new();
+            let mut meta = Vec::new();
+            for z in c {
+                let (r, loss, truncated) = method.row(z)?;
+                rows.extend(r);
+                let (prompt, response) = match &z.body {
+                    data::Body::Chat { messages, response } => (
+                        messages
+                            .iter()
+                            .map(|m| m.content.as_str())
+                            .collect::<Vec<_>>()
+                            .join("\n"),
+                        response.clone(),
+                    ),
+                    data::Body::Plain { prompt, response } => (prompt.clone(), response.clone()),
+                };
+                meta.push(SampleRow {
+                    id: z.id.clone(),
+                    row: z.row as u64,
+                    n_tokens: 0,
+                    n_loss_tokens: 0,
+                    loss,
+                    truncated,
+                    prompt,
+                    response,
+                });
+                progress.samples.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok((rows, meta))
+        })?;
         let mut feats = Vec::new();
         let mut rows = Vec::new();
-        for r in results {
-            let (f, m) = r?;
+        for (f, m) in results {
             feats.extend(f);
             rows.extend(m);
         }

@@ -240,19 +240,9 @@ impl<'a> LoraFeaturizer<'a> {
         for chunk in samples.chunks(batch_size.max(1)) {
             let mut seqs = Vec::with_capacity(chunk.len());
             for s in chunk {
-                let tok = self.renderer.tokenize(s)?;
-                let (prompt, response) = self.renderer.render(&s.body)?;
-                rows.push(SampleRow {
-                    id: s.id.clone(),
-                    row: s.row as u64,
-                    n_tokens: tok.seq.ids.len() as u32,
-                    n_loss_tokens: tok.seq.n_loss_tokens() as u32,
-                    loss: 0.0,
-                    truncated: tok.truncated,
-                    prompt,
-                    response,
-                });
-                seqs.push(tok.seq);
+                let (seq, row) = crate::index::tokenized_row(&self.renderer, s)?;
+                rows.push(row);
+                seqs.push(seq);
             }
             let (f, losses) = self.features(&seqs)?;
             let n = rows.len();
@@ -278,25 +268,12 @@ impl<'a> LoraFeaturizer<'a> {
         threads: usize,
         progress: &Progress,
     ) -> Result<(Vec<f32>, Vec<SampleRow>)> {
-        let threads = threads.max(1).min(samples.len().max(1));
-        let part = samples.len().div_ceil(threads).max(1);
-        let results: Vec<Result<(Vec<f32>, Vec<SampleRow>)>> = std::thread::scope(|s| {
-            let hs: Vec<_> = samples
-                .chunks(part)
-                .map(|c| s.spawn(move || self.featurize_serial(c, batch_size, progress)))
-                .collect();
-            hs.into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(Error::Msg("feature worker panicked".into())))
-                })
-                .collect()
-        });
         let (mut feats, mut rows) = (Vec::new(), Vec::new());
-        for r in results {
-            let (f, s) = r?;
+        for (f, r) in crate::index::in_parallel_parts(samples, threads, |c| {
+            self.featurize_serial(c, batch_size, progress)
+        })? {
             feats.extend(f);
-            rows.extend(s);
+            rows.extend(r);
         }
         Ok((feats, rows))
     }
