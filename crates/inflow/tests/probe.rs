@@ -10,8 +10,14 @@ use inflow::probe::one_step::OneStep;
 use inflow::probe::Probes;
 use std::path::PathBuf;
 
+/// Tests run in parallel threads: each file gets a unique name.
 fn write(name: &str, lines: &[serde_json::Value]) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("inflow-probe-{}-{name}.jsonl", std::process::id()));
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let k = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let p = std::env::temp_dir().join(format!(
+        "inflow-probe-{}-{k}-{name}.jsonl",
+        std::process::id()
+    ));
     let text: Vec<String> = lines.iter().map(|v| v.to_string()).collect();
     std::fs::write(&p, text.join("\n") + "\n").unwrap();
     p
