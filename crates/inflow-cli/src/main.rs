@@ -755,27 +755,16 @@ pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<ScoreOut
         .unwrap_or_else(|| a.store.join(format!("scores-{}.parquet", est.name())));
     if aggregate {
         // One score per training sample: the mean over queries (e.g. influence on a task).
-        let full = result.full.as_deref().unwrap_or_default();
-        let n = result.n_train;
-        let mean: Vec<f32> = (0..n)
-            .map(|j| (0..nq).map(|q| full[q * n + j]).sum::<f32>() / nq as f32)
-            .collect();
-        let rank = inflow::probe::ranks(&mean);
-        use inflow::scores::table::{write_table, Column};
-        write_table(
+        let mean =
+            inflow::scores::mean_over_queries(result.full.as_deref().unwrap_or_default(), nq);
+        inflow::scores::write_per_train_parquet(
             &out,
-            vec![
-                ("train_id", Column::Str(train_ids.clone())),
-                ("score", Column::F32(mean)),
-                ("rank", Column::U32(rank)),
-                ("n_queries", Column::U32(vec![nq as u32; n])),
-                ("method", Column::Str(vec![est.name().to_string(); n])),
-            ],
-            &[
-                ("inflow.method", est.name()),
-                ("inflow.sign_convention", est.sign_convention()),
-                ("inflow.aggregate", "mean over queries"),
-            ],
+            &train_ids,
+            &mean,
+            nq,
+            est.name(),
+            est.sign_convention(),
+            "mean over queries",
         )?;
     } else {
         inflow::scores::write_topk_parquet(
@@ -842,7 +831,6 @@ fn read_queries(a: &ScoreArgs) -> Result<inflow::data::ReadReport> {
 /// `score --method tracin|less`: scores summed over the checkpoint stores under `--store`.
 fn checkpoint_score(a: ScoreArgs, threads: usize, json: bool) -> Result<()> {
     use inflow::scores::checkpoints::{self, CheckpointMethod};
-    use inflow::scores::table::{write_table, Column};
     let method = if a.method == "less" {
         CheckpointMethod::Less
     } else {
@@ -864,10 +852,6 @@ fn checkpoint_score(a: ScoreArgs, threads: usize, json: bool) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| a.store.join(format!("scores-{}.parquet", method.name())));
-    let meta = [
-        ("inflow.method", method.name()),
-        ("inflow.sign_convention", method.sign_convention()),
-    ];
     let (per_train, what) = if method == CheckpointMethod::Less {
         let tasks: Vec<String> = report
             .samples
@@ -885,10 +869,10 @@ fn checkpoint_score(a: ScoreArgs, threads: usize, json: bool) -> Result<()> {
             "mean per target task, max over tasks",
         )
     } else {
-        let mean = (0..n)
-            .map(|j| (0..nq).map(|q| full[q * n + j]).sum::<f32>() / nq as f32)
-            .collect();
-        (mean, "mean over queries")
+        (
+            inflow::scores::mean_over_queries(&full, nq),
+            "mean over queries",
+        )
     };
     if method == CheckpointMethod::TracIn && a.aggregate.is_none() {
         // Per-query top-k lists.
@@ -915,16 +899,14 @@ fn checkpoint_score(a: ScoreArgs, threads: usize, json: bool) -> Result<()> {
             method.sign_convention(),
         )?;
     } else {
-        let rank = inflow::probe::ranks(&per_train);
-        write_table(
+        inflow::scores::write_per_train_parquet(
             &out,
-            vec![
-                ("train_id", Column::Str(ids.clone())),
-                ("score", Column::F32(per_train.clone())),
-                ("rank", Column::U32(rank)),
-                ("method", Column::Str(vec![method.name().to_string(); n])),
-            ],
-            &[meta[0], meta[1], ("inflow.aggregate", what)],
+            &ids,
+            &per_train,
+            nq,
+            method.name(),
+            method.sign_convention(),
+            what,
         )?;
     }
     let mut order: Vec<usize> = (0..n).collect();

@@ -294,6 +294,51 @@ pub fn model_spec(model: &LoadedModel) -> Result<serde_json::Value> {
     }))
 }
 
+/// The data part of a store spec: what identifies the samples and how they were rendered.
+pub fn data_spec(
+    report: &data::ReadReport,
+    read: &ReadOptions,
+    template: Template,
+    max_tokens: usize,
+) -> serde_json::Value {
+    serde_json::json!({
+        "sha256": report.sha256,
+        "format": report.format.to_string(),
+        "limit": read.limit,
+        "skip_bad": read.skip_bad,
+        "template": template,
+        "max_tokens": max_tokens,
+    })
+}
+
+/// The `run.json` of an index run (as JSON, so callers can add fields such as a checkpoint).
+pub fn run_info(
+    model: &LoadedModel,
+    opts: &IndexOptions,
+    report: &data::ReadReport,
+) -> Result<serde_json::Value> {
+    let run = RunInfo {
+        model_path: std::fs::canonicalize(&model.source.path)
+            .unwrap_or_else(|_| model.source.path.clone()),
+        data_path: std::fs::canonicalize(&opts.data).unwrap_or_else(|_| opts.data.clone()),
+        features: opts.features.clone(),
+        format: report.format.to_string(),
+    };
+    serde_json::to_value(&run).map_err(|e| Error::Msg(e.to_string()))
+}
+
+/// Writes `run.json` into a store folder, atomically.
+pub fn write_run_info(out: &Path, run: &serde_json::Value) -> Result<()> {
+    let run_path = out.join("run.json");
+    crate::store::atomic_write::write_atomic(&run_path, |f| {
+        use std::io::Write;
+        let text = serde_json::to_string_pretty(run).map_err(|e| Error::Msg(e.to_string()))?;
+        f.write_all(text.as_bytes())
+            .map_err(|e| Error::io(&run_path, e))
+    })?;
+    Ok(())
+}
+
 /// Reads the store's `run.json`.
 pub fn read_run_info(store_dir: &Path) -> Result<RunInfo> {
     let p = store_dir.join("run.json");
@@ -324,14 +369,12 @@ pub fn run_index(
     let n = report.samples.len();
     let spec = StoreSpec {
         model: model_spec(model)?,
-        data: serde_json::json!({
-            "sha256": report.sha256,
-            "format": report.format.to_string(),
-            "limit": opts.read.limit,
-            "skip_bad": opts.read.skip_bad,
-            "template": fz.renderer().template(),
-            "max_tokens": opts.features.max_tokens,
-        }),
+        data: data_spec(
+            &report,
+            &opts.read,
+            fz.renderer().template(),
+            opts.features.max_tokens,
+        ),
         features: serde_json::to_value(fz.spec()).map_err(|e| Error::Msg(e.to_string()))?,
         dtype: opts.dtype,
         dim: fz.spec().dim(),
@@ -356,20 +399,7 @@ pub fn run_index(
             n,
         )?,
     ];
-    let run = RunInfo {
-        model_path: std::fs::canonicalize(&model.source.path)
-            .unwrap_or_else(|_| model.source.path.clone()),
-        data_path: std::fs::canonicalize(&opts.data).unwrap_or_else(|_| opts.data.clone()),
-        features: opts.features.clone(),
-        format: report.format.to_string(),
-    };
-    let run_path = out.join("run.json");
-    crate::store::atomic_write::write_atomic(&run_path, |f| {
-        use std::io::Write;
-        let text = serde_json::to_string_pretty(&run).map_err(|e| Error::Msg(e.to_string()))?;
-        f.write_all(text.as_bytes())
-            .map_err(|e| Error::io(&run_path, e))
-    })?;
+    write_run_info(out, &run_info(model, opts, &report)?)?;
     // A shard is pending while any of the three stores lacks it (a kill between writes).
     let pending: Vec<usize> = (0..store.n_shards())
         .filter(|&i| !store.is_shard_done(i) || subs.iter().any(|s| !s.is_shard_done(i)))

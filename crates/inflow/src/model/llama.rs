@@ -308,16 +308,19 @@ impl Llama {
         self.blocks.get(flat / 7).map(|b| &b.linears[flat % 7])
     }
 
-    fn rope_tables(&self, t: usize) -> Result<(Tensor, Tensor)> {
+    /// cos/sin tables (t, head_dim) for positions start..start + t (rotate_half layout).
+    fn rope_tables(&self, start: usize, t: usize) -> Result<(Tensor, Tensor)> {
         let hd = self.config.head_dim();
         let theta = self.config.rope_theta;
+        let inv: Vec<f64> = (0..hd / 2)
+            .map(|i| 1.0 / theta.powf(2.0 * i as f64 / hd as f64))
+            .collect();
         let mut cos = Vec::with_capacity(t * hd);
         let mut sin = Vec::with_capacity(t * hd);
-        for pos in 0..t {
+        for pos in start..start + t {
             for _half in 0..2 {
-                for i in 0..hd / 2 {
-                    let inv = 1.0 / theta.powf(2.0 * i as f64 / hd as f64);
-                    let a = pos as f64 * inv;
+                for f in &inv {
+                    let a = pos as f64 * f;
                     cos.push(a.cos());
                     sin.push(a.sin());
                 }
@@ -363,8 +366,7 @@ impl Llama {
             Some(_) => Var::from_tensor(&emb)?.as_tensor().clone(),
             None => emb,
         };
-        let (cos, sin) = self.rope_tables(p0 + t)?;
-        let (cos, sin) = (cos.narrow(0, p0, t)?, sin.narrow(0, p0, t)?);
+        let (cos, sin) = self.rope_tables(p0, t)?;
         let mask = causal_mask_after(t, p0, self.dtype, &self.device)?;
         let scale = 1.0 / (hd as f64).sqrt();
         let mut cache = KvCache {

@@ -274,6 +274,11 @@ impl ProbeMethod for Icp<'_> {
         Ok((deltas, 0.0, truncated))
     }
 
+    /// The reference implementation's score: the fraction of probes with Δ_j > 0.
+    fn aggregate(&self, row: &[f32]) -> f32 {
+        super::aggregate(row).0
+    }
+
     fn sign_convention(&self) -> &str {
         "score = fraction of probes j with delta_j(z) > 0, delta_j = log p(a_j | z + q_j) - log p(a_j | q_j); higher means z as a demonstration helps the probes (ICP, Jiao et al. 2024)"
     }

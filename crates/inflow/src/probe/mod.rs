@@ -151,6 +151,10 @@ pub trait ProbeMethod: Sync {
     fn row(&self, z: &Sample) -> Result<(Vec<f32>, f32, bool)>;
     /// What the aggregated score means and which sign is "helpful".
     fn sign_convention(&self) -> &str;
+    /// One score from a row of per-probe values (the mean unless the method says otherwise).
+    fn aggregate(&self, row: &[f32]) -> f32 {
+        aggregate(row).1
+    }
 }
 
 /// Options of a probe run.
@@ -267,20 +271,18 @@ fn write_outputs(store: &Store, probes: &Probes, method: &dyn ProbeMethod) -> Re
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (r, s) in samples.iter().enumerate() {
         let row = &matrix[r * np..(r + 1) * np];
-        let (pos, m) = aggregate(row);
         ids.push(s.id.clone());
-        score.push(if method.name() == "icp" { pos } else { m });
-        mean.push(m);
+        score.push(method.aggregate(row));
+        mean.push(aggregate(row).1);
         for g in &groups {
             let vals: Vec<f32> = g.iter().map(|&j| row[j]).collect();
-            let (p, m) = aggregate(&vals);
             t_ids.push(s.id.clone());
             t_task.push(probes.tasks[g[0]].clone());
-            t_score.push(if method.name() == "icp" { p } else { m });
-            t_mean.push(m);
+            t_score.push(method.aggregate(&vals));
+            t_mean.push(aggregate(&vals).1);
         }
     }
-    let rank = ranks(&score);
+    let rank = crate::scores::ranks(&score);
     let meta = [
         ("inflow.method", method.name()),
         ("inflow.sign_convention", method.sign_convention()),
@@ -322,15 +324,4 @@ fn write_outputs(store: &Store, probes: &Probes, method: &dyn ProbeMethod) -> Re
         &[("inflow.note", "column j of features-*.npy is probe j")],
     )?;
     Ok(())
-}
-
-/// 1-based ranks, best (largest) first, ties by position.
-pub fn ranks(score: &[f32]) -> Vec<u32> {
-    let mut idx: Vec<usize> = (0..score.len()).collect();
-    idx.sort_by(|&a, &b| score[b].total_cmp(&score[a]).then(a.cmp(&b)));
-    let mut r = vec![0u32; score.len()];
-    for (k, &i) in idx.iter().enumerate() {
-        r[i] = k as u32 + 1;
-    }
-    r
 }

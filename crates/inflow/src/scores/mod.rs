@@ -10,7 +10,7 @@ mod output;
 pub mod table;
 mod topk;
 
-pub use output::{write_full_npy, write_topk_parquet};
+pub use output::{write_full_npy, write_per_train_parquet, write_topk_parquet};
 
 use rayon::prelude::*;
 
@@ -18,6 +18,25 @@ use crate::estimators::Estimator;
 use crate::store::Store;
 use crate::{Error, Result};
 use topk::TopK;
+
+/// 1-based ranks, best (largest) first, ties by position.
+pub fn ranks(score: &[f32]) -> Vec<u32> {
+    let mut idx: Vec<usize> = (0..score.len()).collect();
+    idx.sort_by(|&a, &b| score[b].total_cmp(&score[a]).then(a.cmp(&b)));
+    let mut r = vec![0u32; score.len()];
+    for (k, &i) in idx.iter().enumerate() {
+        r[i] = k as u32 + 1;
+    }
+    r
+}
+
+/// One score per training sample from a dense nq × n matrix: the mean over queries.
+pub fn mean_over_queries(full: &[f32], nq: usize) -> Vec<f32> {
+    let n = full.len() / nq.max(1);
+    (0..n)
+        .map(|j| (0..nq).map(|q| full[q * n + j]).sum::<f32>() / nq.max(1) as f32)
+        .collect()
+}
 
 /// The outcome of scoring nq queries against n training rows.
 #[derive(Debug, Clone, PartialEq)]

@@ -159,6 +159,37 @@ pub fn write_full_npy(
     Ok(())
 }
 
+/// Writes one score per training sample as Parquet: `train_id`, `score`, `rank` (1 = best),
+/// `n_queries` (queries combined), `method`; metadata `inflow.method`, `inflow.sign_convention` and `inflow.aggregate` (how the
+/// per-query scores were combined).
+pub fn write_per_train_parquet(
+    path: &Path,
+    train_ids: &[String],
+    scores: &[f32],
+    n_queries: usize,
+    method: &str,
+    sign_convention: &str,
+    aggregate: &str,
+) -> Result<()> {
+    use super::table::{write_table, Column};
+    let n = train_ids.len();
+    write_table(
+        path,
+        vec![
+            ("train_id", Column::Str(train_ids.to_vec())),
+            ("score", Column::F32(scores.to_vec())),
+            ("rank", Column::U32(super::ranks(scores))),
+            ("n_queries", Column::U32(vec![n_queries as u32; n])),
+            ("method", Column::Str(vec![method.to_string(); n])),
+        ],
+        &[
+            ("inflow.method", method),
+            ("inflow.sign_convention", sign_convention),
+            ("inflow.aggregate", aggregate),
+        ],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

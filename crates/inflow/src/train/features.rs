@@ -17,7 +17,7 @@ use super::checkpoint::{self, WEIGHTS_FILE};
 use crate::data::tokens::Renderer;
 use crate::data::{self, Sample};
 use crate::features::{dense, FeatureSpec, Projection, Projector};
-use crate::index::{model_spec, Featurizer, IndexOptions, IndexSummary, Progress, RunInfo};
+use crate::index::{model_spec, Featurizer, IndexOptions, IndexSummary, Progress};
 use crate::model::lora::{Adapters, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use crate::model::{sha256_files, Llama, LoadedModel, TokenSeq};
 use crate::store::{SampleRow, Store, StoreSpec};
@@ -347,28 +347,14 @@ pub fn run_checkpoint_index(
     let n = report.samples.len();
     let store_spec = StoreSpec {
         model: model_spec(model)?,
-        data: serde_json::json!({
-            "sha256": report.sha256,
-            "format": report.format.to_string(),
-            "limit": opts.read.limit,
-            "skip_bad": opts.read.skip_bad,
-            "template": template,
-            "max_tokens": fo.max_tokens,
-        }),
+        data: crate::index::data_spec(&report, &opts.read, template, fo.max_tokens),
         features,
         dtype: opts.dtype,
         dim: spec.dim(),
         shard_size: opts.shard_size,
     };
     let mut store = Store::create_or_resume(out, store_spec, n)?;
-    let run = RunInfo {
-        model_path: std::fs::canonicalize(&model.source.path)
-            .unwrap_or_else(|_| model.source.path.clone()),
-        data_path: std::fs::canonicalize(&opts.data).unwrap_or_else(|_| opts.data.clone()),
-        features: fo.clone(),
-        format: report.format.to_string(),
-    };
-    let mut run_json = serde_json::to_value(&run).map_err(|e| Error::Msg(e.to_string()))?;
+    let mut run_json = crate::index::run_info(model, opts, &report)?;
     if let Some(obj) = run_json.as_object_mut() {
         obj.insert(
             "checkpoint".into(),
@@ -379,14 +365,7 @@ pub fn run_checkpoint_index(
             serde_json::Value::Bool(matches!(source, FeatureSource::Lora(_))),
         );
     }
-    let run_path = out.join("run.json");
-    crate::store::atomic_write::write_atomic(&run_path, |f| {
-        use std::io::Write;
-        let text =
-            serde_json::to_string_pretty(&run_json).map_err(|e| Error::Msg(e.to_string()))?;
-        f.write_all(text.as_bytes())
-            .map_err(|e| Error::io(&run_path, e))
-    })?;
+    crate::index::write_run_info(out, &run_json)?;
     let pending = store.pending_shards();
     progress.total.store(n, Ordering::Relaxed);
     let reused = store.n_shards() - pending.len();
