@@ -4,3 +4,4 @@
 pub mod compare;
 pub mod plot;
 pub mod rank;
+pub mod retrain;
