@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use inflow::data::tokens::Template;
 use inflow::data::{Format, ReadOptions};
 use inflow::features::Projection;
-use inflow::index::{FeatureOptions, Featurizer, IndexOptions, Progress};
+use inflow::index::{FeatureOptions, IndexOptions, Progress};
 use inflow::model::LoadedModel;
 use inflow::store::{Dtype, Store};
 use std::path::{Path, PathBuf};
@@ -667,92 +667,58 @@ pub(crate) struct ScoreOutput {
 
 pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<ScoreOutput> {
     let store = Store::open(&a.store)?;
-    if !store.is_complete() {
-        bail!(
-            "store {} is not complete ({} of {} samples): rerun the index command to finish it",
-            a.store.display(),
-            store.n_done_rows(),
-            store.n_samples()
-        );
-    }
     let run = inflow::index::read_run_info(&a.store)?;
     let model_path = a.model.clone().unwrap_or(run.model_path.clone());
     let model = load_model(&model_path)
         .with_context(|| format!("loading the store's model {}", model_path.display()))?;
-    store.check_compatible(&serde_json::json!({
-        "model": inflow::index::model_spec(&model)?,
-    }))?;
-    let est: Box<dyn inflow::estimators::Estimator + '_> = if a.method == "influence" {
-        let opts = inflow::curvature::Options {
+    let spec = inflow::scores::queries::MethodSpec {
+        method: a.method.clone(),
+        preconditioner: a.preconditioner.clone(),
+        curvature: inflow::curvature::Options {
             damping: a.damping,
             lissa_iters: a.lissa_iters,
             lissa_batch: a.lissa_batch,
             seed: 0,
-        };
-        Box::new(inflow::estimators::influence::Influence::new(
-            inflow::curvature::load(&a.preconditioner, &store, &opts)?,
-        ))
-    } else {
-        inflow::estimators::by_name(&a.method)?
-    };
-    let fz = Featurizer::new(&model, &run.features)?;
-    store.check_compatible(&serde_json::json!({
-        "features": serde_json::to_value(fz.spec())?,
-        "dim": fz.spec().dim(),
-    }))?;
-    let report = read_queries(&a)?;
-    let nq = report.samples.len();
-    let pb = bar(nq, "queries");
-    let progress = Progress::default();
-    let feats = with_progress(&pb, &progress, || {
-        fz.featurize(&report.samples, 1, threads, &progress)
-    });
-    pb.finish_and_clear();
-    let feats = feats?;
-    let qrows = &feats.rows;
-    let qf = feats.set(est.features())?;
-    // Representation methods score a sub-store written beside the gradients by `index`.
-    let sub;
-    let scored: &Store = if est.features() == "gradients" {
-        &store
-    } else {
-        let dir = a.store.join(est.features());
-        if !dir.join("manifest.json").exists() {
-            bail!(
-                "{} has no `{}` representations (stores from older versions lack them): index again",
-                a.store.display(),
-                est.features()
-            );
-        }
-        sub = Store::open(&dir)?;
-        &sub
+        },
     };
     let aggregate = match a.aggregate.as_deref() {
         None => false,
         Some("mean") => true,
         Some(o) => bail!("unknown --aggregate `{o}`; expected mean"),
     };
-    let sb = bar(scored.n_samples(), "score");
-    let result = inflow::scores::score_store(
-        scored,
-        qf,
-        nq,
-        est.as_ref(),
-        a.top_k,
-        a.full.is_some() || aggregate,
-        &mut |done| sb.set_position(done as u64),
-    )?;
-    if let Some(r) = est.report() {
-        eprintln!("{}: {r}", est.name());
-    }
+    let report = read_queries(&a)?;
+    let nq = report.samples.len();
+    let pb = bar(nq, "queries");
+    let progress = Progress::default();
+    let sb = bar(store.n_samples(), "score");
+    let scored = with_progress(&pb, &progress, || {
+        inflow::scores::queries::score_samples(
+            &a.store,
+            &model,
+            &report.samples,
+            &spec,
+            a.top_k,
+            a.full.is_some() || aggregate,
+            threads,
+            &progress,
+            &mut |done| sb.set_position(done as u64),
+        )
+    });
+    pb.finish_and_clear();
     sb.finish_and_clear();
+    let scored = scored?;
+    if let Some(r) = &scored.report {
+        eprintln!("{}: {r}", scored.method);
+    }
+    let result = scored.result;
+    let qrows = &scored.query_rows;
     let train = store.samples()?;
     let train_ids: Vec<String> = train.iter().map(|r| r.id.clone()).collect();
     let query_ids: Vec<String> = report.samples.iter().map(|s| s.id.clone()).collect();
     let out = a
         .out
         .clone()
-        .unwrap_or_else(|| a.store.join(format!("scores-{}.parquet", est.name())));
+        .unwrap_or_else(|| a.store.join(format!("scores-{}.parquet", scored.method)));
     if aggregate {
         // One score per training sample: the mean over queries (e.g. influence on a task).
         let mean =
@@ -762,8 +728,8 @@ pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<ScoreOut
             &train_ids,
             &mean,
             nq,
-            est.name(),
-            est.sign_convention(),
+            &scored.method,
+            &scored.sign_convention,
             "mean over queries",
         )?;
     } else {
@@ -772,8 +738,8 @@ pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<ScoreOut
             &query_ids,
             &train_ids,
             &result,
-            est.name(),
-            est.sign_convention(),
+            &scored.method,
+            &scored.sign_convention,
         )?;
     }
     if let Some(full) = &a.full {
@@ -781,8 +747,8 @@ pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<ScoreOut
             full,
             &result,
             &query_ids,
-            est.name(),
-            est.sign_convention(),
+            &scored.method,
+            &scored.sign_convention,
         )?;
     }
     let query_text: Vec<String> = qrows
@@ -794,7 +760,7 @@ pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<ScoreOut
         query_text,
         result,
         train,
-        method: est.name().to_string(),
+        method: scored.method.clone(),
         out,
     };
     if json {
@@ -806,7 +772,7 @@ pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<ScoreOut
             so.out.display(),
             nq,
             a.top_k,
-            est.sign_convention()
+            &scored.sign_convention
         );
     }
     Ok(so)

@@ -7,6 +7,7 @@
 
 pub mod checkpoints;
 mod output;
+pub mod queries;
 pub mod table;
 mod topk;
 
