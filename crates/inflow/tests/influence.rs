@@ -419,3 +419,219 @@ fn influence_does_not_depend_on_batch_size_or_shard_split() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// K-FAC is exact where theory says it is (Martens & Grosse 2015; Bernacchia et al. 2018): in a
+/// deep linear network y = W₃W₂W₁x with a Gaussian likelihood, the output gradient of layer l is
+/// δ_l = B_lᵀε with ε ~ N(0, I) independent of the layer input a_l, so each layer's Fisher
+/// block is exactly E[a aᵀ] ⊗ E[δ δᵀ]. The expectation over ε is taken exactly (ε = √o e_k,
+/// k = 1..o), gradients come from candle's autograd, and K-FAC and EK-FAC fitted from the
+/// stored gradients must equal the explicit per-layer damped inverse.
+#[test]
+fn kfac_is_exact_per_layer_on_a_deep_linear_network() {
+    use candle_core::{Device, Tensor, Var};
+    use faer::linalg::solvers::Solve;
+    use inflow::features::FeatureSpec;
+    use inflow::model::LinearInfo;
+    use inflow::store::StoreSpec;
+    let dev = Device::Cpu;
+    let shapes = [(4usize, 3usize), (5, 4), (2, 5)];
+    let mut rng = inflow::features::random::Stream::new(11, "deep-linear");
+    let ws: Vec<Var> = shapes
+        .iter()
+        .map(|&(o, i)| {
+            let v: Vec<f64> = (0..o * i).map(|_| rng.normal()).collect();
+            Var::from_tensor(&Tensor::from_vec(v, (o, i), &dev).unwrap()).unwrap()
+        })
+        .collect();
+    let (n_x, n_out) = (40usize, shapes[2].0);
+    let mut rows: Vec<f32> = Vec::new();
+    for _ in 0..n_x {
+        // Correlated inputs, so A is not a multiple of the identity.
+        let z: Vec<f64> = (0..3).map(|_| rng.normal()).collect();
+        let x = vec![z[0], 0.5 * z[0] + z[1], z[2] - 0.3 * z[1]];
+        let x = Tensor::from_vec(x, (3, 1), &dev).unwrap();
+        for k in 0..n_out {
+            let mut eps = vec![0f64; n_out];
+            eps[k] = (n_out as f64).sqrt();
+            let eps = Tensor::from_vec(eps, (1, n_out), &dev).unwrap();
+            let mut h = x.clone();
+            for w in &ws {
+                h = w.as_tensor().matmul(&h).unwrap();
+            }
+            // ∂/∂θ of εᵀf(x): the per-sample gradient of the Gaussian log-likelihood at y = f + ε.
+            let loss = eps.matmul(&h).unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            for w in &ws {
+                let g = grads.get(w.as_tensor()).unwrap();
+                rows.extend(
+                    g.flatten_all()
+                        .unwrap()
+                        .to_vec1::<f64>()
+                        .unwrap()
+                        .iter()
+                        .map(|&v| v as f32),
+                );
+            }
+        }
+    }
+    let n = n_x * n_out;
+    let fspec = FeatureSpec {
+        projection: Projection::Full,
+        seed: 0,
+        loss: "gaussian".into(),
+        layers: shapes
+            .iter()
+            .enumerate()
+            .map(|(l, &(o, i))| LinearInfo {
+                name: format!("w{l}"),
+                d_out: o,
+                d_in: i,
+            })
+            .collect(),
+    };
+    let dim = fspec.dim();
+    assert_eq!(rows.len(), n * dim);
+    let dir = tmp("deep-linear");
+    let spec = StoreSpec {
+        model: serde_json::json!({}),
+        data: serde_json::json!({}),
+        features: serde_json::to_value(&fspec).unwrap(),
+        dtype: Dtype::F32,
+        dim,
+        shard_size: n,
+    };
+    let mut store = Store::create_or_resume(&dir.join("s"), spec, n).unwrap();
+    let meta: Vec<inflow::store::SampleRow> = (0..n)
+        .map(|i| inflow::store::SampleRow {
+            id: format!("{i}"),
+            row: i as u64,
+            n_tokens: 1,
+            n_loss_tokens: 1,
+            loss: 0.0,
+            truncated: false,
+            prompt: String::new(),
+            response: String::new(),
+        })
+        .collect();
+    store.write_shard(0, &rows, &meta).unwrap();
+    store.finish().unwrap();
+    let store = Store::open(&dir.join("s")).unwrap();
+    kfac::fit(&store, kfac::FactorSource::Samples).unwrap();
+    let damping = 0.05;
+    let blocks = curvature::blocks(&curvature::store_feature_spec(&store).unwrap());
+    let v: Vec<f32> = (0..dim).map(|_| rng.normal() as f32).collect();
+    for ekfac in [false, true] {
+        let pre = kfac::KfacPreconditioner::load(&store, ekfac, damping).unwrap();
+        let mut got = v.clone();
+        pre.apply(&mut got, dim).unwrap();
+        for b in &blocks {
+            let len = b.len();
+            // The layer's Fisher block from the gradients themselves, damped as `exact` does.
+            let g = faer::Mat::<f64>::from_fn(n, len, |r, j| rows[r * dim + b.offset + j] as f64);
+            let mut f = g.transpose() * &g * faer::Scale(1.0 / n as f64);
+            let trace: f64 = (0..len).map(|j| f[(j, j)]).sum();
+            for j in 0..len {
+                f[(j, j)] += damping * trace / len as f64;
+            }
+            let rhs = faer::Mat::<f64>::from_fn(len, 1, |j, _| v[b.offset + j] as f64);
+            let x = f.llt(faer::Side::Lower).unwrap().solve(&rhs);
+            let err = (0..len)
+                .map(|j| (x[(j, 0)] - got[b.offset + j] as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
+                / (0..len).map(|j| x[(j, 0)].powi(2)).sum::<f64>().sqrt();
+            eprintln!(
+                "deep linear, {} ekfac={ekfac}: relative error {err:.2e}",
+                b.name
+            );
+            assert!(
+                err < 1e-4,
+                "{} (ekfac={ekfac}): relative error {err}",
+                b.name
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The measurement behind the closing note's grid (not run by default; reads the NI split in
+/// `../shared`): EK-FAC, K-FAC, DataInf and identity vs the exact damped Fisher inverse on the
+/// tiny random Llama, for one full Linear and for LoGra rank 4 over every Linear, 3,000 samples.
+/// Run with `cargo test --release --test influence grid -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn grid_ekfac_vs_exact() {
+    let data = root().join("../shared/data/natural-instructions/train.jsonl");
+    for (mname, m) in [("random", model())] {
+        for (modules, proj) in [
+            ("layers.1.self_attn.q_proj", Projection::Full),
+            (
+                "all",
+                Projection::Logra {
+                    rank_in: 4,
+                    rank_out: 4,
+                },
+            ),
+        ] {
+            for n in [3000usize] {
+                let dir = tmp(&format!("grid-{n}"));
+                let mut f = features();
+                f.modules = modules.into();
+                f.projection = proj.clone();
+                let opts = IndexOptions {
+                    data: data.clone(),
+                    read: ReadOptions {
+                        format: Format::Alpaca,
+                        skip_bad: false,
+                        limit: Some(n),
+                    },
+                    features: f.clone(),
+                    dtype: Dtype::F32,
+                    shard_size: 512,
+                    batch_size: 4,
+                    threads: 2,
+                };
+                inflow::index::run_index(&m, &opts, &dir, &Progress::default(), &mut |_, _| {})
+                    .unwrap();
+                let store = Store::open(&dir).unwrap();
+                let fz = Featurizer::new(&m, &f).unwrap();
+                let qs = inflow::data::read_samples(
+                    &root().join("assets/data/probe-tasks.jsonl"),
+                    &ReadOptions {
+                        format: Format::Alpaca,
+                        skip_bad: false,
+                        limit: Some(16),
+                    },
+                )
+                .unwrap();
+                let q = fz
+                    .featurize(&qs.samples, 1, 1, &Progress::default())
+                    .unwrap()
+                    .grads;
+                for damping in [0.1, 1.0] {
+                    let o = Options {
+                        damping,
+                        ..Default::default()
+                    };
+                    let exact = scores(&store, curvature::load("exact", &store, &o).unwrap(), &q);
+                    let mut line = format!("{mname} {modules} n={n} damping={damping}:");
+                    for source in [kfac::FactorSource::Tokens, kfac::FactorSource::Samples] {
+                        kfac::fit(&store, source).unwrap();
+                        for name in ["ekfac", "kfac", "datainf", "identity"] {
+                            let s = scores(&store, curvature::load(name, &store, &o).unwrap(), &q);
+                            let rho: f64 = s
+                                .iter()
+                                .zip(&exact)
+                                .map(|(a, b)| spearman(a, b))
+                                .sum::<f64>()
+                                / s.len() as f64;
+                            line += &format!(" {name}/{source:?}={rho:.3}");
+                        }
+                    }
+                    eprintln!("{line}");
+                }
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+    }
+}

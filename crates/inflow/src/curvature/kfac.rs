@@ -162,7 +162,8 @@ pub enum FactorSource {
     /// the model pass (METHODS.md's definition).
     Tokens,
     /// The Kronecker marginals of the per-sample Fisher from the stored features:
-    /// A = E_n[G_nᵀG_n], S = E_n[G_nG_nᵀ] (for F = S⊗A exactly these have F's eigenvectors).
+    /// A = E_n[G_nᵀG_n], S = E_n[G_nG_nᵀ] / E_n‖G_n‖² (for F = S⊗A exactly these are F's own
+    /// factors, so K-FAC is then exact).
     /// Needs no model pass.
     Samples,
 }
@@ -213,10 +214,16 @@ pub fn fit(store: &Store, source: FactorSource) -> Result<PathBuf> {
     let mut fits = Vec::with_capacity(bl.len());
     for (b, (a, s)) in bl.iter().zip(&total.layers) {
         let a: Vec<f64> = a.iter().map(|v| v / total.n_tokens.max(1) as f64).collect();
-        let s: Vec<f64> = s
-            .iter()
-            .map(|v| v / total.n_samples.max(1) as f64)
-            .collect();
+        // Sample marginals carry E‖G‖² twice (tr A = tr S = E‖G‖²): dividing S by tr A gives
+        // A⊗S the Fisher's trace, and A⊗S = F exactly when F is Kronecker-factored.
+        let s_scale = match source {
+            FactorSource::Tokens => total.n_samples.max(1) as f64,
+            FactorSource::Samples => {
+                let tr: f64 = (0..b.cols).map(|i| a[i * b.cols + i]).sum();
+                total.n_samples.max(1) as f64 * if tr > 0.0 { tr } else { 1.0 }
+            }
+        };
+        let s: Vec<f64> = s.iter().map(|v| v / s_scale).collect();
         let (q_a, lam_a) = eig(&a, b.cols)?;
         let (q_s, lam_s) = eig(&s, b.rows)?;
         fits.push(LayerFit {
