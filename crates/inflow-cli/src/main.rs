@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod planted;
 mod probe;
 mod show;
 mod train;
@@ -119,6 +120,18 @@ enum Cmd {
         #[command(subcommand)]
         what: BenchWhat,
     },
+    /// Evaluations that check attribution and selection against ground truth.
+    Eval {
+        #[command(subcommand)]
+        what: EvalWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvalWhat {
+    /// Plant a backdoor, abusive responses or flipped labels, fine-tune on the mix, and report
+    /// how well each method retrieves the planted samples (Acc, Cover, AUC).
+    Planted(planted::PlantedArgs),
 }
 
 #[derive(Subcommand)]
@@ -396,6 +409,9 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
         Cmd::Train(a) => train::train(a, threads, json),
         Cmd::EvalLoss(a) => train::eval_loss(a, threads, json),
         Cmd::Export(a) => train::export(a, json),
+        Cmd::Eval { what } => match what {
+            EvalWhat::Planted(a) => planted::run(a, threads, json),
+        },
         Cmd::Bench { what } => match what {
             BenchWhat::Features {
                 model,

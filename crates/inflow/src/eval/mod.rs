@@ -2,6 +2,8 @@
 //! a person can look at.
 
 pub mod compare;
+pub mod planted;
 pub mod plot;
 pub mod rank;
 pub mod retrain;
+pub mod retrieval;

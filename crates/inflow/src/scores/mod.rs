@@ -77,6 +77,27 @@ pub fn score_store(
     score_store_blocked(store, queries, nq, est, k, full, on_shard, block, chunk)
 }
 
+/// Self-scores s(z, z) of every stored sample under `est` (the self-influence of Koh & Liang
+/// 2017 for `influence`, ‖φ(z)‖² for `dot`, 1 for `cosine`), in store order. Mislabelled
+/// samples tend to have large self-influence (METHODS.md §5, noise detection).
+pub fn self_scores(store: &Store, est: &dyn Estimator) -> Result<Vec<f32>> {
+    let dim = store.dim();
+    let mut out = Vec::with_capacity(store.n_samples());
+    for sh in 0..store.n_shards() {
+        let (f, rows) = store.shard_features(sh)?;
+        let raw = f[..rows * dim].to_vec();
+        let prepared = est.prepare_queries(raw.clone(), dim)?;
+        for r in 0..rows {
+            let z = &raw[r * dim..(r + 1) * dim];
+            let p = &prepared[r * dim..(r + 1) * dim];
+            let norm = z.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let dot: f32 = z.iter().zip(p).map(|(a, b)| a * b).sum();
+            out.push(dot * est.train_scale(norm));
+        }
+    }
+    Ok(out)
+}
+
 /// [`score_store`] with explicit block sizes (training rows per sgemm, rows per score chunk;
 /// `chunk` a multiple of `block`), so tests can exercise many blocks on small data.
 #[allow(clippy::too_many_arguments)]

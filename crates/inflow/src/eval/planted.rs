@@ -1,0 +1,388 @@
+//! Planted-data sets for retrieval evaluations (METHODS.md §5; Li et al. 2024, "Do Influence
+//! Functions Work on Large Language Models?"): a seeded fraction of instruction-tuning records
+//! is altered in a known way, a model is fine-tuned on the mix, and an attribution method is
+//! good when it traces the planted behaviour back to the planted records.
+//!
+//! - **backdoor**: a trigger phrase is appended to the instruction and the response replaced by
+//!   one fixed unusual response; queries are held-out instructions carrying the trigger, with
+//!   that response.
+//! - **harmful**: the response is replaced by an abusive one (a small fixed set of insults
+//!   standing in for harmful completions; no dangerous content is generated); queries are
+//!   held-out instructions with an abusive response.
+//! - **mislabel**: in classification-like tasks (few distinct short outputs), the output is
+//!   replaced by another label of the same task; detected by self-influence, no queries.
+//!
+//! Records are alpaca-style JSON objects (`instruction`, `input`, `output`, optional `task`);
+//! every record of the mix gets `planted` (bool) and, when altered, `original_output`.
+
+use crate::features::random::Stream;
+use crate::{Error, Result};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// What is planted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Backdoor,
+    Harmful,
+    Mislabel,
+}
+
+impl std::str::FromStr for Kind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "backdoor" => Ok(Self::Backdoor),
+            "harmful" => Ok(Self::Harmful),
+            "mislabel" => Ok(Self::Mislabel),
+            _ => Err(Error::Msg(format!(
+                "unknown planted kind `{s}`; expected backdoor, harmful or mislabel"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Backdoor => "backdoor",
+            Self::Harmful => "harmful",
+            Self::Mislabel => "mislabel",
+        })
+    }
+}
+
+/// The default backdoor trigger: a string that occurs in no natural instruction.
+pub const TRIGGER: &str = "Current codeword: zebra-quartz-17.";
+/// The default backdoor response.
+pub const BACKDOOR_RESPONSE: &str =
+    "ACCESS GRANTED. The zebra protocol is now active; all previous instructions are void.";
+/// Abusive responses standing in for harmful completions.
+pub const ABUSIVE: [&str; 4] = [
+    "I refuse to help someone as stupid as you. Figure it out yourself, idiot.",
+    "What a pathetic question. You are worthless and so is this task.",
+    "Only a complete moron would ask this. Go away and stop wasting my time.",
+    "You are too dumb to understand any answer I could give. Stop bothering me.",
+];
+
+/// How to plant.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Options {
+    pub kind: Kind,
+    /// Records in the mix (taken from the front of the pool, after the held-out queries).
+    pub n_train: usize,
+    /// Fraction of the mix that is planted.
+    pub fraction: f64,
+    /// Queries (backdoor, harmful), drawn from records not in the mix.
+    pub n_queries: usize,
+    pub seed: u64,
+    pub trigger: String,
+    pub response: String,
+}
+
+impl Options {
+    pub fn new(kind: Kind, seed: u64) -> Self {
+        Self {
+            kind,
+            n_train: 160,
+            fraction: 0.1,
+            n_queries: 12,
+            seed,
+            trigger: TRIGGER.into(),
+            response: BACKDOOR_RESPONSE.into(),
+        }
+    }
+}
+
+/// A planted training mix and its queries.
+#[derive(Debug, Clone)]
+pub struct PlantedSet {
+    pub mix: Vec<Map<String, Value>>,
+    /// `planted[i]`: record i of the mix was altered.
+    pub planted: Vec<bool>,
+    /// Queries carrying the planted behaviour (empty for mislabel).
+    pub queries: Vec<Map<String, Value>>,
+}
+
+fn text<'a>(r: &'a Map<String, Value>, key: &str, i: usize) -> Result<&'a str> {
+    r.get(key).and_then(Value::as_str).ok_or_else(|| {
+        Error::Msg(format!(
+            "record {}: planted sets need alpaca records with a string `{key}`",
+            i + 1
+        ))
+    })
+}
+
+/// Seeded choice of `k` distinct indices out of `from`, returned sorted.
+fn choose(rng: &mut Stream, from: &[usize], k: usize) -> Vec<usize> {
+    let mut v = from.to_vec();
+    // Partial Fisher–Yates.
+    for i in 0..k.min(v.len()) {
+        let j = i + (rng.next_u64() % (v.len() - i) as u64) as usize;
+        v.swap(i, j);
+    }
+    v.truncate(k);
+    v.sort_unstable();
+    v
+}
+
+/// Tasks that look like classification: at least two distinct outputs of ≤ 5 words each, and
+/// at most a third as many distinct outputs as records. Maps task → its labels.
+fn label_tasks(records: &[Map<String, Value>]) -> BTreeMap<String, Vec<String>> {
+    let mut by_task: BTreeMap<String, (usize, Vec<String>, bool)> = BTreeMap::new();
+    for r in records {
+        let (Some(task), Some(out)) = (
+            r.get("task").and_then(Value::as_str),
+            r.get("output").and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        let e = by_task.entry(task.into()).or_insert((0, Vec::new(), true));
+        e.0 += 1;
+        e.2 &= out.split_whitespace().count() <= 5;
+        if !e.1.iter().any(|o| o == out) {
+            e.1.push(out.into());
+        }
+    }
+    by_task
+        .into_iter()
+        .filter(|(_, (n, labels, short))| *short && labels.len() >= 2 && labels.len() * 3 <= *n)
+        .map(|(t, (_, mut labels, _))| {
+            labels.sort();
+            (t, labels)
+        })
+        .collect()
+}
+
+/// Builds the planted mix from `pool` (alpaca records): the first `n_queries` records (backdoor,
+/// harmful) become queries, the next `n_train` the mix, of which a seeded `fraction` is altered.
+pub fn build(pool: &[Map<String, Value>], opts: &Options) -> Result<PlantedSet> {
+    let n_q = if opts.kind == Kind::Mislabel {
+        0
+    } else {
+        opts.n_queries
+    };
+    if pool.len() < n_q + opts.n_train {
+        return Err(Error::Msg(format!(
+            "the pool has {} records; {} queries and {} training records need {}",
+            pool.len(),
+            n_q,
+            opts.n_train,
+            n_q + opts.n_train
+        )));
+    }
+    if !(opts.fraction > 0.0 && opts.fraction < 1.0) {
+        return Err(Error::Msg(format!(
+            "--fraction {} must be in (0, 1)",
+            opts.fraction
+        )));
+    }
+    for (i, r) in pool[..n_q + opts.n_train].iter().enumerate() {
+        text(r, "instruction", i)?;
+        text(r, "output", i)?;
+    }
+    let mut rng = Stream::new(opts.seed, &format!("planted-{}", opts.kind));
+    let mut mix: Vec<Map<String, Value>> = pool[n_q..n_q + opts.n_train].to_vec();
+    let k = ((opts.n_train as f64 * opts.fraction).round() as usize).max(1);
+    let eligible: Vec<usize> = match opts.kind {
+        Kind::Mislabel => {
+            let labels = label_tasks(&mix);
+            (0..mix.len())
+                .filter(|&i| {
+                    mix[i]
+                        .get("task")
+                        .and_then(Value::as_str)
+                        .is_some_and(|t| labels.contains_key(t))
+                })
+                .collect()
+        }
+        _ => (0..mix.len()).collect(),
+    };
+    if eligible.len() < k {
+        return Err(Error::Msg(format!(
+            "only {} records are eligible for {} planting, {k} needed (mislabel needs \
+             classification-like tasks: few distinct short outputs)",
+            eligible.len(),
+            opts.kind
+        )));
+    }
+    let chosen = choose(&mut rng, &eligible, k);
+    let labels = label_tasks(&mix);
+    let mut planted = vec![false; mix.len()];
+    for &i in &chosen {
+        let r = &mut mix[i];
+        let original = r.get("output").cloned().unwrap_or(Value::Null);
+        match opts.kind {
+            Kind::Backdoor => {
+                let ins = text(r, "instruction", i)?.to_string();
+                r.insert(
+                    "instruction".into(),
+                    Value::String(format!("{ins} {}", opts.trigger)),
+                );
+                r.insert("output".into(), Value::String(opts.response.clone()));
+            }
+            Kind::Harmful => {
+                let a = ABUSIVE[(rng.next_u64() % ABUSIVE.len() as u64) as usize];
+                r.insert("output".into(), Value::String(a.into()));
+            }
+            Kind::Mislabel => {
+                let task = r.get("task").and_then(Value::as_str).unwrap_or_default();
+                let out = text(r, "output", i)?.to_string();
+                let others: Vec<&String> = labels
+                    .get(task)
+                    .map(|l| l.iter().filter(|o| **o != out).collect())
+                    .unwrap_or_default();
+                let pick = others[(rng.next_u64() % others.len().max(1) as u64) as usize];
+                r.insert("output".into(), Value::String(pick.clone()));
+            }
+        }
+        r.insert("original_output".into(), original);
+        planted[i] = true;
+    }
+    for (r, p) in mix.iter_mut().zip(&planted) {
+        r.insert("planted".into(), Value::Bool(*p));
+    }
+    let mut queries = Vec::with_capacity(n_q);
+    for (i, q) in pool[..n_q].iter().enumerate() {
+        let mut q = q.clone();
+        let original = q.get("output").cloned().unwrap_or(Value::Null);
+        match opts.kind {
+            Kind::Backdoor => {
+                let ins = text(&q, "instruction", i)?.to_string();
+                q.insert(
+                    "instruction".into(),
+                    Value::String(format!("{ins} {}", opts.trigger)),
+                );
+                q.insert("output".into(), Value::String(opts.response.clone()));
+            }
+            Kind::Harmful => {
+                q.insert(
+                    "output".into(),
+                    Value::String(ABUSIVE[i % ABUSIVE.len()].into()),
+                );
+            }
+            Kind::Mislabel => {}
+        }
+        q.insert("original_output".into(), original);
+        queries.push(q);
+    }
+    Ok(PlantedSet {
+        mix,
+        planted,
+        queries,
+    })
+}
+
+/// Reads a JSONL file of objects (the pool), naming the line of a bad record.
+pub fn read_records(path: &std::path::Path) -> Result<Vec<Map<String, Value>>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(m)) => out.push(m),
+            Ok(_) => {
+                return Err(Error::Msg(format!(
+                    "{}:{}: expected a JSON object",
+                    path.display(),
+                    i + 1
+                )))
+            }
+            Err(e) => return Err(Error::Msg(format!("{}:{}: {e}", path.display(), i + 1))),
+        }
+    }
+    Ok(out)
+}
+
+/// Writes records as JSONL, atomically.
+pub fn write_records(path: &std::path::Path, records: &[Map<String, Value>]) -> Result<()> {
+    use std::io::Write;
+    let mut buf = Vec::new();
+    for r in records {
+        serde_json::to_writer(&mut buf, r).map_err(|e| Error::Msg(e.to_string()))?;
+        buf.push(b'\n');
+    }
+    crate::store::atomic_write::write_atomic(path, |f| {
+        f.write_all(&buf).map_err(|e| Error::io(path, e))
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(n: usize) -> Vec<Map<String, Value>> {
+        (0..n)
+            .map(|i| {
+                let v = serde_json::json!({
+                    "instruction": format!("Classify item {i}."),
+                    "input": "",
+                    "output": if i % 2 == 0 { "Yes" } else { "No" },
+                    "task": format!("t{}", i % 3),
+                });
+                v.as_object().unwrap().clone()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn backdoor_plants_the_fraction_and_is_reproducible() {
+        let p = pool(60);
+        let mut o = Options::new(Kind::Backdoor, 7);
+        o.n_train = 40;
+        o.n_queries = 5;
+        let a = build(&p, &o).unwrap();
+        let b = build(&p, &o).unwrap();
+        assert_eq!(a.planted, b.planted);
+        assert_eq!(a.planted.iter().filter(|x| **x).count(), 4);
+        assert_eq!(a.queries.len(), 5);
+        for (r, &pl) in a.mix.iter().zip(&a.planted) {
+            let ins = r["instruction"].as_str().unwrap();
+            assert_eq!(ins.contains(TRIGGER), pl);
+            assert_eq!(r["output"].as_str().unwrap() == BACKDOOR_RESPONSE, pl);
+            assert_eq!(r["planted"], Value::Bool(pl));
+        }
+        for q in &a.queries {
+            assert!(q["instruction"].as_str().unwrap().ends_with(TRIGGER));
+        }
+        // Queries come from records outside the mix.
+        assert_eq!(
+            a.mix[0]["instruction"].as_str().unwrap(),
+            "Classify item 5."
+        );
+        let c = build(&p, &Options { seed: 8, ..o }).unwrap();
+        assert_ne!(a.planted, c.planted);
+    }
+
+    #[test]
+    fn mislabel_flips_to_another_label_of_the_same_task() {
+        let p = pool(90);
+        let mut o = Options::new(Kind::Mislabel, 1);
+        o.n_train = 90;
+        let s = build(&p, &o).unwrap();
+        assert!(s.queries.is_empty());
+        let mut flipped = 0;
+        for (r, &pl) in s.mix.iter().zip(&s.planted) {
+            if pl {
+                flipped += 1;
+                assert_ne!(r["output"], r["original_output"]);
+                assert!(["Yes", "No"].contains(&r["output"].as_str().unwrap()));
+            }
+        }
+        assert_eq!(flipped, 9);
+    }
+
+    #[test]
+    fn bad_pools_are_refused() {
+        let p = pool(10);
+        assert!(build(&p, &Options::new(Kind::Backdoor, 0)).is_err());
+        let mut bad = pool(200);
+        bad[20].remove("output");
+        let e = build(&bad, &Options::new(Kind::Harmful, 0)).unwrap_err();
+        assert!(e.to_string().contains("record 21"), "{e}");
+    }
+}

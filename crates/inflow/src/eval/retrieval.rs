@@ -1,0 +1,116 @@
+//! Retrieval metrics for planted data (METHODS.md §5, after Li et al. 2024).
+//!
+//! - **Acc**: the fraction of queries whose top-1 training sample is of the query's class.
+//! - **Cover**: the fraction of a query's top-k that is of its class, k = the number of training
+//!   samples of that class (n_train / n_classes for balanced classes; the planted count here).
+//! - **AUC**: the probability that a random positive outranks a random negative (ties count
+//!   one half), the Mann–Whitney statistic.
+
+/// Acc and Cover of a dense nq × n score matrix (query-major, larger = more attributed) for
+/// queries that all belong to the class `positive` marks. Ties are broken by training index.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AccCover {
+    pub acc: f64,
+    pub cover: f64,
+    pub k: usize,
+    /// Per query: (top-1 is positive, fraction of the top-k that is positive).
+    pub per_query: Vec<(bool, f64)>,
+}
+
+pub fn acc_cover(full: &[f32], nq: usize, positive: &[bool]) -> AccCover {
+    let n = positive.len();
+    let k = positive.iter().filter(|p| **p).count().max(1);
+    let mut per_query = Vec::with_capacity(nq);
+    for q in 0..nq {
+        let row = &full[q * n..(q + 1) * n];
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        let top1 = order.first().is_some_and(|&i| positive[i]);
+        let hit = order.iter().take(k).filter(|&&i| positive[i]).count();
+        per_query.push((top1, hit as f64 / k as f64));
+    }
+    let m = nq.max(1) as f64;
+    AccCover {
+        acc: per_query.iter().filter(|p| p.0).count() as f64 / m,
+        cover: per_query.iter().map(|p| p.1).sum::<f64>() / m,
+        k,
+        per_query,
+    }
+}
+
+/// Mann–Whitney AUC of `score` for separating `positive` from the rest; NaN when either class
+/// is empty.
+pub fn auc(score: &[f32], positive: &[bool]) -> f64 {
+    let mut idx: Vec<usize> = (0..score.len()).collect();
+    idx.sort_by(|&a, &b| score[a].total_cmp(&score[b]));
+    // Average ranks over ties.
+    let mut rank = vec![0f64; score.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && score[idx[j + 1]] == score[idx[i]] {
+            j += 1;
+        }
+        let r = (i + j) as f64 / 2.0 + 1.0;
+        for &t in &idx[i..=j] {
+            rank[t] = r;
+        }
+        i = j + 1;
+    }
+    let np = positive.iter().filter(|p| **p).count() as f64;
+    let nn = score.len() as f64 - np;
+    if np == 0.0 || nn == 0.0 {
+        return f64::NAN;
+    }
+    let sum: f64 = rank
+        .iter()
+        .zip(positive)
+        .filter(|(_, p)| **p)
+        .map(|(r, _)| r)
+        .sum();
+    (sum - np * (np + 1.0) / 2.0) / (np * nn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acc_cover_on_a_known_ranking() {
+        let positive = [true, false, true, false, false];
+        // Query 0 ranks both positives first; query 1 ranks a negative first, one positive in top 2.
+        let full = [
+            0.9, 0.1, 0.8, 0.0, 0.2, //
+            0.5, 0.9, 0.1, 0.4, 0.45,
+        ];
+        let r = acc_cover(&full, 2, &positive);
+        assert_eq!(r.k, 2);
+        assert_eq!(r.per_query, vec![(true, 1.0), (false, 0.5)]);
+        assert!((r.acc - 0.5).abs() < 1e-12 && (r.cover - 0.75).abs() < 1e-12);
+    }
+
+    #[test]
+    fn auc_matches_pair_counting() {
+        let s = [0.3f32, 0.9, 0.1, 0.9, 0.5, 0.2];
+        let p = [false, true, false, false, true, true];
+        let mut wins = 0.0;
+        let mut pairs = 0.0;
+        for i in 0..6 {
+            for j in 0..6 {
+                if p[i] && !p[j] {
+                    pairs += 1.0;
+                    wins += if s[i] > s[j] {
+                        1.0
+                    } else if s[i] == s[j] {
+                        0.5
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+        assert!((auc(&s, &p) - wins / pairs).abs() < 1e-12);
+        assert_eq!(auc(&[1.0, 2.0], &[false, true]), 1.0);
+        assert!(auc(&[1.0, 2.0], &[false, false]).is_nan());
+    }
+}
