@@ -102,7 +102,7 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
     };
     let data = match &a.data {
         Some(p) => p.clone(),
-        None => crate::assets_dir()?.join("data/train.jsonl"),
+        None => crate::assets_dir()?.join("train.jsonl"),
     };
     let out = a
         .out

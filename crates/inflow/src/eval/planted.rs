@@ -9,8 +9,10 @@
 //! - **harmful**: the response is replaced by an abusive one (a small fixed set of insults
 //!   standing in for harmful completions; no dangerous content is generated); queries are
 //!   held-out instructions with an abusive response.
-//! - **mislabel**: in classification-like tasks (few distinct short outputs), the output is
-//!   replaced by another label of the same task; detected by self-influence, no queries.
+//! - **mislabel**: the mix is drawn from classification-like tasks only (≥ 2 distinct outputs
+//!   of ≤ 5 words, at most a third as many distinct outputs as records, over the whole pool);
+//!   the output is replaced by another label of the same task; detected by self-influence, no
+//!   queries.
 //!
 //! Records are alpaca-style JSON objects (`instruction`, `input`, `output`, optional `task`);
 //! every record of the mix gets `planted` (bool) and, when altered, `original_output`.
@@ -163,10 +165,32 @@ pub fn build(pool: &[Map<String, Value>], opts: &Options) -> Result<PlantedSet> 
     } else {
         opts.n_queries
     };
+    // Flipped labels need labels: the mix is drawn from classification-like tasks only.
+    let labels = label_tasks(pool);
+    let filtered: Vec<Map<String, Value>>;
+    let pool: &[Map<String, Value>] = if opts.kind == Kind::Mislabel {
+        filtered = pool
+            .iter()
+            .filter(|r| {
+                r.get("task")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| labels.contains_key(t))
+            })
+            .cloned()
+            .collect();
+        &filtered
+    } else {
+        pool
+    };
     if pool.len() < n_q + opts.n_train {
         return Err(Error::Msg(format!(
-            "the pool has {} records; {} queries and {} training records need {}",
+            "the pool has {} {}records; {} queries and {} training records need {}",
             pool.len(),
+            if opts.kind == Kind::Mislabel {
+                "classification-like (few distinct short outputs per task) "
+            } else {
+                ""
+            },
             n_q,
             opts.n_train,
             n_q + opts.n_train
@@ -185,20 +209,7 @@ pub fn build(pool: &[Map<String, Value>], opts: &Options) -> Result<PlantedSet> 
     let mut rng = Stream::new(opts.seed, &format!("planted-{}", opts.kind));
     let mut mix: Vec<Map<String, Value>> = pool[n_q..n_q + opts.n_train].to_vec();
     let k = ((opts.n_train as f64 * opts.fraction).round() as usize).max(1);
-    let eligible: Vec<usize> = match opts.kind {
-        Kind::Mislabel => {
-            let labels = label_tasks(&mix);
-            (0..mix.len())
-                .filter(|&i| {
-                    mix[i]
-                        .get("task")
-                        .and_then(Value::as_str)
-                        .is_some_and(|t| labels.contains_key(t))
-                })
-                .collect()
-        }
-        _ => (0..mix.len()).collect(),
-    };
+    let eligible: Vec<usize> = (0..mix.len()).collect();
     if eligible.len() < k {
         return Err(Error::Msg(format!(
             "only {} records are eligible for {} planting, {k} needed (mislabel needs \
@@ -208,7 +219,6 @@ pub fn build(pool: &[Map<String, Value>], opts: &Options) -> Result<PlantedSet> 
         )));
     }
     let chosen = choose(&mut rng, &eligible, k);
-    let labels = label_tasks(&mix);
     let mut planted = vec![false; mix.len()];
     for &i in &chosen {
         let r = &mut mix[i];

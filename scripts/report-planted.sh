@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Planted-data retrieval report (issue 4 item 5, issue 6 item 3) on SmolLM2-135M-Instruct and
+# the bundled Natural Instructions sample: for each kind (backdoor, harmful, mislabel), plant a
+# seeded 10% of 160 samples, LoRA fine-tune on the mix, and measure Acc / Cover / AUC of each
+# method. About 20-30 minutes per kind on 2 cores; every step resumes.
+# Writes runs/planted-<kind>/ and copies the JSON and PNG reports to docs/reports/planted/<kind>/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KINDS=${KINDS:-"backdoor harmful mislabel"}
+SEED=${SEED:-7}
+./scripts/fetch-model.sh
+cargo build --release -p inflow-cli
+I=target/release/inflow
+for k in $KINDS; do
+  data=assets/data/train.jsonl
+  # Flipped labels need classification-like tasks with several samples each: the larger split.
+  if [ "$k" = mislabel ]; then data=../shared/data/natural-instructions/train.jsonl; fi
+  $I eval planted --kind "$k" --seed "$SEED" --data "$data" --out "runs/planted-$k" | tee "runs/planted-$k.txt"
+  mkdir -p "docs/reports/planted/$k"
+  cp runs/planted-$k/report.json runs/planted-$k/*.png "runs/planted-$k.txt" "docs/reports/planted/$k/"
+done
