@@ -51,8 +51,10 @@ pub struct ScoreResult {
     pub n_train: usize,
 }
 
-/// f32 values of training features converted per block (bounds per-thread memory).
-const BLOCK_FLOATS: usize = 4 << 20;
+/// f32 values of training features per block (bounds per-thread memory: 128 MiB). Large
+/// blocks matter: every block's sgemm repacks all the queries (nq × dim), so small blocks
+/// spend as long packing as multiplying when nq is large.
+const BLOCK_FLOATS: usize = 32 << 20;
 /// f32 values of the block-of-scores buffer between the product and the heaps.
 const CHUNK_FLOATS: usize = 8 << 20;
 
