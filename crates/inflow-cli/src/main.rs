@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod probe;
+mod select;
 mod show;
 mod train;
 
@@ -108,6 +109,10 @@ enum Cmd {
         #[arg(long, default_value = "runs/demo")]
         out: PathBuf,
     },
+    /// Select training samples: top-k / top-p% by score (LESS per-task max from a full
+    /// matrix), G-DIG (seed-set quality + k-means diversity) or an ICP threshold; writes them
+    /// in the input's format plus a manifest.
+    Select(select::SelectArgs),
     /// Fine-tune with LoRA (default) or fully; checkpoints resume bit for bit (--resume).
     Train(train::TrainArgs),
     /// Mean response-token loss of a data file, optionally with --adapter.
@@ -393,6 +398,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
         Cmd::Probe(a) => probe::probe(a, threads, json),
         Cmd::Compare(a) => probe::compare_cmd(a, json),
         Cmd::Demo { model, limit, out } => demo::run(model, limit, out, threads, json),
+        Cmd::Select(a) => select::select(a, threads, json),
         Cmd::Train(a) => train::train(a, threads, json),
         Cmd::EvalLoss(a) => train::eval_loss(a, threads, json),
         Cmd::Export(a) => train::export(a, json),
