@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod probe;
 mod select;
+mod selection_eval;
 mod show;
 mod train;
 
@@ -113,6 +114,11 @@ enum Cmd {
     /// matrix), G-DIG (seed-set quality + k-means diversity) or an ICP threshold; writes them
     /// in the input's format plus a manifest.
     Select(select::SelectArgs),
+    /// Evaluations (selection experiments).
+    Eval {
+        #[command(subcommand)]
+        what: EvalWhat,
+    },
     /// Fine-tune with LoRA (default) or fully; checkpoints resume bit for bit (--resume).
     Train(train::TrainArgs),
     /// Mean response-token loss of a data file, optionally with --adapter.
@@ -124,6 +130,13 @@ enum Cmd {
         #[command(subcommand)]
         what: BenchWhat,
     },
+}
+
+#[derive(Subcommand)]
+enum EvalWhat {
+    /// Fine-tune on each method's selection, on random subsets of the same size and on the
+    /// full pool; compare held-out loss, exact match and ROUGE-L on the target tasks.
+    Selection(selection_eval::SelectionEvalArgs),
 }
 
 #[derive(Subcommand)]
@@ -399,6 +412,9 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
         Cmd::Compare(a) => probe::compare_cmd(a, json),
         Cmd::Demo { model, limit, out } => demo::run(model, limit, out, threads, json),
         Cmd::Select(a) => select::select(a, threads, json),
+        Cmd::Eval {
+            what: EvalWhat::Selection(a),
+        } => selection_eval::run(a, threads, json),
         Cmd::Train(a) => train::train(a, threads, json),
         Cmd::EvalLoss(a) => train::eval_loss(a, threads, json),
         Cmd::Export(a) => train::export(a, json),

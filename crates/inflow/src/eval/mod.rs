@@ -5,3 +5,4 @@ pub mod compare;
 pub mod plot;
 pub mod rank;
 pub mod retrain;
+pub mod selection;
