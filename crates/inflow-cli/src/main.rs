@@ -5,6 +5,8 @@ mod bench;
 mod demo;
 mod planted;
 mod probe;
+mod select;
+mod selection_eval;
 mod show;
 mod train;
 
@@ -109,6 +111,10 @@ enum Cmd {
         #[arg(long, default_value = "runs/demo")]
         out: PathBuf,
     },
+    /// Select training samples: top-k / top-p% by score (LESS per-task max from a full
+    /// matrix), G-DIG (seed-set quality + k-means diversity) or an ICP threshold; writes them
+    /// in the input's format plus a manifest.
+    Select(select::SelectArgs),
     /// Fine-tune with LoRA (default) or fully; checkpoints resume bit for bit (--resume).
     Train(train::TrainArgs),
     /// Mean response-token loss of a data file, optionally with --adapter.
@@ -132,6 +138,9 @@ enum EvalWhat {
     /// Plant a backdoor, abusive responses or flipped labels, fine-tune on the mix, and report
     /// how well each method retrieves the planted samples (Acc, Cover, AUC).
     Planted(planted::PlantedArgs),
+    /// Fine-tune on each method's selection, on random subsets of the same size and on the
+    /// full pool; compare held-out loss, exact match and ROUGE-L on the target tasks.
+    Selection(selection_eval::SelectionEvalArgs),
 }
 
 #[derive(Subcommand)]
@@ -406,11 +415,13 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
         Cmd::Probe(a) => probe::probe(a, threads, json),
         Cmd::Compare(a) => probe::compare_cmd(a, json),
         Cmd::Demo { model, limit, out } => demo::run(model, limit, out, threads, json),
+        Cmd::Select(a) => select::select(a, threads, json),
         Cmd::Train(a) => train::train(a, threads, json),
         Cmd::EvalLoss(a) => train::eval_loss(a, threads, json),
         Cmd::Export(a) => train::export(a, json),
         Cmd::Eval { what } => match what {
             EvalWhat::Planted(a) => planted::run(a, threads, json),
+            EvalWhat::Selection(a) => selection_eval::run(a, threads, json),
         },
         Cmd::Bench { what } => match what {
             BenchWhat::Features {

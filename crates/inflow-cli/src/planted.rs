@@ -222,7 +222,7 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
         for s in qs.samples.iter().take(a.generate) {
             let (prompt, _) = r.render(&s.body)?;
             let ids = m.encode(&prompt)?;
-            let gen = m.decode(&m.llama.generate_greedy(&ids, 24, &stop)?)?;
+            let gen = m.decode(&m.llama.generate_greedy_cached(&ids, 24, &stop)?)?;
             let target = s.body.response();
             let head: String = target
                 .split_whitespace()

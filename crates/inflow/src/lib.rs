@@ -14,6 +14,7 @@ pub mod index;
 pub mod model;
 pub mod probe;
 pub mod scores;
+pub mod select;
 pub mod store;
 pub mod train;
 

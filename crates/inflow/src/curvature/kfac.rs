@@ -127,7 +127,8 @@ pub fn stats_path(store_dir: &Path, shard: usize) -> PathBuf {
         .join(format!("kfac-stats-{shard:05}.safetensors"))
 }
 
-fn fit_path(store_dir: &Path) -> PathBuf {
+/// Where `inflow fit` writes a store's K-FAC and EK-FAC factors.
+pub fn fit_path(store_dir: &Path) -> PathBuf {
     store_dir.join("curvature").join("kfac.safetensors")
 }
 

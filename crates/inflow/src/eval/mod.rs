@@ -7,3 +7,4 @@ pub mod plot;
 pub mod rank;
 pub mod retrain;
 pub mod retrieval;
+pub mod selection;

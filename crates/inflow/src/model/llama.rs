@@ -551,6 +551,40 @@ impl Llama {
         Ok(out)
     }
 
+    /// [`Self::generate_greedy`] with a key/value cache: one pass over the prompt, then one
+    /// token per step (the same tokens, far fewer FLOPs on long prompts).
+    pub fn generate_greedy_cached(
+        &self,
+        prompt: &[u32],
+        max_new: usize,
+        stop: &[u32],
+    ) -> Result<Vec<u32>> {
+        if prompt.is_empty() || max_new == 0 {
+            return Ok(Vec::new());
+        }
+        let x = Tensor::from_slice(prompt, (1, prompt.len()), &self.device)?;
+        let (hs, mut cache) = self.hidden_cached(&x, None, None, true)?;
+        let mut last = hs.squeeze(0)?.narrow(0, prompt.len() - 1, 1)?;
+        let mut out = Vec::new();
+        loop {
+            let logits = linear::apply(&last, &self.lm_head, None)?;
+            let logits: Vec<f32> = logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?;
+            let next = argmax(&logits);
+            if stop.contains(&next) {
+                break;
+            }
+            out.push(next);
+            if out.len() >= max_new {
+                break;
+            }
+            let x = Tensor::from_slice(&[next], (1, 1), &self.device)?;
+            let (hs, c) = self.hidden_cached(&x, None, cache.as_ref(), true)?;
+            cache = c;
+            last = hs.squeeze(0)?;
+        }
+        Ok(out)
+    }
+
     /// One padded forward and backward pass over `batch`.
     ///
     /// The loss backpropagated is Σ_b ℓ_b with ℓ_b the mean token cross-entropy over sample b's
