@@ -3,6 +3,7 @@
 
 use crate::{Error, Result};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::Path;
 use std::sync::Once;
 
@@ -92,39 +93,85 @@ pub fn bars(
     let pad = ((hi - lo) * 0.1).max(1e-6);
     let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(path, e))?;
-    let n = labels.len();
+    let n = labels.len().min(values.len());
+    // Segmented x axis: each bar owns one segment and its label sits at the segment's centre.
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(16)
         .x_label_area_size(60)
         .y_label_area_size(64)
-        .build_cartesian_2d(0f64..n as f64, (lo - pad)..(hi + pad))
+        .build_cartesian_2d(
+            (0..n.saturating_sub(1)).into_segmented(),
+            (lo - pad)..(hi + pad),
+        )
         .map_err(|e| err(path, e))?;
     let labels_owned = labels.to_vec();
     chart
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(n.max(1))
-        .x_label_formatter(&|x| {
-            let i = x.floor() as usize;
-            if (x - i as f64 - 0.5).abs() < 0.26 {
-                labels_owned.get(i).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
+        .x_label_formatter(&|x| match x {
+            SegmentValue::CenterOf(i) => labels_owned.get(*i).cloned().unwrap_or_default(),
+            _ => String::new(),
         })
         .y_desc(y_label)
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| err(path, e))?;
     chart
-        .draw_series(values.iter().enumerate().map(|(i, &v)| {
-            Rectangle::new(
-                [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, v)],
+        .draw_series(values.iter().take(n).enumerate().map(|(i, &v)| {
+            let v = if v.is_finite() { v } else { 0.0 };
+            let mut r = Rectangle::new(
+                [
+                    (SegmentValue::Exact(i), 0.0),
+                    (SegmentValue::Exact(i + 1), v),
+                ],
                 RGBColor(31, 119, 180).filled(),
+            );
+            r.set_margin(0, 0, 12, 12);
+            r
+        }))
+        .map_err(|e| err(path, e))?;
+    // The value above (or below) each bar.
+    chart
+        .draw_series(values.iter().take(n).enumerate().map(|(i, &v)| {
+            let y = match v {
+                v if v >= 0.0 => v + pad * 0.25,
+                v if v < 0.0 => v - pad * 0.6,
+                _ => pad * 0.25,
+            };
+            Text::new(
+                if v.is_finite() {
+                    format!("{v:.3}")
+                } else {
+                    "n/a".into()
+                },
+                (SegmentValue::CenterOf(i), y),
+                ("sans-serif", 13)
+                    .into_font()
+                    .color(&BLACK)
+                    .pos(Pos::new(HPos::Center, VPos::Bottom)),
             )
         }))
         .map_err(|e| err(path, e))?;
     root.present().map_err(|e| err(path, e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bars_draw_labelled_png_with_negative_and_missing_values() {
+        let p = std::env::temp_dir().join(format!("inflow-bars-{}.png", std::process::id()));
+        let labels: Vec<String> = ["dot", "cosine", "ekfac", "repsim"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        super::bars(&p, &labels, &[0.9, 0.72, -0.1, f64::NAN], "cover", "test").unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+        if std::env::var_os("INFLOW_KEEP_PLOT").is_none() {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
 }
