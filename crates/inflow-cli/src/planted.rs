@@ -308,8 +308,10 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
             other => MethodSpec::plain(other),
         };
         if kind == Kind::Mislabel {
-            if name == "less" || name.starts_with("repsim") {
-                continue; // no self-score: LESS and RepSim compare different feature kinds
+            if name == "less" || name == "cosine" || name.starts_with("repsim") {
+                // No informative self-score: cosine's is 1 by definition; LESS and RepSim
+                // compare different feature kinds.
+                continue;
             }
             let est = queries::estimator(&spec, &store)?;
             let s = inflow::scores::self_scores(&store, est.as_ref())?;
@@ -446,12 +448,19 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
             base_q_loss.map_or("-".into(), |l| format!("{l:.3}")),
             ft_q_loss.map_or("-".into(), |l| format!("{l:.3}")),
         );
-        println!("{:<12} {:>6} {:>6} {:>6}", "method", "Acc", "Cover", "AUC");
-        for r in &results {
-            println!(
-                "{:<12} {:>6.3} {:>6.3} {:>6.3}",
-                r.name, r.acc, r.cover, r.auc
-            );
+        if kind == Kind::Mislabel {
+            println!("{:<12} {:>14}", "method", "self-score AUC");
+            for r in &results {
+                println!("{:<12} {:>14.3}", r.name, r.auc);
+            }
+        } else {
+            println!("{:<12} {:>6} {:>6} {:>6}", "method", "Acc", "Cover", "AUC");
+            for r in &results {
+                println!(
+                    "{:<12} {:>6.3} {:>6.3} {:>6.3}",
+                    r.name, r.acc, r.cover, r.auc
+                );
+            }
         }
         println!("wrote {}", rp.display());
     }
