@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod lds;
 mod probe;
 mod show;
 mod train;
@@ -114,11 +115,23 @@ enum Cmd {
     EvalLoss(train::EvalLossArgs),
     /// Merge an adapter or checkpoint into the model and write a Hugging Face folder.
     Export(train::ExportArgs),
+    /// Evaluations of attribution methods against retraining (METHODS.md §5).
+    Eval {
+        #[command(subcommand)]
+        what: EvalWhat,
+    },
     /// Throughput benchmarks.
     Bench {
         #[command(subcommand)]
         what: BenchWhat,
     },
+}
+
+#[derive(Subcommand)]
+enum EvalWhat {
+    /// Linear datamodeling score (Park et al. 2023): retrain LoRA on M random subsets and
+    /// correlate, per query, Σ_{z∈S} score(z, q) with the negated query loss.
+    Lds(lds::LdsArgs),
 }
 
 #[derive(Subcommand)]
@@ -396,6 +409,9 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
         Cmd::Train(a) => train::train(a, threads, json),
         Cmd::EvalLoss(a) => train::eval_loss(a, threads, json),
         Cmd::Export(a) => train::export(a, json),
+        Cmd::Eval { what } => match what {
+            EvalWhat::Lds(a) => lds::run(a, threads, json),
+        },
         Cmd::Bench { what } => match what {
             BenchWhat::Features {
                 model,

@@ -2,6 +2,7 @@
 //! a person can look at.
 
 pub mod compare;
+pub mod lds;
 pub mod plot;
 pub mod rank;
 pub mod retrain;
