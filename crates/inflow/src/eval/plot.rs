@@ -3,6 +3,7 @@
 
 use crate::{Error, Result};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::Path;
 use std::sync::Once;
 
@@ -122,6 +123,20 @@ pub fn bars(
             Rectangle::new(
                 [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, v)],
                 RGBColor(31, 119, 180).filled(),
+            )
+        }))
+        .map_err(|e| err(path, e))?;
+    // Each bar's label and value at its end (the axis ticks do not fall on bar centres).
+    chart
+        .draw_series(labels.iter().zip(values).enumerate().map(|(i, (l, &v))| {
+            let v_pos = if v >= 0.0 { VPos::Bottom } else { VPos::Top };
+            Text::new(
+                format!("{l} {v:.3}"),
+                (i as f64 + 0.5, v),
+                ("sans-serif", 14)
+                    .into_font()
+                    .color(&BLACK)
+                    .pos(Pos::new(HPos::Center, v_pos)),
             )
         }))
         .map_err(|e| err(path, e))?;
