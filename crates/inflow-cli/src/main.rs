@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod lds;
 mod planted;
 mod probe;
 mod select;
@@ -141,6 +142,9 @@ enum EvalWhat {
     /// Fine-tune on each method's selection, on random subsets of the same size and on the
     /// full pool; compare held-out loss, exact match and ROUGE-L on the target tasks.
     Selection(selection_eval::SelectionEvalArgs),
+    /// Linear datamodeling score (Park et al. 2023): retrain LoRA on M random subsets and
+    /// correlate, per query, Σ_{z∈S} score(z, q) with the negated query loss.
+    Lds(lds::LdsArgs),
 }
 
 #[derive(Subcommand)]
@@ -422,6 +426,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
         Cmd::Eval { what } => match what {
             EvalWhat::Planted(a) => planted::run(a, threads, json),
             EvalWhat::Selection(a) => selection_eval::run(a, threads, json),
+            EvalWhat::Lds(a) => lds::run(a, threads, json),
         },
         Cmd::Bench { what } => match what {
             BenchWhat::Features {

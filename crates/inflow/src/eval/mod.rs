@@ -2,6 +2,7 @@
 //! a person can look at.
 
 pub mod compare;
+pub mod lds;
 pub mod planted;
 pub mod plot;
 pub mod rank;
