@@ -191,7 +191,12 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
         pb.set_message(format!("loss {:.3}", r.loss));
     });
     pb.finish_and_clear();
-    let summary = summary?;
+    let summary = summary.with_context(|| {
+        format!(
+            "fine-tuning in {} (a rerun continues this run: give the same settings, --threads included, or another --out)",
+            ft.display()
+        )
+    })?;
     let ckpts = train::checkpoint::list(&ft);
     let Some((_, last)) = ckpts.last().cloned() else {
         bail!("{}: fine-tuning left no checkpoint", ft.display());
