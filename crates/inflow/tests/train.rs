@@ -481,3 +481,42 @@ fn adam_update_features_follow_their_definition() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// After full fine-tuning in this process the weights are autograd `Var`s; capturing δ must
+/// still work there: the captured per-sample gradient of every tracked Linear equals
+/// autograd's dW for that sample (it was silently zero before).
+#[test]
+fn features_after_in_process_full_fine_tuning_equal_autograd() {
+    let mut m = tiny::random(&tiny::config(16, 2), 9, DType::F64).unwrap();
+    let d = data(&m, 4);
+    let opts = TrainOptions {
+        method: Method::Full {
+            modules: "all".into(),
+        },
+        epochs: 2,
+        lr: 1e-2,
+        batch_size: 2,
+        ..TrainOptions::lora(8, 16.0, "all")
+    };
+    let out = temp("full-then-capture");
+    train::train(&mut m, &d, &opts, &out, false, &mut |_, _| {}).unwrap();
+    let one = &d.seqs[1..2];
+    let tracked: Vec<usize> = (0..m.llama.linears().len()).collect();
+    let cap = m.llama.loss_and_capture(one, &tracked).unwrap();
+    let vars = m.llama.make_trainable().unwrap();
+    let (_, grads) = m.llama.loss_and_grads(one).unwrap();
+    let grads = grads.unwrap();
+    for (layer, (name, var)) in cap.layers.iter().zip(&vars) {
+        let got = to_f64(&per_sample_gradient(&layer.x, &layer.delta).unwrap());
+        let want = to_f64(grads.get(var.as_tensor()).unwrap());
+        let scale = want.iter().map(|x| x.abs()).fold(0.0, f64::max);
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(scale > 0.0, "{name}: zero gradient");
+        assert!(err < 1e-10 * scale.max(1.0), "{name}: max error {err}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

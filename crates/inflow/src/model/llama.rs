@@ -387,7 +387,10 @@ impl Llama {
                     },
                     None => None,
                 };
-                let y = if self.trainable {
+                // Trainable weights need autograd's dW, except where δ is being captured: the
+                // capture op gives the same forward values and keeps δ (features of a model
+                // fine-tuned in this process would otherwise silently be zero).
+                let y = if self.trainable && slot.is_none() {
                     x.broadcast_matmul(&block.linears[j].t()?)?
                 } else {
                     linear::apply(x, &block.linears[j], slot)?
