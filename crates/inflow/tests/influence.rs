@@ -556,13 +556,57 @@ fn kfac_is_exact_per_layer_on_a_deep_linear_network() {
 
 /// The measurement behind the closing note's grid (not run by default; reads the NI split in
 /// `../shared`): EK-FAC, K-FAC, DataInf and identity vs the exact damped Fisher inverse on the
-/// tiny random Llama, for one full Linear and for LoGra rank 4 over every Linear, 3,000 samples.
+/// tiny Llama, random and after full fine-tuning on the same data, for one full Linear and for
+/// LoGra rank 4 over every Linear, 3,000 samples.
 /// Run with `cargo test --release --test influence grid -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn grid_ekfac_vs_exact() {
     let data = root().join("../shared/data/natural-instructions/train.jsonl");
-    for (mname, m) in [("random", model())] {
+    // The same tiny model after full fine-tuning on the same data (2 epochs).
+    let mut trained = model();
+    {
+        use inflow::data::tokens::Renderer;
+        use inflow::train::{Method, TrainData, TrainOptions};
+        let rs = inflow::data::read_samples(
+            &data,
+            &ReadOptions {
+                format: Format::Alpaca,
+                skip_bad: false,
+                limit: Some(3000),
+            },
+        )
+        .unwrap();
+        let r = Renderer::new(&trained, Template::Auto, 64).unwrap();
+        let seqs = rs
+            .samples
+            .iter()
+            .map(|s| r.tokenize(s).unwrap().seq)
+            .collect();
+        let mut o = TrainOptions::lora(4, 8.0, "all");
+        o.method = Method::Full {
+            modules: "all".into(),
+        };
+        o.lr = 3e-3;
+        o.epochs = 2;
+        o.batch_size = 8;
+        o.threads = 2;
+        let d = tmp("grid-train");
+        let s = inflow::train::train(
+            &mut trained,
+            &TrainData {
+                seqs,
+                identity: serde_json::json!({}),
+            },
+            &o,
+            &d,
+            false,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        eprintln!("trained: loss {:?} -> {:?}", s.first_loss, s.last_loss);
+    }
+    for (mname, m) in [("random", model()), ("trained", trained)] {
         for (modules, proj) in [
             ("layers.1.self_attn.q_proj", Projection::Full),
             (
