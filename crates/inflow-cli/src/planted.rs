@@ -12,7 +12,7 @@ use inflow::eval::retrieval;
 use inflow::features::Projection;
 use inflow::index::{FeatureOptions, IndexOptions, Progress};
 use inflow::model::lora::LoraConfig;
-use inflow::model::{LoadedModel, TokenSeq};
+use inflow::model::TokenSeq;
 use inflow::scores::queries::{self, MethodSpec};
 use inflow::store::{Dtype, Store};
 use inflow::train::{self, Method, TrainData, TrainOptions};
@@ -78,22 +78,6 @@ struct MethodResult {
     auc: f64,
 }
 
-fn tokenize(m: &LoadedModel, path: &Path, max_tokens: usize) -> Result<Vec<TokenSeq>> {
-    let rep = read_samples(
-        path,
-        &ReadOptions {
-            format: Format::Alpaca,
-            skip_bad: false,
-            limit: None,
-        },
-    )?;
-    let r = Renderer::new(m, Template::Auto, max_tokens)?;
-    rep.samples
-        .iter()
-        .map(|s| Ok(r.tokenize(s)?.seq))
-        .collect::<Result<_>>()
-}
-
 pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
     let kind: Kind = a.kind.parse()?;
     let model_path = match &a.model {
@@ -153,11 +137,24 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
 
     // 2. LoRA fine-tuning on the mix, one checkpoint per epoch.
     let mut m = crate::load_model(&model_path)?;
-    let seqs = tokenize(&m, &mix_path, a.max_tokens)?;
-    let qseqs = if set.queries.is_empty() {
+    let alpaca = ReadOptions {
+        format: Format::Alpaca,
+        ..Default::default()
+    };
+    let (mix_data, _) = crate::train::tokenize(&m, &mix_path, &alpaca, "auto", a.max_tokens)?;
+    // The queries are read once: their tokens serve the losses, their samples the generations
+    // and the scores.
+    let qsamples = if set.queries.is_empty() {
         Vec::new()
     } else {
-        tokenize(&m, &q_path, a.max_tokens)?
+        read_samples(&q_path, &alpaca)?.samples
+    };
+    let qseqs = {
+        let r = Renderer::new(&m, Template::Auto, a.max_tokens)?;
+        qsamples
+            .iter()
+            .map(|s| Ok(r.tokenize(s)?.seq))
+            .collect::<Result<Vec<TokenSeq>>>()?
     };
     let base_q_loss = if qseqs.is_empty() {
         None
@@ -177,12 +174,12 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
     topts.grad_accum = 2;
     topts.seed = a.seed;
     topts.threads = threads;
-    topts.save_every = train::steps_per_epoch(seqs.len(), 4, 2);
+    topts.save_every = train::steps_per_epoch(mix_data.seqs.len(), 4, 2);
     let ft = out.join("ft");
     let pb = crate::bar(0, "fine-tune");
     let resume = train::checkpoint::latest(&ft).is_some();
     let td = TrainData {
-        seqs: seqs.clone(),
+        seqs: mix_data.seqs,
         identity: serde_json::json!({"planted": popts, "max_tokens": a.max_tokens}),
     };
     let summary = train::train(&mut m, &td, &topts, &ft, resume, &mut |r, total| {
@@ -211,20 +208,14 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
     // Attack success: greedy answers to triggered queries that start like the planted response.
     let mut generations = Vec::new();
     if kind != Kind::Mislabel {
-        let qs = read_samples(
-            &q_path,
-            &ReadOptions {
-                format: Format::Alpaca,
-                ..Default::default()
-            },
-        )?;
-        let r = Renderer::new(&m, Template::Auto, a.max_tokens)?;
         let stop: Vec<u32> = [m.eos_token.as_deref(), Some("<|im_end|>")]
             .into_iter()
             .flatten()
             .filter_map(|t| m.token_id(t))
             .collect();
-        for s in qs.samples.iter().take(a.generate) {
+        // The model now carries the adapters, so the renderer borrows it anew.
+        let r = Renderer::new(&m, Template::Auto, a.max_tokens)?;
+        for s in qsamples.iter().take(a.generate) {
             let (prompt, _) = r.render(&s.body)?;
             let ids = m.encode(&prompt)?;
             let gen = m.decode(&m.llama.generate_greedy_cached(&ids, 24, &stop)?)?;
@@ -294,18 +285,6 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
     }
 
     // 4. Scores and metrics per method.
-    let qsamples = if set.queries.is_empty() {
-        Vec::new()
-    } else {
-        read_samples(
-            &q_path,
-            &ReadOptions {
-                format: Format::Alpaca,
-                ..Default::default()
-            },
-        )?
-        .samples
-    };
     let mut results: Vec<MethodResult> = Vec::new();
     for name in &methods {
         let spec = match name.as_str() {

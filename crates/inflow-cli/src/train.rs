@@ -147,7 +147,7 @@ fn read_opts(format: &str, skip_bad: bool, limit: Option<usize>) -> Result<ReadO
 }
 
 /// Token sequences of a data file, with the truncation count.
-fn tokenize(
+pub(crate) fn tokenize(
     m: &LoadedModel,
     data: &Path,
     read: &ReadOptions,

@@ -84,6 +84,11 @@ fn scores(store: &Store, pre: Box<dyn Preconditioner + '_>, q: &[f32]) -> Vec<Ve
         .collect()
 }
 
+/// Mean over queries of the Spearman correlation between two methods' score rows.
+fn mean_spearman(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| spearman(x, y)).sum::<f64>() / a.len() as f64
+}
+
 fn model() -> LoadedModel {
     tiny::random(&tiny::config(16, 2), 21, DType::F32).unwrap()
 }
@@ -184,12 +189,7 @@ fn ekfac_matches_exact_when_the_fisher_is_kronecker() {
     // are right only up to sampling noise in both factors.
     for (name, min) in [("ekfac", 0.99), ("kfac", 0.9)] {
         let s = scores(&store, curvature::load(name, &store, &opts).unwrap(), &q);
-        let rho = s
-            .iter()
-            .zip(&exact)
-            .map(|(a, b)| spearman(a, b))
-            .sum::<f64>()
-            / 8.0;
+        let rho = mean_spearman(&s, &exact);
         eprintln!("{name} vs exact on Kronecker gradients: Spearman {rho}");
         assert!(
             rho >= min,
@@ -218,12 +218,7 @@ fn ekfac_is_closer_to_exact_than_kfac_and_identity_on_a_tiny_lm() {
         kfac::fit(&store, source).unwrap();
         for name in ["ekfac", "kfac", "datainf", "identity"] {
             let s = scores(&store, curvature::load(name, &store, &opts).unwrap(), &q);
-            let rho: f64 = s
-                .iter()
-                .zip(&exact)
-                .map(|(a, b)| spearman(a, b))
-                .sum::<f64>()
-                / s.len() as f64;
+            let rho: f64 = mean_spearman(&s, &exact);
             report.push((format!("{name}/{source:?}"), rho));
         }
     }
@@ -663,12 +658,7 @@ fn grid_ekfac_vs_exact() {
                         kfac::fit(&store, source).unwrap();
                         for name in ["ekfac", "kfac", "datainf", "identity"] {
                             let s = scores(&store, curvature::load(name, &store, &o).unwrap(), &q);
-                            let rho: f64 = s
-                                .iter()
-                                .zip(&exact)
-                                .map(|(a, b)| spearman(a, b))
-                                .sum::<f64>()
-                                / s.len() as f64;
+                            let rho: f64 = mean_spearman(&s, &exact);
                             line += &format!(" {name}/{source:?}={rho:.3}");
                         }
                     }
