@@ -462,12 +462,10 @@ fn less_scores(
     out: &Path,
     threads: usize,
 ) -> Result<Vec<f32>> {
-    use inflow::train::features::{self as tf, FeatureSource, LoraGradient};
+    use inflow::train::features::{FeatureSource, LoraGradient};
     let mut dirs = Vec::new();
     for (step, ck) in ckpts {
         let dir = out.join(format!("less/step-{step}"));
-        let mut m = crate::load_model(model_path)?;
-        let info = tf::attach(&mut m, ck)?;
         let opts = IndexOptions {
             data: mix.to_path_buf(),
             read: ReadOptions {
@@ -486,24 +484,14 @@ fn less_scores(
             batch_size: 1,
             threads,
         };
-        let pb = crate::bar(0, &format!("LESS step {step}"));
-        let progress = Progress::default();
-        let r = crate::with_progress(&pb, &progress, || {
-            tf::run_checkpoint_index(
-                &m,
-                &opts,
-                Some(&info),
-                &FeatureSource::Lora(LoraGradient::Adam(Default::default())),
-                &dir,
-                &progress,
-                &mut |d, t| {
-                    pb.set_length(t as u64);
-                    pb.set_position(d as u64);
-                },
-            )
-        });
-        pb.finish_and_clear();
-        r?;
+        crate::train::index_checkpoint(
+            model_path,
+            ck,
+            &opts,
+            &FeatureSource::Lora(LoraGradient::Adam(Default::default())),
+            &dir,
+            &format!("LESS step {step}"),
+        )?;
         dirs.push(dir);
     }
     let (full, _) = inflow::scores::checkpoints::score(

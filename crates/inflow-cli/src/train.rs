@@ -390,28 +390,8 @@ pub(crate) fn index_checkpoints(a: crate::IndexArgs, threads: usize, json: bool)
                 .with_context(|| format!("{}: no folder name", dir.display()))?;
             a.out.join(name)
         };
-        let mut m = crate::load_model(&a.model)?;
-        let ck = features::attach(&mut m, dir)
-            .with_context(|| format!("loading the checkpoint {}", dir.display()))?;
-        let pb = crate::bar(0, "index");
-        let progress = Progress::default();
         let t = Instant::now();
-        let summary = crate::with_progress(&pb, &progress, || {
-            features::run_checkpoint_index(
-                &m,
-                &opts,
-                Some(&ck),
-                &source,
-                &out,
-                &progress,
-                &mut |done, total| {
-                    pb.set_length(total as u64);
-                    pb.set_position(done as u64);
-                },
-            )
-        });
-        pb.finish_and_clear();
-        let summary = summary?;
+        let (ck, summary) = index_checkpoint(&a.model, dir, &opts, &source, &out, "index")?;
         let secs = t.elapsed().as_secs_f64();
         if !json {
             println!(
@@ -432,6 +412,39 @@ pub(crate) fn index_checkpoints(a: crate::IndexArgs, threads: usize, json: bool)
         println!("{}", serde_json::to_string_pretty(&results)?);
     }
     Ok(())
+}
+
+/// Loads the model, attaches one checkpoint and indexes `opts.data` with its features into
+/// `out`, with a progress bar (shared by `index --checkpoints` and `eval planted`'s LESS).
+pub(crate) fn index_checkpoint(
+    model: &Path,
+    checkpoint: &Path,
+    opts: &IndexOptions,
+    source: &FeatureSource,
+    out: &Path,
+    what: &str,
+) -> Result<(features::CheckpointInfo, inflow::index::IndexSummary)> {
+    let mut m = crate::load_model(model)?;
+    let ck = features::attach(&mut m, checkpoint)
+        .with_context(|| format!("loading the checkpoint {}", checkpoint.display()))?;
+    let pb = crate::bar(0, what);
+    let progress = Progress::default();
+    let summary = crate::with_progress(&pb, &progress, || {
+        features::run_checkpoint_index(
+            &m,
+            opts,
+            Some(&ck),
+            source,
+            out,
+            &progress,
+            &mut |done, total| {
+                pb.set_length(total as u64);
+                pb.set_position(done as u64);
+            },
+        )
+    });
+    pb.finish_and_clear();
+    Ok((ck, summary?))
 }
 
 /// `inflow bench train`.
