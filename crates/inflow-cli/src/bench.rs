@@ -79,6 +79,7 @@ pub(crate) fn features(
         modules: "all".into(),
         template: inflow::data::tokens::Template::Auto,
         max_tokens,
+        labels: Default::default(),
     };
     let fz = Featurizer::new(&m, &opts)?;
     let dim = fz.spec().dim();

@@ -496,6 +496,7 @@ pub(crate) fn run(a: LdsArgs, threads: usize, json_out: bool) -> Result<()> {
         modules: "all".into(),
         template,
         max_tokens: a.max_tokens,
+        labels: Default::default(),
     };
     let ctx = Ctx {
         a: &a,

@@ -99,6 +99,21 @@ enum Cmd {
         /// pass, works on any LoGra/full store).
         #[arg(long, default_value = "tokens")]
         factors: String,
+        /// Which Fisher to approximate: `empirical` (the stored training gradients; no model
+        /// pass) or `true` (labels sampled from the model, = the Gauss–Newton matrix; one more
+        /// model pass per --draws, indexed under STORE/fisher/ and resumable). Every
+        /// preconditioner of the store (kfac, ekfac, datainf, lissa, exact) then uses it.
+        #[arg(long, default_value = "empirical")]
+        fisher: String,
+        /// Sampled-label passes for --fisher true.
+        #[arg(long, default_value_t = 1)]
+        draws: usize,
+        /// Model for --fisher true (default: the one in the store's run.json).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Samples per model pass for --fisher true.
+        #[arg(long, default_value_t = 4)]
+        batch_size: usize,
     },
     /// Index the bundled Natural Instructions sample and score the bundled probes.
     Demo {
@@ -232,6 +247,7 @@ impl FeatureArgs {
             modules: self.modules.clone(),
             template: self.template.parse::<Template>()?,
             max_tokens: self.max_tokens,
+            labels: Default::default(),
         })
     }
 }
@@ -400,22 +416,23 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             checkpoint_score(a, threads, json)
         }
         Cmd::Score(a) => score(a, threads, json).map(|_| ()),
-        Cmd::Fit { store, factors } => {
-            let s = Store::open(&store)?;
-            let t = Instant::now();
-            let path = inflow::curvature::kfac::fit(&s, factors.parse()?)?;
-            let secs = t.elapsed().as_secs_f64();
-            if json {
-                println!("{}", serde_json::json!({"out": path, "seconds": secs}));
-            } else {
-                println!(
-                    "fitted K-FAC and EK-FAC for {} samples in {secs:.2} s: {}",
-                    s.n_samples(),
-                    path.display()
-                );
-            }
-            Ok(())
-        }
+        Cmd::Fit {
+            store,
+            factors,
+            fisher,
+            draws,
+            model,
+            batch_size,
+        } => fit(
+            &store,
+            factors.parse()?,
+            fisher.parse()?,
+            draws,
+            model,
+            batch_size,
+            threads,
+            json,
+        ),
         Cmd::Probe(a) => probe::probe(a, threads, json),
         Cmd::Compare(a) => probe::compare_cmd(a, json),
         Cmd::Demo { model, limit, out } => demo::run(model, limit, out, threads, json),
@@ -630,6 +647,88 @@ where
         h.join()
             .unwrap_or_else(|_| std::panic::resume_unwind(Box::new("worker panicked")))
     })
+}
+
+/// `inflow fit`: K-FAC/EK-FAC factors on the empirical or the true Fisher.
+#[allow(clippy::too_many_arguments)]
+fn fit(
+    store: &Path,
+    factors: inflow::curvature::kfac::FactorSource,
+    fisher: inflow::curvature::fisher::Fisher,
+    draws: usize,
+    model: Option<PathBuf>,
+    batch_size: usize,
+    threads: usize,
+    json: bool,
+) -> Result<()> {
+    use inflow::curvature::{fisher as fi, kfac};
+    let s = Store::open(store)?;
+    let t = Instant::now();
+    let (fisher, samples) = match fisher {
+        fi::Fisher::Empirical => (fisher, fi::FisherSamples::empirical(&s)?),
+        fi::Fisher::True { .. } => {
+            if draws == 0 || batch_size == 0 {
+                bail!("--draws and --batch-size must be positive");
+            }
+            let run_path = store.join("run.json");
+            let run = inflow::index::read_run_info(store)?;
+            let raw: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(&run_path)
+                    .with_context(|| format!("reading {}", run_path.display()))?,
+            )
+            .with_context(|| format!("reading {}", run_path.display()))?;
+            if raw.get("checkpoint").is_some() {
+                bail!(
+                    "{}: the store holds checkpoint (adapter) features; --fisher true supports stores made by plain `inflow index` of a model",
+                    store.display()
+                );
+            }
+            let data_spec = &s.spec().data;
+            let opts = IndexOptions {
+                data: run.data_path.clone(),
+                read: ReadOptions {
+                    format: run.format.parse::<Format>()?,
+                    skip_bad: data_spec["skip_bad"].as_bool().unwrap_or(false),
+                    limit: data_spec["limit"].as_u64().map(|v| v as usize),
+                },
+                features: run.features.clone(),
+                dtype: s.spec().dtype,
+                shard_size: s.spec().shard_size,
+                batch_size,
+                threads,
+            };
+            let model_path = model.unwrap_or(run.model_path);
+            let m = load_model(&model_path)?;
+            let mut stores = Vec::with_capacity(draws);
+            for k in 0..draws {
+                let pb = bar(0, &format!("fisher draw {}/{draws}", k + 1));
+                let progress = Progress::default();
+                let r = with_progress(&pb, &progress, || {
+                    fi::index_draw(&m, &opts, store, k, &progress)
+                });
+                pb.finish_and_clear();
+                stores.push(r?);
+            }
+            let f = fi::Fisher::True { draws };
+            (f, fi::FisherSamples::from_stores(&s, stores, f)?)
+        }
+    };
+    let path = kfac::fit_with(&s, &samples.stores(), factors)?;
+    fi::record(&s, fisher)?;
+    let secs = t.elapsed().as_secs_f64();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"out": path, "fisher": fisher, "seconds": secs})
+        );
+    } else {
+        println!(
+            "fitted K-FAC and EK-FAC on the {fisher} Fisher of {} samples in {secs:.2} s: {}",
+            s.n_samples(),
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 pub(crate) fn index(

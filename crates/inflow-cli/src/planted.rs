@@ -247,6 +247,7 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
         modules: "all".into(),
         template: Template::Auto,
         max_tokens: a.max_tokens,
+        labels: Default::default(),
     };
     let iopts = IndexOptions {
         data: mix_path.clone(),
@@ -478,6 +479,7 @@ fn less_scores(
                 modules: "all".into(),
                 template: Template::Auto,
                 max_tokens: a.max_tokens,
+                labels: Default::default(),
             },
             dtype: Dtype::F32,
             shard_size: 64,

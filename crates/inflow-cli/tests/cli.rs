@@ -455,3 +455,118 @@ fn probe_compare_and_repsim_on_a_tiny_model() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `fit --fisher true` indexes sampled-label draws beside the store, records them, and every
+/// preconditioner then uses them: exact influence changes from the empirical Fisher's, the
+/// output says which Fisher it used, and a rerun reuses the draws.
+#[test]
+fn fit_true_fisher_indexes_draws_that_the_preconditioners_use() {
+    let dir = tmp("fisher");
+    let model = dir.join("m");
+    inflow::model::tiny::write_random(&model, 16, 2, 4).unwrap();
+    let model = model.display().to_string();
+    let store = dir.join("s");
+    let s = store.display().to_string();
+    let data = train_jsonl();
+    let probes = root()
+        .join("assets/data/probe-tasks.jsonl")
+        .display()
+        .to_string();
+    run_ok(&[
+        "index",
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--limit",
+        "40",
+        "--out",
+        &s,
+        "--projection",
+        "full",
+        "--modules",
+        "layers.1.mlp.down_proj",
+        "--shard-size",
+        "16",
+        "--max-tokens",
+        "96",
+        "--dtype",
+        "f32",
+    ]);
+    let score = |name: &str| -> (Vec<f32>, String) {
+        let npy = dir.join(format!("{name}.npy"));
+        let out = dir.join(format!("{name}.parquet"));
+        run_ok(&[
+            "score",
+            "--store",
+            &s,
+            "--queries",
+            &probes,
+            "--limit",
+            "3",
+            "--method",
+            "influence",
+            "--preconditioner",
+            "exact",
+            "--full",
+            &npy.display().to_string(),
+            "--out",
+            &out.display().to_string(),
+            "--json",
+        ]);
+        let f = inflow::store::npy::NpyFile::open(&npy).unwrap();
+        let v = f.as_f32_slice().unwrap().to_vec();
+        let (_, meta) = inflow::scores::table::read_table(&out).unwrap();
+        let conv = meta
+            .iter()
+            .find(|(k, _)| k == "inflow.sign_convention")
+            .unwrap()
+            .1
+            .clone();
+        (v, conv)
+    };
+    run_ok(&["fit", "--store", &s]);
+    let (empirical, conv) = score("empirical");
+    assert!(conv.contains("empirical Fisher"), "{conv}");
+
+    let fit = |extra: &[&str]| -> serde_json::Value {
+        let mut a = vec!["fit", "--store", &s, "--fisher", "true", "--json"];
+        a.extend_from_slice(extra);
+        serde_json::from_slice(&run_ok(&a).stdout).unwrap()
+    };
+    let v = fit(&["--draws", "2"]);
+    assert_eq!(v["fisher"]["fisher"], "true", "{v}");
+    assert_eq!(v["fisher"]["draws"], 2, "{v}");
+    for k in 0..2 {
+        let m = manifest(&store.join(format!("fisher/draw-{k}"))).expect("draw store");
+        assert!(
+            m["spec"]["features"]["loss"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("sampled (seed {k})")),
+            "{m}"
+        );
+    }
+    let draw0 = std::fs::read(store.join("fisher/draw-0/features-00000.npy")).unwrap();
+    let (truef, conv) = score("true");
+    assert!(conv.contains("true Fisher"), "{conv}");
+    assert_eq!(truef.len(), empirical.len());
+    let diff = truef
+        .iter()
+        .zip(&empirical)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(diff > 1e-3, "the true Fisher changed nothing ({diff})");
+
+    // A rerun reuses the draws (bit for bit) and gives the same scores.
+    fit(&["--draws", "2"]);
+    assert_eq!(
+        draw0,
+        std::fs::read(store.join("fisher/draw-0/features-00000.npy")).unwrap()
+    );
+    assert_eq!(score("true-again").0, truef);
+    // Back to the empirical Fisher: the record follows the last fit.
+    run_ok(&["fit", "--store", &s, "--fisher", "empirical"]);
+    assert_eq!(score("empirical-again").0, empirical);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -6,7 +6,7 @@ use crate::curvature::kfac::{self, KfacStats};
 use crate::data::tokens::{Renderer, Template};
 use crate::data::{self, ReadOptions, Sample};
 use crate::features::{select_modules, FeatureSpec, Projection, Projector};
-use crate::model::{LoadedModel, TokenSeq};
+use crate::model::{Labels, LoadedModel, TokenSeq};
 use crate::store::{Dtype, SampleRow, Store, StoreSpec};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -87,6 +87,10 @@ pub struct FeatureOptions {
     pub modules: String,
     pub template: Template,
     pub max_tokens: usize,
+    /// The targets of the loss: the data's (training gradients) or sampled from the model
+    /// (pseudo-gradients, for fitting the true Fisher). Older stores have none: data.
+    #[serde(default)]
+    pub labels: Labels,
 }
 
 /// Options of one `index` run.
@@ -140,6 +144,7 @@ pub struct Featurizer<'a> {
     renderer: Renderer<'a>,
     projector: Projector,
     tracked: Vec<usize>,
+    labels: Labels,
 }
 
 impl<'a> Featurizer<'a> {
@@ -149,7 +154,12 @@ impl<'a> Featurizer<'a> {
         let spec = FeatureSpec {
             projection: opts.projection.clone(),
             seed: opts.seed,
-            loss: "mean token cross-entropy over response tokens".into(),
+            loss: match opts.labels {
+                Labels::Data => "mean token cross-entropy over response tokens".into(),
+                l => format!(
+                    "mean token cross-entropy over response tokens, labels {l} from the model"
+                ),
+            },
             layers: tracked.iter().map(|&i| all[i].clone()).collect(),
         };
         if let Projection::Full = spec.projection {
@@ -165,6 +175,7 @@ impl<'a> Featurizer<'a> {
             renderer: Renderer::new(model, opts.template, opts.max_tokens)?,
             projector: Projector::new(spec, model.llama.dtype())?,
             tracked,
+            labels: opts.labels,
         })
     }
 
@@ -209,7 +220,10 @@ impl<'a> Featurizer<'a> {
                 rows.push(row);
                 seqs.push(seq);
             }
-            let cap = self.model.llama.loss_and_capture(&seqs, &self.tracked)?;
+            let cap =
+                self.model
+                    .llama
+                    .loss_and_capture_labels(&seqs, &self.tracked, self.labels)?;
             for (r, l) in rows.iter_mut().zip(&cap.losses) {
                 r.loss = *l;
             }

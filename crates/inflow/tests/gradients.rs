@@ -287,3 +287,73 @@ fn module_patterns_select_layers() {
     assert_eq!(select_modules(&all, "").unwrap().len(), 14);
     assert!(select_modules(&all, "nonsense").is_err());
 }
+
+/// Sampled-label pseudo-gradients estimate the Gauss–Newton matrix. For one sequence with loss
+/// ℓ = 1/n Σ_t ℓ_t over n response positions, GN = 1/n² Σ_t Σ_k p_tk g_tk g_tkᵀ, where g_tk is
+/// the gradient of ℓ_t with target k: formed exactly here with one pass per (position, label),
+/// over the whole 259-token vocabulary. The mean of (vᵀg)² over sampled-label draws must match
+/// vᵀ GN v; with the data's labels (empirical Fisher) it does not.
+#[test]
+fn sampled_labels_estimate_the_gauss_newton_matrix() {
+    use inflow::model::Labels;
+    let m = tiny::random(&tiny::config(16, 2), 9, DType::F64).unwrap();
+    let seq = seqs(&m)[1].clone();
+    let tracked = select_modules(&m.llama.linears(), "layers.1.mlp.down_proj").unwrap();
+    let grad = |s: &TokenSeq, labels: Labels| -> Vec<f64> {
+        let cap = m
+            .llama
+            .loss_and_capture_labels(std::slice::from_ref(s), &tracked, labels)
+            .unwrap();
+        let l = &cap.layers[0];
+        to_f64(&per_sample_gradient(&l.x, &l.delta).unwrap())
+    };
+    let positions: Vec<usize> = (1..seq.ids.len()).filter(|&t| seq.loss_mask[t]).collect();
+    let n = positions.len() as f64;
+    assert!(n >= 3.0);
+    let dim = 16 * 32;
+    let mut rng = inflow::features::random::Stream::new(1, "gn-test");
+    let probes: Vec<Vec<f64>> = (0..4)
+        .map(|_| (0..dim).map(|_| rng.normal()).collect())
+        .collect();
+    let quad = |g: &[f64], v: &[f64]| g.iter().zip(v).map(|(a, b)| a * b).sum::<f64>().powi(2);
+    // Exact: every label at every position, weighted by the model's probability.
+    let mut exact = vec![0f64; probes.len()];
+    for &t in &positions {
+        let mut one = seq.clone();
+        one.loss_mask = vec![false; seq.ids.len()];
+        one.loss_mask[t] = true;
+        let p: Vec<f64> = {
+            let lg = m.llama.next_token_logits(&seq.ids[..t]).unwrap();
+            let mx = lg.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let e: Vec<f64> = lg.iter().map(|&x| (x as f64 - mx).exp()).collect();
+            let z: f64 = e.iter().sum();
+            e.into_iter().map(|x| x / z).collect()
+        };
+        for (k, pk) in p.iter().enumerate() {
+            one.ids[t] = k as u32;
+            let g = grad(&one, Labels::Data);
+            for (e, v) in exact.iter_mut().zip(&probes) {
+                *e += pk * quad(&g, v) / (n * n);
+            }
+        }
+    }
+    let draws = 3000;
+    let mut mc = vec![0f64; probes.len()];
+    for d in 0..draws {
+        let g = grad(&seq, Labels::Sampled { seed: d });
+        for (e, v) in mc.iter_mut().zip(&probes) {
+            *e += quad(&g, v) / draws as f64;
+        }
+    }
+    let g = grad(&seq, Labels::Data);
+    for (i, v) in probes.iter().enumerate() {
+        let rel = (mc[i] - exact[i]).abs() / exact[i];
+        eprintln!(
+            "probe {i}: GN {:.4e}, sampled mean {:.4e} (rel {rel:.3}), data labels {:.4e}",
+            exact[i],
+            mc[i],
+            quad(&g, v)
+        );
+        assert!(rel < 0.1, "probe {i}: {} vs exact {}", mc[i], exact[i]);
+    }
+}

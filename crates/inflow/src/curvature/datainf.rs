@@ -2,30 +2,37 @@
 //! (1/n Σ_i g_i g_iᵀ + λ I)⁻¹ v ≈ (1/λ) (v − 1/n Σ_i g_i (g_iᵀ v) / (λ + ‖g_i‖²)),
 //! exact for n = 1 and the swap of inverse and mean the paper makes otherwise.
 
-use super::{block_damping, blocks, store_feature_spec, Block, Preconditioner};
+use super::fisher::FisherSamples;
+use super::{block_damping_over, blocks, store_feature_spec, Block, Preconditioner};
 use crate::store::Store;
 use crate::Result;
 
-/// DataInf over a store's per-sample features (one streamed pass per query batch).
-pub struct DataInf<'a> {
-    store: &'a Store,
+/// DataInf over the per-sample rows of a store's Fisher (one streamed pass per query batch).
+pub struct DataInf {
+    fisher: FisherSamples,
     blocks: Vec<Block>,
     lambda: Vec<f64>,
 }
 
-impl<'a> DataInf<'a> {
-    pub fn new(store: &'a Store, damping: f64) -> Result<Self> {
+impl DataInf {
+    /// DataInf over the Fisher recorded for `store` (its own gradients unless fitted otherwise).
+    pub fn new(store: &Store, damping: f64) -> Result<Self> {
+        Self::over(store, FisherSamples::of(store)?, damping)
+    }
+
+    /// DataInf over the rows of `fisher`, laid out like `store`'s features.
+    pub fn over(store: &Store, fisher: FisherSamples, damping: f64) -> Result<Self> {
         let bl = blocks(&store_feature_spec(store)?);
-        let lambda = block_damping(store, &bl, damping)?;
+        let lambda = block_damping_over(&fisher.stores(), &bl, damping)?;
         Ok(Self {
-            store,
+            fisher,
             blocks: bl,
             lambda,
         })
     }
 }
 
-impl Preconditioner for DataInf<'_> {
+impl Preconditioner for DataInf {
     fn name(&self) -> &str {
         "datainf"
     }
@@ -35,8 +42,7 @@ impl Preconditioner for DataInf<'_> {
         let q64: Vec<f64> = queries.iter().map(|&x| x as f64).collect();
         let mut acc = vec![0f64; q64.len()];
         let mut n = 0usize;
-        for s in 0..self.store.n_shards() {
-            let (f, rows) = self.store.shard_features(s)?;
+        self.fisher.for_each_shard(|f, rows| {
             for r in 0..rows {
                 let g = &f[r * dim..(r + 1) * dim];
                 for (b, &lam) in self.blocks.iter().zip(&self.lambda) {
@@ -52,7 +58,8 @@ impl Preconditioner for DataInf<'_> {
                 }
             }
             n += rows;
-        }
+            Ok(())
+        })?;
         for qi in 0..nq {
             for (b, &lam) in self.blocks.iter().zip(&self.lambda) {
                 for k in b.offset..b.offset + b.len() {

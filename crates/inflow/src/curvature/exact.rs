@@ -2,7 +2,7 @@
 //! formed explicitly and solved by Cholesky (faer). The ground truth the approximations are
 //! tested against; only for small feature dimensions (tiny models, or few layers).
 
-use super::{block_damping, blocks, store_feature_spec, Preconditioner};
+use super::{block_damping_over, blocks, store_feature_spec, Preconditioner};
 use crate::store::Store;
 use crate::{Error, Result};
 use faer::linalg::solvers::Solve;
@@ -18,7 +18,27 @@ pub struct Exact {
 }
 
 impl Exact {
+    /// The exact inverse of the Fisher recorded for `store` (its own gradients unless it was
+    /// fitted on another; see [`super::fisher`]).
     pub fn new(store: &Store, damping: f64) -> Result<Self> {
+        let fisher = super::fisher::FisherSamples::of(store)?;
+        Self::over(&fisher.stores(), damping)
+    }
+
+    /// The damped Fisher over the samples of several stores with one feature layout (for
+    /// example one store of sampled-label pseudo-gradients per draw: the true Fisher).
+    pub fn over(stores: &[&Store], damping: f64) -> Result<Self> {
+        Self::over_blocks(stores, damping, false)
+    }
+
+    /// [`Self::over`], keeping only the per-layer diagonal blocks of the Fisher when
+    /// `block_diagonal` (the layer-independence assumption K-FAC and EK-FAC make), so that
+    /// assumption's cost can be told apart from the Kronecker one's.
+    pub fn over_blocks(stores: &[&Store], damping: f64, block_diagonal: bool) -> Result<Self> {
+        let store = stores
+            .first()
+            .ok_or_else(|| Error::Msg("exact inverse: no Fisher samples".into()))?;
+        super::check_same_layout(store, stores)?;
         let dim = store.dim();
         if dim > MAX_DIM {
             return Err(Error::Msg(format!(
@@ -26,19 +46,35 @@ impl Exact {
             )));
         }
         let bl = blocks(&store_feature_spec(store)?);
-        let lam = block_damping(store, &bl, damping)?;
+        let lam = block_damping_over(stores, &bl, damping)?;
         let mut f = Mat::<f64>::zeros(dim, dim);
         let mut n = 0usize;
-        for s in 0..store.n_shards() {
-            let (feat, rows) = store.shard_features(s)?;
-            let g = Mat::<f64>::from_fn(rows, dim, |i, j| feat[i * dim + j] as f64);
-            f += g.transpose() * &g;
-            n += rows;
+        for st in stores {
+            for s in 0..st.n_shards() {
+                let (feat, rows) = st.shard_features(s)?;
+                let g = Mat::<f64>::from_fn(rows, dim, |i, j| feat[i * dim + j] as f64);
+                f += g.transpose() * &g;
+                n += rows;
+            }
         }
         let scale = 1.0 / n.max(1) as f64;
         for i in 0..dim {
             for j in 0..dim {
                 f[(i, j)] *= scale;
+            }
+        }
+        if block_diagonal {
+            let owner: Vec<usize> = bl
+                .iter()
+                .enumerate()
+                .flat_map(|(k, b)| std::iter::repeat_n(k, b.len()))
+                .collect();
+            for i in 0..dim {
+                for j in 0..dim {
+                    if owner[i] != owner[j] {
+                        f[(i, j)] = 0.0;
+                    }
+                }
             }
         }
         for (b, l) in bl.iter().zip(lam) {

@@ -185,33 +185,45 @@ impl std::str::FromStr for FactorSource {
 /// Sums the Kronecker factors, eigendecomposes A and S per layer, and refits the EK-FAC
 /// eigenvalues over the stored per-sample features. Writes `curvature/kfac.safetensors`.
 pub fn fit(store: &Store, source: FactorSource) -> Result<PathBuf> {
-    let spec = store_feature_spec(store)?;
+    fit_with(store, &[store], source)
+}
+
+/// [`fit`] with the Fisher taken over the samples of `fisher` (for example stores of
+/// sampled-label pseudo-gradients, one per draw, for the true Fisher) and the factors written
+/// beside `target`, whose features must have the same layout.
+pub fn fit_with(target: &Store, fisher: &[&Store], source: FactorSource) -> Result<PathBuf> {
+    let spec = store_feature_spec(target)?;
     let bl = blocks(&spec);
     if matches!(spec.projection, crate::features::Projection::Dense { .. }) {
         return Err(Error::Msg(
             "K-FAC needs layer structure: index with --projection logra or full".into(),
         ));
     }
-    let total = match source {
-        FactorSource::Samples => sample_factors(store, &bl)?,
-        FactorSource::Tokens => {
-            let mut total = KfacStats::default();
-            for s in 0..store.n_shards() {
-                let p = stats_path(store.dir(), s);
-                if !p.exists() {
-                    return Err(Error::Store {
-                        path: store.dir().into(),
-                        msg: format!(
-                            "{} is missing (index it again with this version, or fit with --factors samples)",
-                            p.display()
-                        ),
-                    });
+    super::check_same_layout(target, fisher)?;
+    let mut total = KfacStats::default();
+    for store in fisher {
+        let part = match source {
+            FactorSource::Samples => sample_factors(store, &bl)?,
+            FactorSource::Tokens => {
+                let mut total = KfacStats::default();
+                for s in 0..store.n_shards() {
+                    let p = stats_path(store.dir(), s);
+                    if !p.exists() {
+                        return Err(Error::Store {
+                            path: store.dir().into(),
+                            msg: format!(
+                                "{} is missing (index it again with this version, or fit with --factors samples)",
+                                p.display()
+                            ),
+                        });
+                    }
+                    total.merge(&KfacStats::load(&p, bl.len())?);
                 }
-                total.merge(&KfacStats::load(&p, bl.len())?);
+                total
             }
-            total
-        }
-    };
+        };
+        total.merge(&part);
+    }
     let mut fits = Vec::with_capacity(bl.len());
     for (b, (a, s)) in bl.iter().zip(&total.layers) {
         let a: Vec<f64> = a.iter().map(|v| v / total.n_tokens.max(1) as f64).collect();
@@ -236,23 +248,25 @@ pub fn fit(store: &Store, source: FactorSource) -> Result<PathBuf> {
         });
     }
     // EK-FAC pass: Λ = E_n[(Q_Sᵀ G_n Q_A)²] over the stored per-sample features.
-    let dim = store.dim();
+    let dim = target.dim();
     let mut n = 0usize;
-    for sh in 0..store.n_shards() {
-        let (f, rows) = store.shard_features(sh)?;
-        for r in 0..rows {
-            let row = &f[r * dim..(r + 1) * dim];
-            for (b, fit) in bl.iter().zip(fits.iter_mut()) {
-                let g = block_mat(row, b);
-                let rot = fit.q_s.transpose() * &g * &fit.q_a;
-                for i in 0..b.rows {
-                    for j in 0..b.cols {
-                        fit.ekfac[(i, j)] += rot[(i, j)] * rot[(i, j)];
+    for store in fisher {
+        for sh in 0..store.n_shards() {
+            let (f, rows) = store.shard_features(sh)?;
+            for r in 0..rows {
+                let row = &f[r * dim..(r + 1) * dim];
+                for (b, fit) in bl.iter().zip(fits.iter_mut()) {
+                    let g = block_mat(row, b);
+                    let rot = fit.q_s.transpose() * &g * &fit.q_a;
+                    for i in 0..b.rows {
+                        for j in 0..b.cols {
+                            fit.ekfac[(i, j)] += rot[(i, j)] * rot[(i, j)];
+                        }
                     }
                 }
             }
+            n += rows;
         }
-        n += rows;
     }
     let dev = Device::Cpu;
     let mut t: HashMap<String, Tensor> = HashMap::new();
@@ -281,7 +295,7 @@ pub fn fit(store: &Store, source: FactorSource) -> Result<PathBuf> {
         );
         t.insert(format!("ekfac.{l}"), mat_t(&fit.ekfac)?);
     }
-    let path = fit_path(store.dir());
+    let path = fit_path(target.dir());
     save_tensors(&t, &path)?;
     Ok(path)
 }

@@ -5,7 +5,8 @@
 //! so the recursion contracts. Convergence (relative change per iteration and the final residual
 //! on the full H) is recorded in [`Lissa::report`].
 
-use super::{block_damping, blocks, store_feature_spec, Options, Preconditioner};
+use super::fisher::FisherSamples;
+use super::{block_damping_over, blocks, store_feature_spec, Options, Preconditioner};
 use crate::features::random::Stream;
 use crate::store::Store;
 use crate::Result;
@@ -22,8 +23,8 @@ pub struct LissaReport {
     pub residual: f64,
 }
 
-pub struct Lissa<'a> {
-    store: &'a Store,
+pub struct Lissa {
+    fisher: FisherSamples,
     diag: Vec<f64>,
     iters: usize,
     batch: usize,
@@ -31,10 +32,12 @@ pub struct Lissa<'a> {
     report: Mutex<LissaReport>,
 }
 
-impl<'a> Lissa<'a> {
-    pub fn new(store: &'a Store, opts: &Options) -> Result<Self> {
+impl Lissa {
+    /// LiSSA on the Fisher recorded for `store` (its own gradients unless fitted otherwise).
+    pub fn new(store: &Store, opts: &Options) -> Result<Self> {
+        let fisher = FisherSamples::of(store)?;
         let bl = blocks(&store_feature_spec(store)?);
-        let lam = block_damping(store, &bl, opts.damping)?;
+        let lam = block_damping_over(&fisher.stores(), &bl, opts.damping)?;
         let mut diag = vec![0f64; store.dim()];
         for (b, l) in bl.iter().zip(lam) {
             diag[b.offset..b.offset + b.len()]
@@ -42,7 +45,7 @@ impl<'a> Lissa<'a> {
                 .for_each(|d| *d = l);
         }
         Ok(Self {
-            store,
+            fisher,
             diag,
             iters: opts.lissa_iters,
             batch: opts.lissa_batch.max(1),
@@ -70,12 +73,12 @@ impl<'a> Lissa<'a> {
     }
 
     fn all_rows(&self) -> Result<Vec<Vec<f32>>> {
-        let dim = self.store.dim();
+        let dim = self.fisher.dim();
         let mut out = Vec::new();
-        for s in 0..self.store.n_shards() {
-            let (f, rows) = self.store.shard_features(s)?;
+        self.fisher.for_each_shard(|f, rows| {
             out.extend((0..rows).map(|r| f[r * dim..(r + 1) * dim].to_vec()));
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 }
@@ -84,7 +87,7 @@ fn norm(v: &[f64]) -> f64 {
     v.iter().map(|x| x * x).sum::<f64>().sqrt()
 }
 
-impl Preconditioner for Lissa<'_> {
+impl Preconditioner for Lissa {
     fn name(&self) -> &str {
         "lissa"
     }

@@ -12,6 +12,7 @@
 
 pub mod datainf;
 pub mod exact;
+pub mod fisher;
 pub mod kfac;
 pub mod lissa;
 
@@ -98,23 +99,49 @@ pub fn store_feature_spec(store: &Store) -> Result<FeatureSpec> {
     })
 }
 
-/// Per-block λ_l = damping × mean_i ‖g_il‖² / d_l, from one pass over the store.
-pub fn block_damping(store: &Store, blocks: &[Block], damping: f64) -> Result<Vec<f64>> {
+/// Refuses Fisher stores whose features are not laid out like `target`'s (same layers,
+/// projection and dimension), which would silently mix unrelated coordinates.
+pub fn check_same_layout(target: &Store, fisher: &[&Store]) -> Result<()> {
+    let want = store_feature_spec(target)?;
+    for f in fisher {
+        let got = store_feature_spec(f)?;
+        if got.projection != want.projection
+            || got.seed != want.seed
+            || got.layers != want.layers
+            || f.dim() != target.dim()
+        {
+            return Err(Error::Store {
+                path: f.dir().into(),
+                msg: format!(
+                    "its features are not laid out like those of {} (layers, projection, seed and dim must match)",
+                    target.dir().display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Per-block λ_l = damping × mean_i ‖g_il‖² / d_l over the rows of `stores` (the samples of
+/// the Fisher), i.e. `damping` times the mean eigenvalue of each block of that Fisher.
+pub fn block_damping_over(stores: &[&Store], blocks: &[Block], damping: f64) -> Result<Vec<f64>> {
     let mut sq = vec![0f64; blocks.len()];
     let mut n = 0usize;
-    let dim = store.dim();
-    for s in 0..store.n_shards() {
-        let (f, rows) = store.shard_features(s)?;
-        for r in 0..rows {
-            let row = &f[r * dim..(r + 1) * dim];
-            for (k, b) in blocks.iter().enumerate() {
-                sq[k] += row[b.offset..b.offset + b.len()]
-                    .iter()
-                    .map(|&x| x as f64 * x as f64)
-                    .sum::<f64>();
+    for store in stores {
+        let dim = store.dim();
+        for s in 0..store.n_shards() {
+            let (f, rows) = store.shard_features(s)?;
+            for r in 0..rows {
+                let row = &f[r * dim..(r + 1) * dim];
+                for (k, b) in blocks.iter().enumerate() {
+                    sq[k] += row[b.offset..b.offset + b.len()]
+                        .iter()
+                        .map(|&x| x as f64 * x as f64)
+                        .sum::<f64>();
+                }
             }
+            n += rows;
         }
-        n += rows;
     }
     Ok(blocks
         .iter()

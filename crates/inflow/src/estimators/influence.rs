@@ -3,6 +3,7 @@
 //! q' = (H + λI)⁻¹ g_q (see [`crate::curvature`]).
 
 use super::{check_query_shape, Estimator};
+use crate::curvature::fisher::Fisher;
 use crate::curvature::Preconditioner;
 use crate::Result;
 
@@ -10,12 +11,30 @@ use crate::Result;
 pub struct Influence<'a> {
     pre: Box<dyn Preconditioner + 'a>,
     name: String,
+    convention: String,
 }
 
 impl<'a> Influence<'a> {
+    /// Influence with H the empirical Fisher of the stored gradients.
     pub fn new(pre: Box<dyn Preconditioner + 'a>) -> Self {
+        Self::with_fisher(pre, Fisher::Empirical)
+    }
+
+    /// Influence whose preconditioner approximates `fisher` (see [`crate::curvature::fisher`]).
+    pub fn with_fisher(pre: Box<dyn Preconditioner + 'a>, fisher: Fisher) -> Self {
         let name = format!("influence-{}", pre.name());
-        Self { pre, name }
+        let h = match fisher {
+            Fisher::Empirical => "the empirical Fisher of the stored gradient features".to_string(),
+            Fisher::True { draws } => format!(
+                "the true Fisher (Gauss-Newton) of the stored features, from {draws} sampled-label draw(s)"
+            ),
+        };
+        let convention = format!("score = g_q^T (H + lambda I)^-1 g_z (influence function, helpfulness convention): positive means up-weighting the training sample lowers the query loss; H = {h}, approximated by the named preconditioner");
+        Self {
+            pre,
+            name,
+            convention,
+        }
     }
 }
 
@@ -25,7 +44,7 @@ impl Estimator for Influence<'_> {
     }
 
     fn sign_convention(&self) -> &str {
-        "score = g_q^T (H + lambda I)^-1 g_z (influence function, helpfulness convention): positive means up-weighting the training sample lowers the query loss; H = empirical Fisher of the stored gradient features, approximated by the named preconditioner"
+        &self.convention
     }
 
     fn prepare_queries(&self, mut queries: Vec<f32>, dim: usize) -> Result<Vec<f32>> {

@@ -71,6 +71,34 @@ impl TokenSeq {
     }
 }
 
+/// The targets a loss is taken against.
+///
+/// Per-sample gradients against the data's own tokens give the empirical Fisher
+/// E_n[g_n g_nᵀ]. Against targets drawn from the model's own predictive distribution at every
+/// loss position they are pseudo-gradients, whose expectation E_y[g gᵀ] is the true Fisher, which
+/// for softmax cross-entropy equals the Gauss–Newton matrix Σ_t J_tᵀ(diag p_t − p_t p_tᵀ)J_t
+/// (Martens 2020, §9.2). K-FAC's Kronecker factors target that matrix (Grosse et al. 2023 fit
+/// them on sampled labels too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Labels {
+    /// The data's next tokens.
+    #[default]
+    Data,
+    /// One target per response position drawn from the model's softmax, from a stream keyed by
+    /// `seed` and the sample's token ids (so a sample draws the same labels in any batch).
+    Sampled { seed: u64 },
+}
+
+impl std::fmt::Display for Labels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Labels::Data => write!(f, "data"),
+            Labels::Sampled { seed } => write!(f, "sampled (seed {seed})"),
+        }
+    }
+}
+
 /// Keys (after RoPE) and values of a processed prefix, per layer: (1, n_kv, len, head_dim).
 #[derive(Clone)]
 pub struct KvCache {
@@ -594,6 +622,17 @@ impl Llama {
     /// response tokens, so the δ_t of each sample are exactly ∂ℓ_b/∂y_t (samples do not interact).
     /// `tracked` holds flat Linear indices (layer * 7 + j) whose x_t and δ_t are captured.
     pub fn loss_and_capture(&self, batch: &[TokenSeq], tracked: &[usize]) -> Result<Captured> {
+        self.loss_and_capture_labels(batch, tracked, Labels::Data)
+    }
+
+    /// [`Self::loss_and_capture`] against `labels` (sampled labels give pseudo-gradients for
+    /// the true Fisher; the reported losses are then those of the sampled targets).
+    pub fn loss_and_capture_labels(
+        &self,
+        batch: &[TokenSeq],
+        tracked: &[usize],
+        labels: Labels,
+    ) -> Result<Captured> {
         let (ids, t) = pad_batch(batch, &self.device)?;
         let b = batch.len();
         let mut inputs = HashMap::new();
@@ -606,7 +645,7 @@ impl Llama {
         };
         let slots = tracker.slots.clone();
         let hs = self.hidden(&ids, Some(&mut tracker))?;
-        let (losses, total) = self.loss_from_hidden(&hs, batch, t, true)?;
+        let (losses, total) = self.loss_from_hidden_labels(&hs, batch, t, true, labels)?;
         let losses = losses.into_iter().map(|v| v as f32).collect();
         if let Some(total) = total {
             total.backward()?;
@@ -660,6 +699,17 @@ impl Llama {
         t: usize,
         mean: bool,
     ) -> Result<(Vec<f64>, Option<Tensor>)> {
+        self.loss_from_hidden_labels(hs, batch, t, mean, Labels::Data)
+    }
+
+    fn loss_from_hidden_labels(
+        &self,
+        hs: &Tensor,
+        batch: &[TokenSeq],
+        t: usize,
+        mean: bool,
+        labels: Labels,
+    ) -> Result<(Vec<f64>, Option<Tensor>)> {
         let mut pos = Vec::new();
         let mut tgt = Vec::new();
         let mut weight = Vec::new();
@@ -685,6 +735,9 @@ impl Llama {
         let sel = flat.index_select(&Tensor::from_vec(pos, n, &self.device)?, 0)?;
         let logits = linear::apply(&sel, &self.lm_head, None)?;
         let lp = log_softmax_last(&logits)?;
+        if let Labels::Sampled { seed } = labels {
+            tgt = sample_targets(&lp, &owner, batch, seed)?;
+        }
         let tgt = Tensor::from_vec(tgt, (n, 1), &self.device)?;
         let nll = lp.gather(&tgt, 1)?.squeeze(1)?.neg()?;
         let w = Tensor::from_vec(weight, n, &self.device)?.to_dtype(self.dtype)?;
@@ -695,6 +748,34 @@ impl Llama {
         }
         Ok((losses, Some(weighted.sum_all()?)))
     }
+}
+
+/// One target per loss position drawn from exp(`lp`) (rows in `owner`'s order), each sample from
+/// its own stream keyed by `seed` and its token ids.
+fn sample_targets(lp: &Tensor, owner: &[usize], batch: &[TokenSeq], seed: u64) -> Result<Vec<u32>> {
+    use crate::features::random::Stream;
+    let p: Vec<Vec<f64>> = lp.detach().to_dtype(DType::F64)?.exp()?.to_vec2()?;
+    let mut streams: HashMap<usize, Stream> = HashMap::new();
+    let mut out = Vec::with_capacity(owner.len());
+    for (row, &b) in p.iter().zip(owner) {
+        let st = streams.entry(b).or_insert_with(|| {
+            let key: String = batch[b].ids.iter().map(|i| format!("{i},")).collect();
+            Stream::new(seed, &key)
+        });
+        // Inverse CDF; rounding can leave the total a hair under 1, so fall back to the last.
+        let u = st.uniform();
+        let mut acc = 0.0;
+        let mut pick = row.len() - 1;
+        for (k, &pk) in row.iter().enumerate() {
+            acc += pk;
+            if u < acc {
+                pick = k;
+                break;
+            }
+        }
+        out.push(pick as u32);
+    }
+    Ok(out)
 }
 
 fn argmax(v: &[f32]) -> u32 {

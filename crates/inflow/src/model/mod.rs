@@ -10,7 +10,9 @@ pub mod lora;
 pub mod tiny;
 
 pub use config::LlamaConfig;
-pub use llama::{Captured, KvCache, LayerCapture, LinearInfo, Llama, TokenSeq, BLOCK_LINEARS};
+pub use llama::{
+    Captured, KvCache, Labels, LayerCapture, LinearInfo, Llama, TokenSeq, BLOCK_LINEARS,
+};
 
 use crate::{Error, Result};
 use candle_core::DType;

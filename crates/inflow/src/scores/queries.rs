@@ -63,8 +63,9 @@ pub struct Scored {
 /// Builds the estimator a spec names, with its curvature loaded from the store.
 pub fn estimator<'a>(spec: &MethodSpec, store: &'a Store) -> Result<Box<dyn Estimator + 'a>> {
     if spec.method == "influence" {
-        Ok(Box::new(estimators::influence::Influence::new(
+        Ok(Box::new(estimators::influence::Influence::with_fisher(
             curvature::load(&spec.preconditioner, store, &spec.curvature)?,
+            curvature::fisher::recorded(store)?,
         )))
     } else {
         estimators::by_name(&spec.method)
