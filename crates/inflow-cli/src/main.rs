@@ -94,10 +94,11 @@ enum Cmd {
         /// Store made by `inflow index` (LoGra or full projection).
         #[arg(long)]
         store: PathBuf,
-        /// Kronecker factors from `tokens` (input/output-gradient covariances summed by index,
-        /// the K-FAC definition) or `samples` (marginals of the per-sample gradients; no model
-        /// pass, works on any LoGra/full store).
-        #[arg(long, default_value = "tokens")]
+        /// Kronecker factors from `samples` (the marginals E[GᵀG], E[GGᵀ] of the per-sample
+        /// gradients, from the store; default: in every cell of the tiny-model grid their
+        /// EK-FAC ranks closer to the exact inverse) or `tokens` (the textbook K-FAC
+        /// covariances E[x xᵀ], E[δ δᵀ] summed by index in its model pass).
+        #[arg(long, default_value = "samples")]
         factors: String,
         /// Which Fisher to approximate: `empirical` (the stored training gradients; no model
         /// pass) or `true` (labels sampled from the model, = the Gauss–Newton matrix; one more
