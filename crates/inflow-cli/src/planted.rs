@@ -47,6 +47,13 @@ pub(crate) struct PlantedArgs {
     /// Relative damping of the influence preconditioners (× mean eigenvalue per layer).
     #[arg(long, default_value_t = 0.1)]
     damping: f64,
+    /// Fisher of the influence preconditioners: empirical (the mix's own gradients) or true
+    /// (one sampled-label pass over the mix at the fine-tuned model; see `inflow fit`).
+    #[arg(long, default_value = "empirical")]
+    fisher: String,
+    /// Kronecker factors of K-FAC/EK-FAC: tokens (the reports so far) or samples.
+    #[arg(long, default_value = "tokens")]
+    factors: String,
     #[arg(long, default_value_t = 7)]
     seed: u64,
     /// Fine-tuning epochs on the mix (a checkpoint per epoch feeds LESS).
@@ -68,6 +75,41 @@ pub(crate) struct PlantedArgs {
     generate: usize,
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+/// The curvature the influence methods use: the store's Fisher (empirical, or one draw of
+/// sampled-label pseudo-gradients indexed beside it) recorded, and K-FAC factors fitted on it
+/// when K-FAC/EK-FAC are asked for.
+fn fit_curvature(
+    m: &inflow::model::LoadedModel,
+    iopts: &IndexOptions,
+    store: &Store,
+    methods: &[String],
+    fisher: &str,
+    factors: &str,
+) -> Result<inflow::curvature::fisher::Fisher> {
+    use inflow::curvature::fisher::{self as fi, Fisher, FisherSamples};
+    let fisher: Fisher = fisher.parse()?;
+    let samples = match fisher {
+        Fisher::Empirical => FisherSamples::empirical(store)?,
+        Fisher::True { .. } => {
+            let pb = crate::bar(0, "fisher draw");
+            let progress = Progress::default();
+            let r = crate::with_progress(&pb, &progress, || {
+                fi::index_draw(m, iopts, store.dir(), 0, &progress)
+            });
+            pb.finish_and_clear();
+            FisherSamples::from_stores(store, vec![r?], fisher)?
+        }
+    };
+    if methods
+        .iter()
+        .any(|x| ["kfac", "ekfac"].contains(&x.as_str()))
+    {
+        inflow::curvature::kfac::fit_with(store, &samples.stores(), factors.parse()?)?;
+    }
+    fi::record(store, fisher)?;
+    Ok(fisher)
 }
 
 struct MethodResult {
@@ -273,12 +315,7 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
     pb.finish_and_clear();
     r?;
     let store = Store::open(&store_dir)?;
-    if methods
-        .iter()
-        .any(|x| ["kfac", "ekfac"].contains(&x.as_str()))
-    {
-        inflow::curvature::kfac::fit(&store, inflow::curvature::kfac::FactorSource::Tokens)?;
-    }
+    let fisher = fit_curvature(&m, &iopts, &store, &methods, &a.fisher, &a.factors)?;
     let rows = store.samples()?;
     // The store's rows are the mix in order; check rather than assume.
     if rows.len() != set.planted.len() || rows.iter().enumerate().any(|(i, r)| r.row != i as u64) {
@@ -410,6 +447,8 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
         },
         "features": {"projection": "logra", "rank": a.rank, "modules": "all", "dim": store.dim()},
         "damping": a.damping,
+        "fisher": fisher,
+        "factors": a.factors,
         "metrics": results.iter().map(|r| (r.name.clone(), r.value.clone())).collect::<serde_json::Map<_, _>>(),
         "definitions": {
             "acc": "fraction of queries whose top-1 training sample is planted",

@@ -352,6 +352,48 @@ fn ekfac_ranks_like_the_exact_gauss_newton_on_a_tiny_lm() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A Fisher store laid out differently from the training store is refused, naming it, and a
+/// recorded true Fisher whose draws are gone is an error, not a silent empirical fallback.
+#[test]
+fn fisher_stores_must_match_the_training_store() {
+    use inflow::curvature::fisher::{self, Fisher, FisherSamples};
+    let m = model();
+    let dir = tmp("layout");
+    let a = index(&m, &dir.join("a"), 8, 8, 1);
+    let mut f = features();
+    f.modules = "layers.0.self_attn.q_proj".into();
+    let opts = IndexOptions {
+        data: root().join("assets/data/train.jsonl"),
+        read: ReadOptions {
+            format: Format::Alpaca,
+            skip_bad: false,
+            limit: Some(8),
+        },
+        features: f,
+        dtype: Dtype::F32,
+        shard_size: 8,
+        batch_size: 1,
+        threads: 1,
+    };
+    let other = fisher::index_draw(&m, &opts, &dir.join("b"), 0, &Progress::default()).unwrap();
+    let e = kfac::fit_with(&a, &[&other], kfac::FactorSource::Samples)
+        .err()
+        .expect("a Fisher over other layers must be refused")
+        .to_string();
+    assert!(
+        e.contains("not laid out like") && e.contains("draw-0"),
+        "{e}"
+    );
+    assert!(FisherSamples::from_stores(&a, vec![other], Fisher::True { draws: 1 }).is_err());
+    fisher::record(&a, Fisher::True { draws: 1 }).unwrap();
+    let e = curvature::load("exact", &a, &Options::default())
+        .err()
+        .expect("missing draws must be an error")
+        .to_string();
+    assert!(e.contains("draw 0"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn kfac_equals_the_explicit_kronecker_inverse() {
     let m = model();
