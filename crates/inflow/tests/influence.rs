@@ -377,8 +377,7 @@ fn fisher_stores_must_match_the_training_store() {
     };
     let other = fisher::index_draw(&m, &opts, &dir.join("b"), 0, &Progress::default()).unwrap();
     let e = kfac::fit_with(&a, &[&other], kfac::FactorSource::Samples)
-        .err()
-        .expect("a Fisher over other layers must be refused")
+        .expect_err("a Fisher over other layers must be refused")
         .to_string();
     assert!(
         e.contains("not laid out like") && e.contains("draw-0"),
