@@ -23,3 +23,11 @@ done
 $I eval planted --kind backdoor --seed "$SEED" --n-train 80 --epochs 3 --lr 3e-3 --out runs/planted-backdoor-strong | tee runs/planted-backdoor-strong.txt
 mkdir -p docs/reports/planted/backdoor-strong
 cp runs/planted-backdoor-strong/report.json runs/planted-backdoor-strong/*.png runs/planted-backdoor-strong.txt docs/reports/planted/backdoor-strong/
+# The influence methods again on the true Fisher (one sampled-label draw of the mix at the
+# fine-tuned model; `--fisher true`), same fine-tuning: the strong backdoor and flipped labels.
+$I eval planted --kind backdoor --seed "$SEED" --n-train 80 --epochs 3 --lr 3e-3 --methods dot,kfac,ekfac,datainf --fisher true --out runs/planted-backdoor-strong-true | tee runs/planted-backdoor-strong-true.txt
+$I eval planted --kind mislabel --seed "$SEED" --data ../shared/data/natural-instructions/train.jsonl --methods dot,kfac,ekfac,datainf --fisher true --out runs/planted-mislabel-true | tee runs/planted-mislabel-true.txt
+for k in backdoor-strong-true mislabel-true; do
+  mkdir -p "docs/reports/planted/$k"
+  cp runs/planted-$k/report.json runs/planted-$k/*.png "runs/planted-$k.txt" "docs/reports/planted/$k/"
+done
