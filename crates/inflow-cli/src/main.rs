@@ -88,8 +88,8 @@ enum Cmd {
     Probe(probe::ProbeArgs),
     /// Rank agreement of two score files (Spearman, Kendall, top-k overlap) and a scatter plot.
     Compare(probe::CompareArgs),
-    /// Fit K-FAC and EK-FAC curvature for a store (from the factor sums `index` saved and the
-    /// stored per-sample gradients), for `score --method influence --preconditioner kfac|ekfac`.
+    /// Fit K-FAC and EK-FAC curvature for a store, on the empirical Fisher of its gradients or
+    /// on the true Fisher (Gauss–Newton) from sampled labels, for `score --method influence`.
     Fit {
         /// Store made by `inflow index` (LoGra or full projection).
         #[arg(long)]
