@@ -89,7 +89,8 @@ enum Cmd {
     /// Rank agreement of two score files (Spearman, Kendall, top-k overlap) and a scatter plot.
     Compare(probe::CompareArgs),
     /// Fit K-FAC and EK-FAC curvature for a store, on the empirical Fisher of its gradients or
-    /// on the true Fisher (Gauss–Newton) from sampled labels, for `score --method influence`.
+    /// on the true Fisher (Gauss–Newton) from sampled labels (at the store's adapter or
+    /// checkpoint, if any), for `score --method influence`.
     Fit {
         /// Store made by `inflow index` (LoGra or full projection).
         #[arg(long)]
@@ -679,9 +680,10 @@ fn fit(
                     .with_context(|| format!("reading {}", run_path.display()))?,
             )
             .with_context(|| format!("reading {}", run_path.display()))?;
-            if raw.get("checkpoint").is_some() {
+            let checkpoint = raw.get("checkpoint").filter(|c| !c.is_null());
+            if checkpoint.is_some() && raw["lora_grads"] == true {
                 bail!(
-                    "{}: the store holds checkpoint (adapter) features; --fisher true supports stores made by plain `inflow index` of a model",
+                    "{}: the store holds LoRA-parameter features (--lora-grads); --fisher true supports base-Linear features, with or without --adapter",
                     store.display()
                 );
             }
@@ -700,7 +702,23 @@ fn fit(
                 threads,
             };
             let model_path = model.unwrap_or(run.model_path);
-            let m = load_model(&model_path)?;
+            let mut m = load_model(&model_path)?;
+            // A store indexed at a checkpoint: the pseudo-gradients are taken at the same weights.
+            if let Some(c) = checkpoint {
+                let want: inflow::train::features::CheckpointInfo =
+                    serde_json::from_value(c.clone())
+                        .with_context(|| format!("{}: checkpoint", run_path.display()))?;
+                let got = inflow::train::features::attach(&mut m, &want.path)
+                    .with_context(|| format!("loading the checkpoint {}", want.path.display()))?;
+                if got.sha256 != want.sha256 {
+                    bail!(
+                        "{}: the checkpoint changed since the store was indexed (sha256 {} then, {} now)",
+                        want.path.display(),
+                        want.sha256,
+                        got.sha256
+                    );
+                }
+            }
             let mut stores = Vec::with_capacity(draws);
             for k in 0..draws {
                 let pb = bar(0, &format!("fisher draw {}/{draws}", k + 1));

@@ -189,6 +189,48 @@ fn train_resume_eval_export_and_checkpoint_features() {
     assert_eq!(f["gradient"]["params"], "lora");
     assert_eq!(f["checkpoint"]["step"], 6);
     assert_eq!(man["spec"]["dim"], 12 * 4);
+    // The true Fisher of a store indexed at an adapter is taken at the adapted weights; one of
+    // LoRA-parameter features is refused with a reason.
+    let out = Command::new(env!("CARGO_BIN_EXE_inflow"))
+        .current_dir(root())
+        .args(["fit", "--store", &store, "--fisher", "true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--lora-grads"));
+    let draw = |name: &str, adapter: Option<&str>| -> Vec<u8> {
+        let s = p(name);
+        let mut a = vec![
+            "index",
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--limit",
+            "6",
+            "--max-tokens",
+            "64",
+            "--rank",
+            "2",
+            "--out",
+            &s,
+            "--threads",
+            "1",
+        ];
+        if let Some(ad) = adapter {
+            a.extend(["--adapter", ad]);
+        }
+        run_ok(&a);
+        run_ok(&["fit", "--store", &s, "--fisher", "true"]);
+        std::fs::read(format!("{s}/fisher/draw-0/features-00000.npy")).unwrap()
+    };
+    let at_base = draw("fisher-base", None);
+    let at_adapter = draw("fisher-adapter", Some(&ck6));
+    assert_eq!(at_base.len(), at_adapter.len());
+    assert_ne!(
+        at_base, at_adapter,
+        "the adapter was not applied to the Fisher pass"
+    );
     let per = p("per-checkpoint");
     let ck2 = format!("{straight}/checkpoint-2");
     let ck4 = format!("{straight}/checkpoint-4");
