@@ -169,3 +169,33 @@ pub fn index_draw(
     index::run_index(model, &o, &dir, progress, &mut |_, _| {})?;
     Store::open(&dir)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_and_records_round_trip() {
+        assert_eq!("empirical".parse::<Fisher>().unwrap(), Fisher::Empirical);
+        assert_eq!("true".parse::<Fisher>().unwrap(), Fisher::True { draws: 1 });
+        let e = "gauss".parse::<Fisher>().unwrap_err().to_string();
+        assert!(e.contains("empirical or true"), "{e}");
+        let t = Fisher::True { draws: 3 };
+        let v = serde_json::to_value(t).unwrap();
+        assert_eq!(v, serde_json::json!({"fisher": "true", "draws": 3}));
+        assert_eq!(serde_json::from_value::<Fisher>(v).unwrap(), t);
+    }
+
+    #[test]
+    fn stores_indexed_before_labels_existed_read_as_data_labels() {
+        // run.json of an older store: no `labels` field.
+        let old = serde_json::json!({
+            "projection": {"kind": "logra", "rank_in": 4, "rank_out": 4},
+            "seed": 0, "modules": "all", "template": "auto", "max_tokens": 64
+        });
+        let f: crate::index::FeatureOptions = serde_json::from_value(old).unwrap();
+        assert_eq!(f.labels, Labels::Data);
+        let s = serde_json::to_value(Labels::Sampled { seed: 2 }).unwrap();
+        assert_eq!(s, serde_json::json!({"sampled": {"seed": 2}}));
+    }
+}
