@@ -13,11 +13,10 @@ use inflow::eval::lds::{self, LdsReport, LossSpread, MethodLds};
 use inflow::eval::retrain::retrain_and_eval;
 use inflow::features::Projection;
 use inflow::index::{FeatureOptions, IndexOptions, Progress};
-use inflow::model::lora::LoraConfig;
-use inflow::model::{LoadedModel, TokenSeq};
+use inflow::model::LoadedModel;
 use inflow::scores::queries::MethodSpec;
 use inflow::store::{Dtype, Store};
-use inflow::train::{Method, TrainOptions};
+use inflow::train::TrainOptions;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -111,22 +110,8 @@ fn read(format: &str, limit: Option<usize>) -> Result<ReadOptions> {
     })
 }
 
-fn tokenize(r: &Renderer, samples: &[Sample]) -> Result<(Vec<TokenSeq>, usize)> {
-    let mut seqs = Vec::with_capacity(samples.len());
-    let mut cut = 0;
-    for s in samples {
-        let t = r.tokenize(s)?;
-        cut += t.truncated as usize;
-        seqs.push(t.seq);
-    }
-    Ok((seqs, cut))
-}
-
 fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(v)? + "\n")
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    inflow::store::atomic_write::write_json(path, v)?;
     Ok(())
 }
 
@@ -199,10 +184,10 @@ impl Ctx<'_> {
                 self.n
             );
         }
-        let fitted = self.store_dir.join("curvature").join("kfac.safetensors");
+        let fitted = inflow::curvature::kfac::fit_path(&self.store_dir);
         if fit && !fitted.exists() {
             let s = Store::open(&self.store_dir)?;
-            inflow::curvature::kfac::fit(&s, "tokens".parse()?)?;
+            inflow::curvature::kfac::fit(&s, inflow::curvature::kfac::FactorSource::Tokens)?;
         }
         Ok(())
     }
@@ -462,8 +447,8 @@ pub(crate) fn run(a: LdsArgs, threads: usize, json_out: bool) -> Result<()> {
     }
     let template = a.template.parse::<Template>()?;
     let renderer = Renderer::new(&model, template, a.max_tokens)?;
-    let (train_seqs, cut_train) = tokenize(&renderer, &train_report.samples)?;
-    let (query_seqs, cut_q) = tokenize(&renderer, &query_report.samples)?;
+    let (train_seqs, cut_train) = crate::train::tokenize_samples(&renderer, &train_report.samples)?;
+    let (query_seqs, cut_q) = crate::train::tokenize_samples(&renderer, &query_report.samples)?;
     drop(renderer);
 
     // Subsets: a pure function of (n, M, α, seed); a folder made with others is refused.
@@ -533,12 +518,6 @@ pub(crate) fn run(a: LdsArgs, threads: usize, json_out: bool) -> Result<()> {
         .collect();
     let lora_alpha = 2.0 * a.lora_rank as f64;
     let mut opts = TrainOptions::lora(a.lora_rank, lora_alpha, &a.lora_modules);
-    opts.method = Method::Lora(LoraConfig {
-        rank: a.lora_rank,
-        alpha: lora_alpha,
-        dropout: 0.0,
-        modules: a.lora_modules.clone(),
-    });
     opts.epochs = a.epochs;
     opts.lr = a.lr;
     opts.batch_size = a.batch_size;
@@ -568,6 +547,7 @@ pub(crate) fn run(a: LdsArgs, threads: usize, json_out: bool) -> Result<()> {
     pb.finish_and_clear();
 
     let mut reports = Vec::new();
+    let mut predictions = Vec::with_capacity(matrices.len());
     for (name, m) in &matrices {
         let predicted = lds::predict(&m.scores, n, nq, &subsets)?;
         let per_query = lds::per_query(&predicted, &losses)?;
@@ -583,6 +563,7 @@ pub(crate) fn run(a: LdsArgs, threads: usize, json_out: bool) -> Result<()> {
             settings: m.settings.clone(),
             seconds: m.seconds,
         });
+        predictions.push(predicted);
     }
     let report = LdsReport {
         m: subsets.len(),
@@ -599,12 +580,12 @@ pub(crate) fn run(a: LdsArgs, threads: usize, json_out: bool) -> Result<()> {
             "features": features, "damping": a.damping, "threads": threads,
         }),
         measured: LossSpread::new(&base, &losses),
-        losses: losses.clone(),
+        losses,
         retrain_seconds,
         methods: reports,
     };
     write_json(&a.out.join("lds.json"), &report)?;
-    plots(&a.out, &report, &matrices, &subsets)?;
+    plots(&a.out, &report, &predictions)?;
 
     if json_out {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -640,12 +621,7 @@ pub(crate) fn run(a: LdsArgs, threads: usize, json_out: bool) -> Result<()> {
 
 /// `lds.png` (bars per method) and `scatter.png` (the best method's prediction vs measured
 /// loss for its best-defined query).
-fn plots(
-    out: &Path,
-    report: &LdsReport,
-    matrices: &[(String, Matrix)],
-    subsets: &[Vec<usize>],
-) -> Result<()> {
+fn plots(out: &Path, report: &LdsReport, predictions: &[Vec<Vec<f64>>]) -> Result<()> {
     let labels: Vec<String> = report.methods.iter().map(|m| m.name.clone()).collect();
     let values: Vec<f64> = report
         .methods
@@ -678,13 +654,7 @@ fn plots(
             .collect();
         defined.sort_by(|x, y| x.1.total_cmp(&y.1));
         if let Some(&(q, rho)) = defined.get(defined.len() / 2) {
-            let predicted = lds::predict(
-                &matrices[i].1.scores,
-                report.n_train,
-                report.n_queries,
-                subsets,
-            )?;
-            let xs: Vec<f64> = predicted.iter().map(|r| r[q]).collect();
+            let xs: Vec<f64> = predictions[i].iter().map(|r| r[q]).collect();
             let ys: Vec<f64> = report.losses.iter().map(|r| r[q]).collect();
             inflow::eval::plot::scatter(
                 &out.join("scatter.png"),

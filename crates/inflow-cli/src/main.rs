@@ -91,33 +91,7 @@ enum Cmd {
     /// Fit K-FAC and EK-FAC curvature for a store, on the empirical Fisher of its gradients or
     /// on the true Fisher (Gauss–Newton) from sampled labels (at the store's adapter or
     /// checkpoint, if any), for `score --method influence`.
-    Fit {
-        /// Store made by `inflow index` (LoGra or full projection).
-        #[arg(long)]
-        store: PathBuf,
-        /// Kronecker factors from `samples` (the marginals E[GᵀG], E[GGᵀ] of the per-sample
-        /// gradients, from the store; default: in every cell of the tiny-model grid their
-        /// EK-FAC ranks closer to the exact inverse) or `tokens` (the textbook K-FAC
-        /// covariances E[x xᵀ], E[δ δᵀ] summed by index in its model pass).
-        #[arg(long, default_value = "samples")]
-        factors: String,
-        /// Which Fisher to approximate: `empirical` (the stored training gradients; no model
-        /// pass) or `true` (labels sampled from the model, = the Gauss–Newton matrix; one more
-        /// model pass per --draws, indexed under STORE/fisher/ and resumable). Every
-        /// preconditioner of the store (kfac, ekfac, datainf, lissa, exact) then uses it.
-        #[arg(long, default_value = "empirical")]
-        fisher: String,
-        /// Sampled-label passes for --fisher true.
-        #[arg(long, default_value_t = 1)]
-        draws: usize,
-        /// Model for --fisher true (default: the one in the store's run.json).
-        #[arg(long)]
-        model: Option<PathBuf>,
-        /// Samples per model pass for --fisher true (1 avoids padding; on SmolLM2, batch 4 took
-        /// 1.9x the time and 3.5x the memory of batch 1).
-        #[arg(long, default_value_t = 1)]
-        batch_size: usize,
-    },
+    Fit(FitArgs),
     /// Index the bundled Natural Instructions sample and score the bundled probes.
     Demo {
         /// Model (default: models/SmolLM2-135M-Instruct.Q4_1.gguf, fetched by scripts/fetch-model.sh).
@@ -419,23 +393,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             checkpoint_score(a, threads, json)
         }
         Cmd::Score(a) => score(a, threads, json).map(|_| ()),
-        Cmd::Fit {
-            store,
-            factors,
-            fisher,
-            draws,
-            model,
-            batch_size,
-        } => fit(
-            &store,
-            factors.parse()?,
-            fisher.parse()?,
-            draws,
-            model,
-            batch_size,
-            threads,
-            json,
-        ),
+        Cmd::Fit(a) => fit(a, threads, json),
         Cmd::Probe(a) => probe::probe(a, threads, json),
         Cmd::Compare(a) => probe::compare_cmd(a, json),
         Cmd::Demo { model, limit, out } => demo::run(model, limit, out, threads, json),
@@ -652,34 +610,59 @@ where
     })
 }
 
-/// `inflow fit`: K-FAC/EK-FAC factors on the empirical or the true Fisher.
-#[allow(clippy::too_many_arguments)]
-fn fit(
-    store: &Path,
-    factors: inflow::curvature::kfac::FactorSource,
-    fisher: inflow::curvature::fisher::Fisher,
+// `inflow fit`'s arguments (its help is the `Fit` variant's).
+#[derive(Args)]
+struct FitArgs {
+    /// Store made by `inflow index` (LoGra or full projection).
+    #[arg(long)]
+    store: PathBuf,
+    /// Kronecker factors from `samples` (the marginals E[GᵀG], E[GGᵀ] of the per-sample
+    /// gradients, from the store; default: in every cell of the tiny-model grid their
+    /// EK-FAC ranks closer to the exact inverse) or `tokens` (the textbook K-FAC
+    /// covariances E[x xᵀ], E[δ δᵀ] summed by index in its model pass).
+    #[arg(long, default_value = "samples")]
+    factors: String,
+    /// Which Fisher to approximate: `empirical` (the stored training gradients; no model
+    /// pass) or `true` (labels sampled from the model, = the Gauss–Newton matrix; one more
+    /// model pass per --draws, indexed under STORE/fisher/ and resumable). Every
+    /// preconditioner of the store (kfac, ekfac, datainf, lissa, exact) then uses it.
+    #[arg(long, default_value = "empirical")]
+    fisher: String,
+    /// Sampled-label passes for --fisher true.
+    #[arg(long, default_value_t = 1)]
     draws: usize,
+    /// Model for --fisher true (default: the one in the store's run.json).
+    #[arg(long)]
     model: Option<PathBuf>,
+    /// Samples per model pass for --fisher true (1 avoids padding; on SmolLM2, batch 4 took
+    /// 1.9x the time and 3.5x the memory of batch 1).
+    #[arg(long, default_value_t = 1)]
     batch_size: usize,
-    threads: usize,
-    json: bool,
-) -> Result<()> {
+}
+
+/// `inflow fit`: K-FAC/EK-FAC factors on the empirical or the true Fisher.
+fn fit(a: FitArgs, threads: usize, json: bool) -> Result<()> {
     use inflow::curvature::{fisher as fi, kfac};
+    let store = a.store.as_path();
+    let fisher: fi::Fisher = a.fisher.parse()?;
+    let factors: kfac::FactorSource = a.factors.parse()?;
     let s = Store::open(store)?;
     let t = Instant::now();
-    let (fisher, samples) = match fisher {
-        fi::Fisher::Empirical => (fisher, fi::FisherSamples::empirical(&s)?),
+    let samples = match fisher {
+        fi::Fisher::Empirical => fi::FisherSamples::empirical(&s)?,
         fi::Fisher::True { .. } => {
-            if draws == 0 || batch_size == 0 {
+            if a.draws == 0 || a.batch_size == 0 {
                 bail!("--draws and --batch-size must be positive");
             }
+            // run.json, read once: where the model and data are, and any checkpoint.
             let run_path = store.join("run.json");
-            let run = inflow::index::read_run_info(store)?;
             let raw: serde_json::Value = serde_json::from_str(
                 &std::fs::read_to_string(&run_path)
                     .with_context(|| format!("reading {}", run_path.display()))?,
             )
             .with_context(|| format!("reading {}", run_path.display()))?;
+            let run: inflow::index::RunInfo = serde_json::from_value(raw.clone())
+                .with_context(|| format!("reading {}", run_path.display()))?;
             let checkpoint = raw.get("checkpoint").filter(|c| !c.is_null());
             if checkpoint.is_some() && raw["lora_grads"] == true {
                 bail!(
@@ -698,10 +681,10 @@ fn fit(
                 features: run.features.clone(),
                 dtype: s.spec().dtype,
                 shard_size: s.spec().shard_size,
-                batch_size,
+                batch_size: a.batch_size,
                 threads,
             };
-            let model_path = model.unwrap_or(run.model_path);
+            let model_path = a.model.unwrap_or(run.model_path);
             let mut m = load_model(&model_path)?;
             // A store indexed at a checkpoint: the pseudo-gradients are taken at the same weights.
             if let Some(c) = checkpoint {
@@ -719,22 +702,11 @@ fn fit(
                     );
                 }
             }
-            let mut stores = Vec::with_capacity(draws);
-            for k in 0..draws {
-                let pb = bar(0, &format!("fisher draw {}/{draws}", k + 1));
-                let progress = Progress::default();
-                let r = with_progress(&pb, &progress, || {
-                    fi::index_draw(&m, &opts, store, k, &progress)
-                });
-                pb.finish_and_clear();
-                stores.push(r?);
-            }
-            let f = fi::Fisher::True { draws };
-            (f, fi::FisherSamples::from_stores(&s, stores, f)?)
+            fisher_draws(&m, &opts, &s, a.draws)?
         }
     };
-    let path = kfac::fit_with(&s, &samples.stores(), factors)?;
-    fi::record(&s, fisher)?;
+    let path = kfac::fit_with(&s, &samples, factors)?;
+    let fisher = samples.fisher;
     let secs = t.elapsed().as_secs_f64();
     if json {
         println!(
@@ -749,6 +721,32 @@ fn fit(
         );
     }
     Ok(())
+}
+
+/// Indexes (or resumes) `draws` sampled-label passes over `opts`' data beside `store`, with a
+/// progress bar each: the samples of the store's true Fisher.
+pub(crate) fn fisher_draws(
+    m: &LoadedModel,
+    opts: &IndexOptions,
+    store: &Store,
+    draws: usize,
+) -> Result<inflow::curvature::fisher::FisherSamples> {
+    use inflow::curvature::fisher as fi;
+    let mut stores = Vec::with_capacity(draws);
+    for k in 0..draws {
+        let pb = bar(0, &format!("fisher draw {}/{draws}", k + 1));
+        let progress = Progress::default();
+        let r = with_progress(&pb, &progress, || {
+            fi::index_draw(m, opts, store.dir(), k, &progress)
+        });
+        pb.finish_and_clear();
+        stores.push(r?);
+    }
+    Ok(fi::FisherSamples::from_stores(
+        store,
+        stores,
+        fi::Fisher::True { draws },
+    )?)
 }
 
 pub(crate) fn index(

@@ -92,24 +92,18 @@ fn fit_curvature(
     let fisher: Fisher = fisher.parse()?;
     let samples = match fisher {
         Fisher::Empirical => FisherSamples::empirical(store)?,
-        Fisher::True { .. } => {
-            let pb = crate::bar(0, "fisher draw");
-            let progress = Progress::default();
-            let r = crate::with_progress(&pb, &progress, || {
-                fi::index_draw(m, iopts, store.dir(), 0, &progress)
-            });
-            pb.finish_and_clear();
-            FisherSamples::from_stores(store, vec![r?], fisher)?
-        }
+        Fisher::True { .. } => crate::fisher_draws(m, iopts, store, 1)?,
     };
     if methods
         .iter()
         .any(|x| ["kfac", "ekfac"].contains(&x.as_str()))
     {
-        inflow::curvature::kfac::fit_with(store, &samples.stores(), factors.parse()?)?;
+        // Fitting records the Fisher too.
+        inflow::curvature::kfac::fit_with(store, &samples, factors.parse()?)?;
+    } else {
+        fi::record(store, samples.fisher)?;
     }
-    fi::record(store, fisher)?;
-    Ok(fisher)
+    Ok(samples.fisher)
 }
 
 struct MethodResult {

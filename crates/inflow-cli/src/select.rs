@@ -193,6 +193,13 @@ fn gdig_select(
         .store
         .as_ref()
         .context("--method gdig needs --store (gradient features to cluster)")?;
+    // Arguments first: scoring a seed set can take minutes.
+    let quality = match a.quality_top {
+        Some(f) if f > 0.0 && f <= 1.0 => Quality::TopFraction(f),
+        Some(f) => bail!("--quality-top {f}: expected a fraction in (0, 1]"),
+        None => Quality::Above(a.quality_threshold),
+    };
+    let target = size(a)?;
     let store = Store::open(store_dir)?;
     let (scored, m) = match (&a.scores, &a.seed_set) {
         (Some(p), _) => read_scores(a, p)?,
@@ -228,15 +235,10 @@ fn gdig_select(
         }
         (None, None) => bail!("--method gdig needs --seed-set (to score the samples) or --scores"),
     };
-    let quality = match a.quality_top {
-        Some(f) if f > 0.0 && f <= 1.0 => Quality::TopFraction(f),
-        Some(f) => bail!("--quality-top {f}: expected a fraction in (0, 1]"),
-        None => Quality::Above(a.quality_threshold),
-    };
     let opts = GdigOptions {
         quality,
         clusters: a.clusters,
-        size: size(a)?,
+        size: target,
         seed: a.seed,
         max_iter: 100,
         normalize: !a.raw_features,
@@ -247,5 +249,5 @@ fn gdig_select(
     settings["score_method"] = m.into();
     settings["store"] = serde_json::json!(store_dir);
     settings["gdig"] = serde_json::to_value(&opts)?;
-    Ok(gdig::select(&scored, &kept, &feats, store.dim(), &opts)?)
+    Ok(gdig::select(&scored, &kept, feats, store.dim(), &opts)?)
 }

@@ -280,7 +280,7 @@ pub(crate) fn run(a: SelectionEvalArgs, threads: usize, json: bool) -> Result<()
                     let ids: Vec<&str> = kept.iter().map(|&i| sc.ids[i].as_str()).collect();
                     let store = Store::open(store_dir)?;
                     let feats = input::store_features(&store, &ids)?;
-                    let sel = gdig::select(&sc, &kept, &feats, store.dim(), &opts)?;
+                    let sel = gdig::select(&sc, &kept, feats, store.dim(), &opts)?;
                     sel.picks.iter().map(|p| idx[p.index]).collect()
                 } else {
                     let spec = match method {

@@ -159,18 +159,27 @@ pub(crate) fn tokenize(
         bail!("{}: no samples", data.display());
     }
     let r = Renderer::new(m, template.parse::<Template>()?, max_tokens)?;
-    let mut seqs = Vec::with_capacity(report.samples.len());
-    let mut truncated = 0;
-    for s in &report.samples {
-        let t = r.tokenize(s)?;
-        truncated += t.truncated as usize;
-        seqs.push(t.seq);
-    }
+    let (seqs, truncated) = tokenize_samples(&r, &report.samples)?;
     let identity = serde_json::json!({
         "sha256": report.sha256, "format": report.format.to_string(), "limit": read.limit,
         "skip_bad": read.skip_bad, "template": r.template(), "max_tokens": max_tokens,
     });
     Ok((TrainData { seqs, identity }, truncated))
+}
+
+/// Token sequences of `samples` and how many were cut to the renderer's limit.
+pub(crate) fn tokenize_samples(
+    r: &Renderer,
+    samples: &[inflow::data::Sample],
+) -> Result<(Vec<inflow::model::TokenSeq>, usize)> {
+    let mut seqs = Vec::with_capacity(samples.len());
+    let mut cut = 0;
+    for s in samples {
+        let t = r.tokenize(s)?;
+        cut += t.truncated as usize;
+        seqs.push(t.seq);
+    }
+    Ok((seqs, cut))
 }
 
 pub(crate) fn train(a: TrainArgs, threads: usize, json: bool) -> Result<()> {

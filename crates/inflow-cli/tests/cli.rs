@@ -36,6 +36,13 @@ fn train_jsonl() -> String {
     root().join("assets/data/train.jsonl").display().to_string()
 }
 
+fn probe_tasks_jsonl() -> String {
+    root()
+        .join("assets/data/probe-tasks.jsonl")
+        .display()
+        .to_string()
+}
+
 fn manifest(dir: &Path) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(dir.join("manifest.json")).ok()?;
     serde_json::from_str(&text).ok()
@@ -333,10 +340,7 @@ fn probe_compare_and_repsim_on_a_tiny_model() {
     let model = dir.join("m");
     inflow::model::tiny::write_random(&model, 32, 2, 4).unwrap();
     let model = model.display().to_string();
-    let probes = root()
-        .join("assets/data/probe-tasks.jsonl")
-        .display()
-        .to_string();
+    let probes = probe_tasks_jsonl();
     let data = train_jsonl();
     let icp = dir.join("icp").display().to_string();
     let one = dir.join("one").display().to_string();
@@ -468,10 +472,7 @@ fn fit_true_fisher_indexes_draws_that_the_preconditioners_use() {
     let store = dir.join("s");
     let s = store.display().to_string();
     let data = train_jsonl();
-    let probes = root()
-        .join("assets/data/probe-tasks.jsonl")
-        .display()
-        .to_string();
+    let probes = probe_tasks_jsonl();
     run_ok(&[
         "index",
         "--model",

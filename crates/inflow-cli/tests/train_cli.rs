@@ -157,27 +157,30 @@ fn train_resume_eval_export_and_checkpoint_features() {
     );
 
     // LoRA-gradient features of one adapter, and Adam-update features per checkpoint.
+    // `index6(out, extra)`: the first 6 samples, 64 tokens, LoGra rank 2, one thread.
+    let index6 = |out: &str, extra: &[&str]| {
+        let mut a = vec![
+            "index",
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--limit",
+            "6",
+            "--max-tokens",
+            "64",
+            "--rank",
+            "2",
+            "--out",
+            out,
+            "--threads",
+            "1",
+        ];
+        a.extend_from_slice(extra);
+        run_ok(&a);
+    };
     let store = p("lora-store");
-    run_ok(&[
-        "index",
-        "--model",
-        &model,
-        "--adapter",
-        &ck6,
-        "--lora-grads",
-        "--data",
-        &data,
-        "--limit",
-        "6",
-        "--max-tokens",
-        "64",
-        "--rank",
-        "2",
-        "--out",
-        &store,
-        "--threads",
-        "1",
-    ]);
+    index6(&store, &["--adapter", &ck6, "--lora-grads"]);
     let man: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(format!("{store}/manifest.json")).unwrap())
             .unwrap();
@@ -200,27 +203,10 @@ fn train_resume_eval_export_and_checkpoint_features() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--lora-grads"));
     let draw = |name: &str, adapter: Option<&str>| -> Vec<u8> {
         let s = p(name);
-        let mut a = vec![
-            "index",
-            "--model",
-            &model,
-            "--data",
-            &data,
-            "--limit",
-            "6",
-            "--max-tokens",
-            "64",
-            "--rank",
-            "2",
-            "--out",
-            &s,
-            "--threads",
-            "1",
-        ];
-        if let Some(ad) = adapter {
-            a.extend(["--adapter", ad]);
+        match adapter {
+            Some(ad) => index6(&s, &["--adapter", ad]),
+            None => index6(&s, &[]),
         }
-        run_ok(&a);
         run_ok(&["fit", "--store", &s, "--fisher", "true"]);
         std::fs::read(format!("{s}/fisher/draw-0/features-00000.npy")).unwrap()
     };

@@ -343,13 +343,7 @@ pub fn run_info(
 
 /// Writes `run.json` into a store folder, atomically.
 pub fn write_run_info(out: &Path, run: &serde_json::Value) -> Result<()> {
-    let run_path = out.join("run.json");
-    crate::store::atomic_write::write_atomic(&run_path, |f| {
-        use std::io::Write;
-        let text = serde_json::to_string_pretty(run).map_err(|e| Error::Msg(e.to_string()))?;
-        f.write_all(text.as_bytes())
-            .map_err(|e| Error::io(&run_path, e))
-    })?;
+    crate::store::atomic_write::write_json(&out.join("run.json"), run)?;
     Ok(())
 }
 

@@ -58,20 +58,45 @@ fn index(m: &LoadedModel, out: &Path, n: usize, shard: usize, batch: usize) -> S
 }
 
 fn queries(m: &LoadedModel) -> (Vec<f32>, usize) {
-    let fz = Featurizer::new(m, &features()).unwrap();
+    let f = features();
+    (
+        probe_features(m, &f, 8),
+        Featurizer::new(m, &f).unwrap().spec().dim(),
+    )
+}
+
+/// Features of the first `n` probe-task queries under `f`.
+fn probe_features(m: &LoadedModel, f: &FeatureOptions, n: usize) -> Vec<f32> {
+    let fz = Featurizer::new(m, f).unwrap();
     let q = inflow::data::read_samples(
         &root().join("assets/data/probe-tasks.jsonl"),
         &ReadOptions {
             format: Format::Alpaca,
             skip_bad: false,
-            limit: Some(8),
+            limit: Some(n),
         },
     )
     .unwrap();
-    let f = fz
-        .featurize(&q.samples, 1, 1, &Progress::default())
-        .unwrap();
-    (f.grads, fz.spec().dim())
+    fz.featurize(&q.samples, 1, 1, &Progress::default())
+        .unwrap()
+        .grads
+}
+
+/// Index options for the first `n` samples of the NI training split in `../shared`.
+fn ni_options(f: &FeatureOptions, n: usize) -> IndexOptions {
+    IndexOptions {
+        data: root().join("../shared/data/natural-instructions/train.jsonl"),
+        read: ReadOptions {
+            format: Format::Alpaca,
+            skip_bad: false,
+            limit: Some(n),
+        },
+        features: f.clone(),
+        dtype: Dtype::F32,
+        shard_size: 1000,
+        batch_size: 4,
+        threads: 2,
+    }
 }
 
 fn scores(store: &Store, pre: Box<dyn Preconditioner + '_>, q: &[f32]) -> Vec<Vec<f64>> {
@@ -250,24 +275,11 @@ fn ekfac_is_closer_to_exact_than_kfac_and_identity_on_a_tiny_lm() {
 fn ekfac_ranks_like_the_exact_gauss_newton_on_a_tiny_lm() {
     use inflow::curvature::exact::Exact;
     use inflow::curvature::fisher::{self, Fisher, FisherSamples};
-    let data = root().join("../shared/data/natural-instructions/train.jsonl");
     let m = model();
     let dir = tmp("gn");
     let mut f = features();
     f.modules = "layers.1.mlp.down_proj".into();
-    let opts = IndexOptions {
-        data,
-        read: ReadOptions {
-            format: Format::Alpaca,
-            skip_bad: false,
-            limit: Some(3000),
-        },
-        features: f.clone(),
-        dtype: Dtype::F32,
-        shard_size: 1000,
-        batch_size: 4,
-        threads: 2,
-    };
+    let opts = ni_options(&f, 3000);
     let p = Progress::default();
     inflow::index::run_index(&m, &opts, &dir, &p, &mut |_, _| {}).unwrap();
     let train = Store::open(&dir).unwrap();
@@ -275,20 +287,7 @@ fn ekfac_ranks_like_the_exact_gauss_newton_on_a_tiny_lm() {
         .map(|k| fisher::index_draw(&m, &opts, &dir, k, &p).unwrap())
         .collect();
     let all: Vec<&Store> = draws.iter().collect();
-    let fz = Featurizer::new(&m, &f).unwrap();
-    let qs = inflow::data::read_samples(
-        &root().join("assets/data/probe-tasks.jsonl"),
-        &ReadOptions {
-            format: Format::Alpaca,
-            skip_bad: false,
-            limit: Some(16),
-        },
-    )
-    .unwrap();
-    let q = fz
-        .featurize(&qs.samples, 1, 1, &Progress::default())
-        .unwrap()
-        .grads;
+    let q = probe_features(&m, &f, 16);
     let mut report = Vec::new();
     for damping in [0.1, 1.0] {
         let o = Options {
@@ -300,25 +299,25 @@ fn ekfac_ranks_like_the_exact_gauss_newton_on_a_tiny_lm() {
             let s = scores(&train, curvature::load(name, &train, &o).unwrap(), &q);
             mean_spearman(&s, &exact)
         };
-        // The store's curvature on draw 0 only, recorded as `fit --fisher true --draws 1` does.
+        // The store's curvature on draw 0 only, fitted and recorded as
+        // `fit --fisher true --draws 1` does.
         let one = FisherSamples::from_stores(
             &train,
             vec![Store::open(draws[0].dir()).unwrap()],
             Fisher::True { draws: 1 },
         )
         .unwrap();
-        fisher::record(&train, Fisher::True { draws: 1 }).unwrap();
-        let mut row = vec![("exact/1 draw", get("exact"))];
+        let mut row = Vec::new();
         for (tag, src) in [
             ("ekfac/tokens", kfac::FactorSource::Tokens),
             ("ekfac/samples", kfac::FactorSource::Samples),
         ] {
-            kfac::fit_with(&train, &one.stores(), src).unwrap();
+            kfac::fit_with(&train, &one, src).unwrap();
             row.push((tag, get("ekfac")));
         }
+        row.insert(0, ("exact/1 draw", get("exact")));
         row.push(("identity", get("identity")));
-        // The empirical Fisher's own EK-FAC, against the Gauss–Newton matrix.
-        fisher::record(&train, Fisher::Empirical).unwrap();
+        // The empirical Fisher's own EK-FAC (recorded by `fit`), against the Gauss–Newton matrix.
         kfac::fit(&train, kfac::FactorSource::Tokens).unwrap();
         row.push(("empirical ekfac", get("ekfac")));
         eprintln!("damping {damping}: mean Spearman vs the exact Gauss-Newton inverse {row:?}");
@@ -376,9 +375,13 @@ fn fisher_stores_must_match_the_training_store() {
         threads: 1,
     };
     let other = fisher::index_draw(&m, &opts, &dir.join("b"), 0, &Progress::default()).unwrap();
-    let e = kfac::fit_with(&a, &[&other], kfac::FactorSource::Samples)
-        .expect_err("a Fisher over other layers must be refused")
-        .to_string();
+    let e = kfac::fit_with(
+        &a,
+        &FisherSamples::empirical(&other).unwrap(),
+        kfac::FactorSource::Samples,
+    )
+    .expect_err("a Fisher over other layers must be refused")
+    .to_string();
     assert!(
         e.contains("not laid out like") && e.contains("draw-0"),
         "{e}"
@@ -763,10 +766,9 @@ fn trained_tiny(data: &Path, n: usize) -> LoadedModel {
 #[ignore]
 fn grid_ekfac_vs_exact() {
     use inflow::curvature::exact::Exact;
-    use inflow::model::Labels;
-    let data = root().join("../shared/data/natural-instructions/train.jsonl");
+    use inflow::curvature::fisher::{self, Fisher, FisherSamples};
     let n = 3000usize;
-    let trained = trained_tiny(&data, n);
+    let trained = trained_tiny(&ni_options(&features(), n).data, n);
     let random = model();
     for (mname, m) in [("random", &random), ("trained", &trained)] {
         for (modules, proj) in [
@@ -785,48 +787,16 @@ fn grid_ekfac_vs_exact() {
             let mut f = features();
             f.modules = modules.into();
             f.projection = proj.clone();
-            let build = |f: &FeatureOptions, dir: &Path| {
-                let opts = IndexOptions {
-                    data: data.clone(),
-                    read: ReadOptions {
-                        format: Format::Alpaca,
-                        skip_bad: false,
-                        limit: Some(n),
-                    },
-                    features: f.clone(),
-                    dtype: Dtype::F32,
-                    shard_size: 1000,
-                    batch_size: 4,
-                    threads: 2,
-                };
-                inflow::index::run_index(m, &opts, dir, &Progress::default(), &mut |_, _| {})
-                    .unwrap();
-                Store::open(dir).unwrap()
-            };
             let base = tmp("grid");
-            let train = build(&f, &base.join("train"));
+            let opts = ni_options(&f, n);
+            let p = Progress::default();
+            inflow::index::run_index(m, &opts, &base, &p, &mut |_, _| {}).unwrap();
+            let train = Store::open(&base).unwrap();
             let fishers: Vec<Store> = (0..2)
-                .map(|k| {
-                    let mut fk = f.clone();
-                    fk.labels = Labels::Sampled { seed: k };
-                    build(&fk, &base.join(format!("fisher-{k}")))
-                })
+                .map(|k| fisher::index_draw(m, &opts, &base, k, &p).unwrap())
                 .collect();
             let all: Vec<&Store> = fishers.iter().collect();
-            let fz = Featurizer::new(m, &f).unwrap();
-            let qs = inflow::data::read_samples(
-                &root().join("assets/data/probe-tasks.jsonl"),
-                &ReadOptions {
-                    format: Format::Alpaca,
-                    skip_bad: false,
-                    limit: Some(16),
-                },
-            )
-            .unwrap();
-            let q = fz
-                .featurize(&qs.samples, 1, 1, &Progress::default())
-                .unwrap()
-                .grads;
+            let q = probe_features(m, &f, 16);
             for damping in [0.1, 1.0] {
                 let o = Options {
                     damping,
@@ -852,8 +822,15 @@ fn grid_ekfac_vs_exact() {
                         );
                         line += &format!(" exact-1draw={:.3}", mean_spearman(&e1, &exact));
                     }
+                    let fit_samples = if fisher == "true" {
+                        let one = vec![Store::open(fit_set[0].dir()).unwrap()];
+                        FisherSamples::from_stores(&train, one, Fisher::True { draws: 1 })
+                    } else {
+                        FisherSamples::empirical(&train)
+                    }
+                    .unwrap();
                     for src in [kfac::FactorSource::Tokens, kfac::FactorSource::Samples] {
-                        kfac::fit_with(&train, &fit_set, src).unwrap();
+                        kfac::fit_with(&train, &fit_samples, src).unwrap();
                         for name in ["ekfac", "kfac"] {
                             let s = scores(&train, curvature::load(name, &train, &o).unwrap(), &q);
                             line += &format!(" {name}/{src:?}={:.3}", mean_spearman(&s, &exact));

@@ -49,14 +49,12 @@ impl Exact {
         let lam = block_damping_over(stores, &bl, damping)?;
         let mut f = Mat::<f64>::zeros(dim, dim);
         let mut n = 0usize;
-        for st in stores {
-            for s in 0..st.n_shards() {
-                let (feat, rows) = st.shard_features(s)?;
-                let g = Mat::<f64>::from_fn(rows, dim, |i, j| feat[i * dim + j] as f64);
-                f += g.transpose() * &g;
-                n += rows;
-            }
-        }
+        super::for_each_shard(stores, |feat, rows| {
+            let g = Mat::<f64>::from_fn(rows, dim, |i, j| feat[i * dim + j] as f64);
+            f += g.transpose() * &g;
+            n += rows;
+            Ok(())
+        })?;
         let scale = 1.0 / n.max(1) as f64;
         for i in 0..dim {
             for j in 0..dim {

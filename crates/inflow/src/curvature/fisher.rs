@@ -81,11 +81,7 @@ pub fn record(store: &Store, fisher: Fisher) -> Result<()> {
     if let Some(d) = p.parent() {
         std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
     }
-    crate::store::atomic_write::write_atomic(&p, |f| {
-        use std::io::Write;
-        let text = serde_json::to_string_pretty(&fisher).map_err(|e| Error::Msg(e.to_string()))?;
-        f.write_all(text.as_bytes()).map_err(|e| Error::io(&p, e))
-    })?;
+    crate::store::atomic_write::write_json(&p, &fisher)?;
     Ok(())
 }
 
@@ -142,14 +138,8 @@ impl FisherSamples {
     }
 
     /// Calls `f(features, rows)` for every shard of every store, in order.
-    pub fn for_each_shard(&self, mut f: impl FnMut(&[f32], usize) -> Result<()>) -> Result<()> {
-        for st in &self.stores {
-            for s in 0..st.n_shards() {
-                let (feat, rows) = st.shard_features(s)?;
-                f(&feat, rows)?;
-            }
-        }
-        Ok(())
+    pub fn for_each_shard(&self, f: impl FnMut(&[f32], usize) -> Result<()>) -> Result<()> {
+        super::for_each_shard(&self.stores(), f)
     }
 }
 

@@ -13,6 +13,7 @@
 //! shard, so a resumed index keeps them exact); `fit` sums them, eigendecomposes with faer, and
 //! makes the EK-FAC pass over the stored features.
 
+use super::fisher::FisherSamples;
 use super::{blocks, store_feature_spec, Block, Preconditioner};
 use crate::store::Store;
 use crate::{Error, Result};
@@ -183,15 +184,17 @@ impl std::str::FromStr for FactorSource {
 }
 
 /// Sums the Kronecker factors, eigendecomposes A and S per layer, and refits the EK-FAC
-/// eigenvalues over the stored per-sample features. Writes `curvature/kfac.safetensors`.
+/// eigenvalues over the stored per-sample features (the empirical Fisher). Writes
+/// `curvature/kfac.safetensors` and records the Fisher.
 pub fn fit(store: &Store, source: FactorSource) -> Result<PathBuf> {
-    fit_with(store, &[store], source)
+    fit_with(store, &FisherSamples::empirical(store)?, source)
 }
 
 /// [`fit`] with the Fisher taken over the samples of `fisher` (for example stores of
-/// sampled-label pseudo-gradients, one per draw, for the true Fisher) and the factors written
-/// beside `target`, whose features must have the same layout.
-pub fn fit_with(target: &Store, fisher: &[&Store], source: FactorSource) -> Result<PathBuf> {
+/// sampled-label pseudo-gradients, one per draw, for the true Fisher), the factors written
+/// beside `target`, whose features must have the same layout, and `fisher`'s kind recorded in
+/// `curvature/fisher.json` so that every other preconditioner of `target` uses the same Fisher.
+pub fn fit_with(target: &Store, fisher: &FisherSamples, source: FactorSource) -> Result<PathBuf> {
     let spec = store_feature_spec(target)?;
     let bl = blocks(&spec);
     if matches!(spec.projection, crate::features::Projection::Dense { .. }) {
@@ -199,13 +202,13 @@ pub fn fit_with(target: &Store, fisher: &[&Store], source: FactorSource) -> Resu
             "K-FAC needs layer structure: index with --projection logra or full".into(),
         ));
     }
-    super::check_same_layout(target, fisher)?;
-    let mut total = KfacStats::default();
-    for store in fisher {
-        let part = match source {
-            FactorSource::Samples => sample_factors(store, &bl)?,
-            FactorSource::Tokens => {
-                let mut total = KfacStats::default();
+    let stores = fisher.stores();
+    super::check_same_layout(target, &stores)?;
+    let total = match source {
+        FactorSource::Samples => sample_factors(&stores, &bl)?,
+        FactorSource::Tokens => {
+            let mut total = KfacStats::default();
+            for store in &stores {
                 for s in 0..store.n_shards() {
                     let p = stats_path(store.dir(), s);
                     if !p.exists() {
@@ -219,11 +222,10 @@ pub fn fit_with(target: &Store, fisher: &[&Store], source: FactorSource) -> Resu
                     }
                     total.merge(&KfacStats::load(&p, bl.len())?);
                 }
-                total
             }
-        };
-        total.merge(&part);
-    }
+            total
+        }
+    };
     let mut fits = Vec::with_capacity(bl.len());
     for (b, (a, s)) in bl.iter().zip(&total.layers) {
         let a: Vec<f64> = a.iter().map(|v| v / total.n_tokens.max(1) as f64).collect();
@@ -250,24 +252,21 @@ pub fn fit_with(target: &Store, fisher: &[&Store], source: FactorSource) -> Resu
     // EK-FAC pass: Λ = E_n[(Q_Sᵀ G_n Q_A)²] over the stored per-sample features.
     let dim = target.dim();
     let mut n = 0usize;
-    for store in fisher {
-        for sh in 0..store.n_shards() {
-            let (f, rows) = store.shard_features(sh)?;
-            for r in 0..rows {
-                let row = &f[r * dim..(r + 1) * dim];
-                for (b, fit) in bl.iter().zip(fits.iter_mut()) {
-                    let g = block_mat(row, b);
-                    let rot = fit.q_s.transpose() * &g * &fit.q_a;
-                    for i in 0..b.rows {
-                        for j in 0..b.cols {
-                            fit.ekfac[(i, j)] += rot[(i, j)] * rot[(i, j)];
-                        }
+    super::for_each_shard(&stores, |f, rows| {
+        for row in f.chunks_exact(dim).take(rows) {
+            for (b, fit) in bl.iter().zip(fits.iter_mut()) {
+                let g = block_mat(row, b);
+                let rot = fit.q_s.transpose() * &g * &fit.q_a;
+                for i in 0..b.rows {
+                    for j in 0..b.cols {
+                        fit.ekfac[(i, j)] += rot[(i, j)] * rot[(i, j)];
                     }
                 }
             }
-            n += rows;
         }
-    }
+        n += rows;
+        Ok(())
+    })?;
     let dev = Device::Cpu;
     let mut t: HashMap<String, Tensor> = HashMap::new();
     let mat_t = |m: &Mat<f64>| -> Result<Tensor> {
@@ -297,11 +296,12 @@ pub fn fit_with(target: &Store, fisher: &[&Store], source: FactorSource) -> Resu
     }
     let path = fit_path(target.dir());
     save_tensors(&t, &path)?;
+    super::fisher::record(target, fisher.fisher)?;
     Ok(path)
 }
 
 /// Kronecker marginals of the per-sample Fisher from stored features: A = E[GᵀG], S = E[GGᵀ].
-fn sample_factors(store: &Store, bl: &[Block]) -> Result<KfacStats> {
+fn sample_factors(stores: &[&Store], bl: &[Block]) -> Result<KfacStats> {
     let mut st = KfacStats {
         layers: bl
             .iter()
@@ -310,11 +310,9 @@ fn sample_factors(store: &Store, bl: &[Block]) -> Result<KfacStats> {
         n_tokens: 0,
         n_samples: 0,
     };
-    let dim = store.dim();
-    for sh in 0..store.n_shards() {
-        let (f, rows) = store.shard_features(sh)?;
-        for r in 0..rows {
-            let row = &f[r * dim..(r + 1) * dim];
+    let dim = stores.first().map_or(0, |s| s.dim());
+    super::for_each_shard(stores, |f, rows| {
+        for row in f.chunks_exact(dim).take(rows) {
             for (b, (a, s)) in bl.iter().zip(st.layers.iter_mut()) {
                 let g = block_mat(row, b);
                 let ga = g.transpose() * &g;
@@ -333,7 +331,8 @@ fn sample_factors(store: &Store, bl: &[Block]) -> Result<KfacStats> {
         }
         st.n_tokens += rows as u64;
         st.n_samples += rows as u64;
-    }
+        Ok(())
+    })?;
     Ok(st)
 }
 

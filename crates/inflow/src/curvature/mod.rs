@@ -122,27 +122,39 @@ pub fn check_same_layout(target: &Store, fisher: &[&Store]) -> Result<()> {
     Ok(())
 }
 
+/// Calls `f(features, rows)` for every shard of every store, in order: the one pass over a
+/// Fisher's per-sample rows that damping, the exact matrix and the K-FAC fit share.
+pub fn for_each_shard(
+    stores: &[&Store],
+    mut f: impl FnMut(&[f32], usize) -> Result<()>,
+) -> Result<()> {
+    for st in stores {
+        for s in 0..st.n_shards() {
+            let (feat, rows) = st.shard_features(s)?;
+            f(&feat, rows)?;
+        }
+    }
+    Ok(())
+}
+
 /// Per-block λ_l = damping × mean_i ‖g_il‖² / d_l over the rows of `stores` (the samples of
 /// the Fisher), i.e. `damping` times the mean eigenvalue of each block of that Fisher.
 pub fn block_damping_over(stores: &[&Store], blocks: &[Block], damping: f64) -> Result<Vec<f64>> {
     let mut sq = vec![0f64; blocks.len()];
     let mut n = 0usize;
-    for store in stores {
-        let dim = store.dim();
-        for s in 0..store.n_shards() {
-            let (f, rows) = store.shard_features(s)?;
-            for r in 0..rows {
-                let row = &f[r * dim..(r + 1) * dim];
-                for (k, b) in blocks.iter().enumerate() {
-                    sq[k] += row[b.offset..b.offset + b.len()]
-                        .iter()
-                        .map(|&x| x as f64 * x as f64)
-                        .sum::<f64>();
-                }
+    let dim = stores.first().map_or(0, |s| s.dim());
+    for_each_shard(stores, |f, rows| {
+        for row in f.chunks_exact(dim).take(rows) {
+            for (k, b) in blocks.iter().enumerate() {
+                sq[k] += row[b.offset..b.offset + b.len()]
+                    .iter()
+                    .map(|&x| x as f64 * x as f64)
+                    .sum::<f64>();
             }
-            n += rows;
         }
-    }
+        n += rows;
+        Ok(())
+    })?;
     Ok(blocks
         .iter()
         .zip(sq)

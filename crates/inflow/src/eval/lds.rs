@@ -45,15 +45,8 @@ pub fn sample_subsets(n: usize, m: usize, ratio: f64, seed: u64) -> Result<Vec<V
     let k = subset_size(n, ratio);
     Ok((0..m)
         .map(|s| {
-            let mut rng = Stream::new(seed, &format!("lds-subset-{s}"));
-            let mut idx: Vec<usize> = (0..n).collect();
-            for i in 0..k {
-                let j = i + (rng.next_u64() % (n - i) as u64) as usize;
-                idx.swap(i, j);
-            }
-            let mut pick = idx[..k].to_vec();
-            pick.sort_unstable();
-            pick
+            let all: Vec<usize> = (0..n).collect();
+            Stream::new(seed, &format!("lds-subset-{s}")).choose(&all, k)
         })
         .collect())
 }

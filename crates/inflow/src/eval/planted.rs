@@ -116,19 +116,6 @@ fn text<'a>(r: &'a Map<String, Value>, key: &str, i: usize) -> Result<&'a str> {
     })
 }
 
-/// Seeded choice of `k` distinct indices out of `from`, returned sorted.
-fn choose(rng: &mut Stream, from: &[usize], k: usize) -> Vec<usize> {
-    let mut v = from.to_vec();
-    // Partial Fisher–Yates.
-    for i in 0..k.min(v.len()) {
-        let j = i + (rng.next_u64() % (v.len() - i) as u64) as usize;
-        v.swap(i, j);
-    }
-    v.truncate(k);
-    v.sort_unstable();
-    v
-}
-
 /// Tasks that look like classification: at least two distinct outputs of ≤ 5 words each, and
 /// at most a third as many distinct outputs as records. Maps task → its labels.
 fn label_tasks(records: &[Map<String, Value>]) -> BTreeMap<String, Vec<String>> {
@@ -218,7 +205,7 @@ pub fn build(pool: &[Map<String, Value>], opts: &Options) -> Result<PlantedSet> 
             opts.kind
         )));
     }
-    let chosen = choose(&mut rng, &eligible, k);
+    let chosen = rng.choose(&eligible, k);
     let mut planted = vec![false; mix.len()];
     for &i in &chosen {
         let r = &mut mix[i];

@@ -8,12 +8,11 @@
 //! killed mid-training continues from its latest checkpoint.
 
 use crate::model::{LoadedModel, TokenSeq};
-use crate::store::atomic_write::write_atomic;
+use crate::store::atomic_write::write_json;
 use crate::train::{self, Method, TrainData, TrainOptions};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::io::Write;
 use std::path::Path;
 
 /// What one retraining run left behind.
@@ -118,10 +117,7 @@ pub fn retrain_and_eval(
         train_seconds: summary.seconds,
         last_train_loss: summary.last_loss,
     };
-    let bytes = serde_json::to_vec_pretty(&r).map_err(|e| Error::Msg(e.to_string()))?;
-    write_atomic(&result_path, |f| {
-        f.write_all(&bytes).map_err(|e| Error::io(&result_path, e))
-    })?;
+    write_json(&result_path, &r)?;
     Ok(r)
 }
 

@@ -9,7 +9,6 @@
 //! experiment reruns only what had not finished.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -17,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::retrain::retrain_and_eval;
 use crate::features::random::Stream;
 use crate::model::{LoadedModel, TokenSeq};
-use crate::store::atomic_write::write_atomic;
+use crate::store::atomic_write::write_json;
 use crate::train::TrainOptions;
 use crate::{Error, Result};
 
@@ -64,16 +63,8 @@ pub fn exact_match(candidate: &str, reference: &str) -> bool {
 
 /// `k` distinct indices of `0..n` drawn uniformly with `seed` (partial Fisher–Yates), sorted.
 pub fn random_subset(n: usize, k: usize, seed: u64) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..n).collect();
-    let mut rng = Stream::new(seed, "selection-random");
-    let k = k.min(n);
-    for i in 0..k {
-        let j = i + (rng.next_u64() % (n - i) as u64) as usize;
-        idx.swap(i, j);
-    }
-    let mut out = idx[..k].to_vec();
-    out.sort();
-    out
+    let all: Vec<usize> = (0..n).collect();
+    Stream::new(seed, "selection-random").choose(&all, k)
 }
 
 /// One held-out target sample: its token sequence (for the loss), the prompt tokens to
@@ -199,18 +190,12 @@ struct Generations {
     outputs: Vec<String>,
 }
 
-fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(v).map_err(|e| Error::Msg(e.to_string()))?;
-    write_atomic(path, |f| {
-        f.write_all(&bytes).map_err(|e| Error::io(path, e))
-    })?;
-    Ok(())
-}
-
 /// Greedy generations for every test prompt with the model as it is (adapters included),
-/// cached in `dir/generations.json` under `key`.
+/// cached in `dir/generations.json` under `key`. `checkpoint` (a run's adapter) is attached
+/// only when they have to be generated, and detached again.
 fn generations(
-    model: &LoadedModel,
+    model: &mut LoadedModel,
+    checkpoint: Option<&Path>,
     test: &[TestItem],
     opts: &SelectionEvalOptions,
     dir: &Path,
@@ -224,6 +209,23 @@ fn generations(
             }
         }
     }
+    let Some(ckpt) = checkpoint else {
+        return generate_and_cache(model, test, opts, dir, key, &path);
+    };
+    let outputs = crate::train::features::attach(model, ckpt)
+        .and_then(|_| generate_and_cache(model, test, opts, dir, key, &path));
+    model.llama.set_adapters(None);
+    outputs
+}
+
+fn generate_and_cache(
+    model: &LoadedModel,
+    test: &[TestItem],
+    opts: &SelectionEvalOptions,
+    dir: &Path,
+    key: &str,
+    path: &Path,
+) -> Result<Vec<String>> {
     let mut outputs = Vec::with_capacity(test.len());
     for t in test {
         let ids = model
@@ -233,7 +235,7 @@ fn generations(
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     write_json(
-        &path,
+        path,
         &Generations {
             key: key.to_string(),
             outputs: outputs.clone(),
@@ -284,7 +286,7 @@ pub fn run(
         model.llama.set_adapters(None);
         let e = crate::train::eval_loss(model, &eval, 4, threads)?;
         let key = format!("base-{}-{}", model.source.sha256, opts.max_new_tokens);
-        let outs = generations(model, test, opts, &dir.join("base"), &key)?;
+        let outs = generations(model, None, test, opts, &dir.join("base"), &key)?;
         let (em, rl) = score_generations(&outs, test);
         runs.push(RunReport {
             name: "base".into(),
@@ -306,12 +308,8 @@ pub fn run(
         let (_, ckpt) = crate::train::checkpoint::latest(&rdir)
             .ok_or_else(|| Error::Msg(format!("{}: the run left no checkpoint", rdir.display())))?;
         let key = format!("{}-{}", r.key, opts.max_new_tokens);
-        let outs = (|| {
-            crate::train::features::attach(model, &ckpt)?;
-            generations(model, test, opts, &rdir, &key)
-        })();
-        model.llama.set_adapters(None);
-        let (em, rl) = score_generations(&outs?, test);
+        let outs = generations(model, Some(&ckpt), test, opts, &rdir, &key)?;
+        let (em, rl) = score_generations(&outs, test);
         runs.push(RunReport {
             name,
             method: arm.method.clone(),
@@ -367,44 +365,37 @@ pub fn summarise(runs: &[RunReport]) -> Vec<MethodSummary> {
 /// Bar charts of the summary: `loss.png` (mean held-out loss) and `rouge_l.png` per method;
 /// methods with several runs (random) show their mean, labelled with ± the standard deviation.
 pub fn plot(report: &SelectionReport, dir: &Path) -> Result<()> {
-    let labels: Vec<String> = report
-        .summary
-        .iter()
-        .map(|s| {
-            if s.n_runs > 1 {
-                format!("{} (n={}, ±{:.3})", s.method, s.n_runs, s.loss.std)
-            } else {
-                s.method.clone()
-            }
-        })
-        .collect();
-    let loss: Vec<f64> = report.summary.iter().map(|s| s.loss.mean).collect();
-    super::plot::bars(
-        &dir.join("loss.png"),
-        &labels,
-        &loss,
-        "mean held-out response loss",
-        "Selection: held-out loss on target tasks (lower is better)",
-    )?;
-    let labels: Vec<String> = report
-        .summary
-        .iter()
-        .map(|s| {
-            if s.n_runs > 1 {
-                format!("{} (n={}, ±{:.3})", s.method, s.n_runs, s.rouge_l.std)
-            } else {
-                s.method.clone()
-            }
-        })
-        .collect();
-    let rl: Vec<f64> = report.summary.iter().map(|s| s.rouge_l.mean).collect();
-    super::plot::bars(
-        &dir.join("rouge_l.png"),
-        &labels,
-        &rl,
-        "ROUGE-L F1",
-        "Selection: ROUGE-L of greedy answers on target tasks (higher is better)",
-    )
+    type StatOf = fn(&MethodSummary) -> &Stat;
+    let charts: [(&str, StatOf, &str, &str); 2] = [
+        (
+            "loss.png",
+            |s| &s.loss,
+            "mean held-out response loss",
+            "Selection: held-out loss on target tasks (lower is better)",
+        ),
+        (
+            "rouge_l.png",
+            |s| &s.rouge_l,
+            "ROUGE-L F1",
+            "Selection: ROUGE-L of greedy answers on target tasks (higher is better)",
+        ),
+    ];
+    for (file, stat, y, title) in charts {
+        let labels: Vec<String> = report
+            .summary
+            .iter()
+            .map(|s| {
+                if s.n_runs > 1 {
+                    format!("{} (n={}, ±{:.3})", s.method, s.n_runs, stat(s).std)
+                } else {
+                    s.method.clone()
+                }
+            })
+            .collect();
+        let values: Vec<f64> = report.summary.iter().map(|s| stat(s).mean).collect();
+        super::plot::bars(&dir.join(file), &labels, &values, y, title)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -49,6 +49,19 @@ impl Stream {
         z ^ (z >> 31)
     }
 
+    /// `k` distinct entries of `from` drawn uniformly (partial Fisher–Yates), returned sorted;
+    /// all of them when `k` ≥ `from.len()`.
+    pub fn choose(&mut self, from: &[usize], k: usize) -> Vec<usize> {
+        let mut v = from.to_vec();
+        for i in 0..k.min(v.len()) {
+            let j = i + (self.next_u64() % (v.len() - i) as u64) as usize;
+            v.swap(i, j);
+        }
+        v.truncate(k);
+        v.sort_unstable();
+        v
+    }
+
     /// Uniform in (0, 1).
     pub fn uniform(&mut self) -> f64 {
         ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64

@@ -251,7 +251,7 @@ impl Llama {
     ) -> Result<(Vec<f32>, Option<candle_core::backprop::GradStore>, Tensor)> {
         let (ids, t) = pad_batch(batch, &self.device)?;
         let hs = self.hidden(&ids, None)?;
-        let (losses, total) = self.loss_from_hidden(&hs, batch, t, true)?;
+        let (losses, total) = self.loss_from_hidden(&hs, batch, t, true, Labels::Data)?;
         let losses = losses.into_iter().map(|v| v as f32).collect();
         let grads = match total {
             Some(total) => Some(total.backward()?),
@@ -493,7 +493,7 @@ impl Llama {
         let (ids, t) = pad_batch(batch, &self.device)?;
         let (hs, _) = self.hidden_cached(&ids, None, past, false)?;
         Ok(self
-            .loss_from_hidden(&hs, batch, t, false)?
+            .loss_from_hidden(&hs, batch, t, false, Labels::Data)?
             .0
             .into_iter()
             .map(|v| -v)
@@ -645,7 +645,7 @@ impl Llama {
         };
         let slots = tracker.slots.clone();
         let hs = self.hidden(&ids, Some(&mut tracker))?;
-        let (losses, total) = self.loss_from_hidden_labels(&hs, batch, t, true, labels)?;
+        let (losses, total) = self.loss_from_hidden(&hs, batch, t, true, labels)?;
         let losses = losses.into_iter().map(|v| v as f32).collect();
         if let Some(total) = total {
             total.backward()?;
@@ -687,22 +687,12 @@ impl Llama {
     pub fn losses_f64(&self, batch: &[TokenSeq]) -> Result<Vec<f64>> {
         let (ids, t) = pad_batch(batch, &self.device)?;
         let hs = self.hidden(&ids, None)?;
-        Ok(self.loss_from_hidden(&hs, batch, t, true)?.0)
+        Ok(self.loss_from_hidden(&hs, batch, t, true, Labels::Data)?.0)
     }
 
     /// ℓ_b for each sample and the summed loss tensor (None when no token is in the loss).
     /// Logits are computed only at the positions that predict a response token.
     fn loss_from_hidden(
-        &self,
-        hs: &Tensor,
-        batch: &[TokenSeq],
-        t: usize,
-        mean: bool,
-    ) -> Result<(Vec<f64>, Option<Tensor>)> {
-        self.loss_from_hidden_labels(hs, batch, t, mean, Labels::Data)
-    }
-
-    fn loss_from_hidden_labels(
         &self,
         hs: &Tensor,
         batch: &[TokenSeq],

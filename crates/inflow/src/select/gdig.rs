@@ -79,7 +79,7 @@ pub fn quality_filter(scored: &Scored, quality: Quality) -> Vec<usize> {
 pub fn select(
     scored: &Scored,
     kept: &[usize],
-    features: &[f32],
+    mut features: Vec<f32>,
     dim: usize,
     opts: &GdigOptions,
 ) -> Result<Selection> {
@@ -104,16 +104,16 @@ pub fn select(
         return Err(Error::Msg("G-DIG: --clusters must be at least 1".into()));
     }
     let k = opts.clusters.min(kept.len());
-    let mut feats = features.to_vec();
+    // Normalised in place: the features are the largest allocation of a selection.
     if opts.normalize {
-        for r in feats.chunks_mut(dim) {
+        for r in features.chunks_mut(dim) {
             let norm = r.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
             if norm > 0.0 {
                 r.iter_mut().for_each(|x| *x = (*x as f64 / norm) as f32);
             }
         }
     }
-    let km = kmeans(&feats, dim, k, opts.seed, opts.max_iter)?;
+    let km = kmeans(&features, dim, k, opts.seed, opts.max_iter)?;
     let ranks = scored.ranks();
 
     // Within-cluster rank of every kept sample (by score, ties by id).
@@ -195,7 +195,7 @@ mod tests {
         assert_eq!(kept.len(), k * per);
         let mut opts = GdigOptions::new(Size::Count(20));
         opts.clusters = k;
-        let sel = select(&scored, &kept, &rows(&feats, dim, &kept), dim, &opts).unwrap();
+        let sel = select(&scored, &kept, rows(&feats, dim, &kept), dim, &opts).unwrap();
         assert_eq!(sel.picks.len(), 20);
         // 5 from each planted cluster, and each found cluster is one planted cluster.
         let mut per_planted = vec![0; k];
@@ -221,7 +221,7 @@ mod tests {
             assert_eq!(got, want[..5]);
         }
         // Same seed, same selection; a top-k by score alone would not be spread evenly.
-        let again = select(&scored, &kept, &rows(&feats, dim, &kept), dim, &opts).unwrap();
+        let again = select(&scored, &kept, rows(&feats, dim, &kept), dim, &opts).unwrap();
         assert_eq!(sel, again);
     }
 
@@ -240,7 +240,7 @@ mod tests {
         assert_eq!(kept.len(), 2 + 3 * per);
         let mut opts = GdigOptions::new(Size::Count(23));
         opts.clusters = k;
-        let sel = select(&scored, &kept, &rows(&feats, dim, &kept), dim, &opts).unwrap();
+        let sel = select(&scored, &kept, rows(&feats, dim, &kept), dim, &opts).unwrap();
         assert_eq!(sel.picks.len(), 23);
         let mut per_planted = vec![0; k];
         for p in &sel.picks {
@@ -260,12 +260,12 @@ mod tests {
         assert!(kept.iter().all(|&i| scored.scores[i] > 0.0));
         let mut opts = GdigOptions::new(Size::Count(30));
         opts.clusters = k;
-        let sel = select(&scored, &kept, &rows(&feats, dim, &kept), dim, &opts).unwrap();
+        let sel = select(&scored, &kept, rows(&feats, dim, &kept), dim, &opts).unwrap();
         assert_eq!(sel.picks.len(), 30);
         assert!(sel.picks.iter().all(|p| p.score > 0.0 && p.index % 2 == 0));
         // Asking for more than pass the filter is an error, not a silent shortfall.
         opts.size = Size::Count(31);
-        let err = select(&scored, &kept, &rows(&feats, dim, &kept), dim, &opts).unwrap_err();
+        let err = select(&scored, &kept, rows(&feats, dim, &kept), dim, &opts).unwrap_err();
         assert!(err.to_string().contains("only 30"), "{err}");
         // A top fraction keeps exactly that share.
         assert_eq!(

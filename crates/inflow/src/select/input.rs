@@ -196,11 +196,13 @@ pub fn join_data(ids: &[String], samples: &[Sample], data: &Path) -> Result<Vec<
         .enumerate()
         .map(|(i, s)| (s.id.as_str(), i))
         .collect();
-    let by_row: HashMap<usize, &str> = samples.iter().map(|s| (s.row, s.id.as_str())).collect();
     ids.iter()
         .map(|id| {
             by_id.get(id.as_str()).copied().ok_or_else(|| {
                 let row = id.split('-').next().and_then(|r| r.parse::<usize>().ok());
+                // Built only for the error message.
+                let by_row: HashMap<usize, &str> =
+                    samples.iter().map(|s| (s.row, s.id.as_str())).collect();
                 let now = match row.and_then(|r| by_row.get(&r)) {
                     Some(have) => format!("row {} there is {have}", row.unwrap_or_default()),
                     None => "no such row there".to_string(),

@@ -99,10 +99,12 @@ pub fn kmeans(data: &[f32], dim: usize, k: usize, seed: u64, max_iter: usize) ->
     };
     let mut assign = vec![usize::MAX; n];
     let mut iterations = 0;
+    // Reused across iterations (every entry is rewritten each time).
+    let mut dists = vec![0.0; n];
+    let mut sums = vec![0.0f64; k * dim];
     while iterations < max_iter.max(1) {
         iterations += 1;
         let mut changed = false;
-        let mut dists = vec![0.0; n];
         for i in 0..n {
             let (c, d) = nearest(&centroids, i);
             dists[i] = d;
@@ -128,7 +130,7 @@ pub fn kmeans(data: &[f32], dim: usize, k: usize, seed: u64, max_iter: usize) ->
                 }
             }
         }
-        let mut sums = vec![0.0f64; k * dim];
+        sums.iter_mut().for_each(|s| *s = 0.0);
         for (i, &c) in assign.iter().enumerate() {
             for (s, &x) in sums[c * dim..(c + 1) * dim].iter_mut().zip(row(i)) {
                 *s += x as f64;

@@ -72,13 +72,6 @@ pub struct Selection {
     pub details: serde_json::Value,
 }
 
-impl Selection {
-    /// Candidate indices of the picks, in selection order.
-    pub fn indices(&self) -> Vec<usize> {
-        self.picks.iter().map(|p| p.index).collect()
-    }
-}
-
 /// Scores with their sample ids, one per candidate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scored {

@@ -212,12 +212,7 @@ pub fn write_manifest(
         "inflow_version": crate::version(),
         "picks": picks,
     });
-    let text = serde_json::to_string_pretty(&doc).map_err(|e| Error::Msg(e.to_string()))?;
-    write_atomic(&json_path, |f| {
-        f.write_all(text.as_bytes())
-            .and_then(|_| f.write_all(b"\n"))
-            .map_err(|e| Error::io(&json_path, e))
-    })?;
+    crate::store::atomic_write::write_json(&json_path, &doc)?;
     Ok((pq_path, json_path))
 }
 

@@ -19,6 +19,16 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp.{}", std::process::id()))
 }
 
+/// Writes `v` as pretty-printed JSON (and a final newline) to `path`, atomically.
+pub fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<u64> {
+    let mut text = serde_json::to_vec_pretty(v).map_err(|e| Error::Msg(e.to_string()))?;
+    text.push(b'\n');
+    write_atomic(path, |f| {
+        use std::io::Write;
+        f.write_all(&text).map_err(|e| Error::io(path, e))
+    })
+}
+
 /// Writes `path` atomically: `write` fills a fresh temporary file, which is then flushed to
 /// disk and renamed over `path`; the directory is synced so the rename itself survives a crash.
 /// Returns the size of the written file in bytes. On any error the temporary file is removed.
