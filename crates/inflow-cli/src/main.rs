@@ -6,23 +6,21 @@ mod demo;
 mod lds;
 mod planted;
 mod probe;
+mod progress;
 mod select;
 mod selection_eval;
 mod show;
 mod train;
 
-use anyhow::{anyhow, bail, Context, Result};
-use candle_core::DType;
+use anyhow::{anyhow, bail, Result};
 use clap::{Args, Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use inflow::data::tokens::Template;
 use inflow::data::{Format, ReadOptions};
 use inflow::features::Projection;
-use inflow::index::{FeatureOptions, IndexOptions, Progress};
+use inflow::index::{FeatureOptions, IndexOptions};
 use inflow::model::LoadedModel;
-use inflow::store::{Dtype, Store};
+use inflow::store::Dtype;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// inflow: which training data taught a language model a behaviour, and which data is worth
@@ -92,6 +90,8 @@ enum Cmd {
     /// on the true Fisher (Gauss–Newton) from sampled labels (at the store's adapter or
     /// checkpoint, if any), for `score --method influence`.
     Fit(FitArgs),
+    /// List every scoring method: its name, what it needs, what it computes.
+    Methods,
     /// Index the bundled Natural Instructions sample and score the bundled probes.
     Demo {
         /// Model (default: models/SmolLM2-135M-Instruct.Q4_1.gguf, fetched by scripts/fetch-model.sh).
@@ -285,12 +285,8 @@ struct ScoreArgs {
     /// Query data format.
     #[arg(long, default_value = "auto")]
     format: String,
-    /// Estimator: cosine (default; gradient cosine similarity), dot (gradient inner product),
-    /// influence (influence function with --preconditioner), tracin and less (over the checkpoint
-    /// stores of `index --checkpoints`; less needs `--lora-grads --adam` training features),
-    /// repsim (cosine of final hidden states at the last prompt token), repsim-mean (… averaged
-    /// over response tokens).
-    #[arg(long, default_value = "cosine")]
+    /// Method (default cosine): any name of `inflow methods`.
+    #[arg(long, default_value = "cosine", long_help = method_help())]
     method: String,
     /// Training samples kept per query.
     #[arg(long, default_value_t = 10)]
@@ -327,6 +323,14 @@ struct ScoreArgs {
     /// Queries shown in the printed table.
     #[arg(long, default_value_t = 5)]
     show: usize,
+}
+
+/// `score --method`'s long help, from the registry.
+fn method_help() -> String {
+    format!(
+        "Scoring method. Each line: name [what it needs] what it computes.\n{}",
+        inflow::methods::describe()
+    )
 }
 
 fn main() {
@@ -389,13 +393,23 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             train::index_checkpoints(a, threads, json)
         }
         Cmd::Index(a) => index(a, threads, json).map(|_| ()),
-        Cmd::Score(a) if a.method == "tracin" || a.method == "less" => {
-            checkpoint_score(a, threads, json)
-        }
         Cmd::Score(a) => score(a, threads, json).map(|_| ()),
         Cmd::Fit(a) => fit(a, threads, json),
         Cmd::Probe(a) => probe::probe(a, threads, json),
         Cmd::Compare(a) => probe::compare_cmd(a, json),
+        Cmd::Methods => {
+            if json {
+                let v: Vec<serde_json::Value> = inflow::methods::names()
+                    .iter()
+                    .filter_map(|n| inflow::methods::by_name(n).ok())
+                    .map(|m| serde_json::json!({"name": m.name(), "needs": m.needs(), "about": m.about()}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", inflow::methods::describe());
+            }
+            Ok(())
+        }
         Cmd::Demo { model, limit, out } => demo::run(model, limit, out, threads, json),
         Cmd::Select(a) => select::select(a, threads, json),
         Cmd::Train(a) => train::train(a, threads, json),
@@ -425,15 +439,10 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
 }
 
 pub(crate) fn load_model(path: &Path) -> Result<LoadedModel> {
-    let t = Instant::now();
-    let m = LoadedModel::load(path, DType::F32)?;
-    eprintln!(
-        "loaded {} ({:.1} M parameters) in {:.1} s",
-        path.display(),
-        m.llama.n_params() as f64 / 1e6,
-        t.elapsed().as_secs_f64()
-    );
-    Ok(m)
+    Ok(inflow::pipeline::score::load_model(
+        path,
+        &progress::Bars::default(),
+    )?)
 }
 
 fn inspect(path: &Path, json: bool) -> Result<()> {
@@ -562,53 +571,7 @@ fn generate(path: &Path, prompt: &str, max_new: usize, json: bool) -> Result<()>
     Ok(())
 }
 
-pub(crate) fn bar(total: usize, what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(total as u64);
-    pb.set_style(
-        ProgressStyle::with_template(&format!(
-            "{what} {{bar:30}} {{pos}}/{{len}} samples  {{per_sec}}  ETA {{eta}}  {{msg}}"
-        ))
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    pb
-}
-
-/// Runs `work` while a progress bar follows `progress`.
-pub(crate) fn with_progress<T>(
-    pb: &ProgressBar,
-    progress: &Progress,
-    work: impl FnOnce() -> T + Send,
-) -> T
-where
-    T: Send,
-{
-    let start = Instant::now();
-    let done = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|s| {
-        let h = s.spawn(|| {
-            let r = work();
-            done.store(true, Ordering::Relaxed);
-            r
-        });
-        while !done.load(Ordering::Relaxed) {
-            let n = progress.samples.load(Ordering::Relaxed);
-            let total = progress.total.load(Ordering::Relaxed);
-            if total > 0 && pb.length() != Some(total as u64) {
-                pb.set_length(total as u64);
-            }
-            let tok = progress.tokens.load(Ordering::Relaxed);
-            pb.set_position(n as u64);
-            pb.set_message(format!(
-                "{:.0} tok/s",
-                tok as f64 / start.elapsed().as_secs_f64().max(1e-9)
-            ));
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-        pb.set_position(progress.samples.load(Ordering::Relaxed) as u64);
-        h.join()
-            .unwrap_or_else(|_| std::panic::resume_unwind(Box::new("worker panicked")))
-    })
-}
+pub(crate) use progress::{bar, with_progress};
 
 // `inflow fit`'s arguments (its help is the `Fit` variant's).
 #[derive(Args)]
@@ -642,111 +605,32 @@ struct FitArgs {
 
 /// `inflow fit`: K-FAC/EK-FAC factors on the empirical or the true Fisher.
 fn fit(a: FitArgs, threads: usize, json: bool) -> Result<()> {
-    use inflow::curvature::{fisher as fi, kfac};
-    let store = a.store.as_path();
-    let fisher: fi::Fisher = a.fisher.parse()?;
-    let factors: kfac::FactorSource = a.factors.parse()?;
-    let s = Store::open(store)?;
     let t = Instant::now();
-    let samples = match fisher {
-        fi::Fisher::Empirical => fi::FisherSamples::empirical(&s)?,
-        fi::Fisher::True { .. } => {
-            if a.draws == 0 || a.batch_size == 0 {
-                bail!("--draws and --batch-size must be positive");
-            }
-            // run.json, read once: where the model and data are, and any checkpoint.
-            let run_path = store.join("run.json");
-            let raw: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(&run_path)
-                    .with_context(|| format!("reading {}", run_path.display()))?,
-            )
-            .with_context(|| format!("reading {}", run_path.display()))?;
-            let run: inflow::index::RunInfo = serde_json::from_value(raw.clone())
-                .with_context(|| format!("reading {}", run_path.display()))?;
-            let checkpoint = raw.get("checkpoint").filter(|c| !c.is_null());
-            if checkpoint.is_some() && raw["lora_grads"] == true {
-                bail!(
-                    "{}: the store holds LoRA-parameter features (--lora-grads); --fisher true supports base-Linear features, with or without --adapter",
-                    store.display()
-                );
-            }
-            let data_spec = &s.spec().data;
-            let opts = IndexOptions {
-                data: run.data_path.clone(),
-                read: ReadOptions {
-                    format: run.format.parse::<Format>()?,
-                    skip_bad: data_spec["skip_bad"].as_bool().unwrap_or(false),
-                    limit: data_spec["limit"].as_u64().map(|v| v as usize),
-                },
-                features: run.features.clone(),
-                dtype: s.spec().dtype,
-                shard_size: s.spec().shard_size,
-                batch_size: a.batch_size,
-                threads,
-            };
-            let model_path = a.model.unwrap_or(run.model_path);
-            let mut m = load_model(&model_path)?;
-            // A store indexed at a checkpoint: the pseudo-gradients are taken at the same weights.
-            if let Some(c) = checkpoint {
-                let want: inflow::train::features::CheckpointInfo =
-                    serde_json::from_value(c.clone())
-                        .with_context(|| format!("{}: checkpoint", run_path.display()))?;
-                let got = inflow::train::features::attach(&mut m, &want.path)
-                    .with_context(|| format!("loading the checkpoint {}", want.path.display()))?;
-                if got.sha256 != want.sha256 {
-                    bail!(
-                        "{}: the checkpoint changed since the store was indexed (sha256 {} then, {} now)",
-                        want.path.display(),
-                        want.sha256,
-                        got.sha256
-                    );
-                }
-            }
-            fisher_draws(&m, &opts, &s, a.draws)?
-        }
+    let o = inflow::pipeline::fit::FitOptions {
+        store: a.store,
+        factors: a.factors.parse()?,
+        fisher: a.fisher.parse()?,
+        draws: a.draws,
+        model: a.model,
+        batch_size: a.batch_size,
+        threads,
     };
-    let path = kfac::fit_with(&s, &samples, factors)?;
-    let fisher = samples.fisher;
+    let f = inflow::pipeline::fit::fit(&o, &progress::Bars::default())?;
     let secs = t.elapsed().as_secs_f64();
     if json {
         println!(
             "{}",
-            serde_json::json!({"out": path, "fisher": fisher, "seconds": secs})
+            serde_json::json!({"out": f.out, "fisher": f.fisher, "seconds": secs})
         );
     } else {
         println!(
-            "fitted K-FAC and EK-FAC on the {fisher} Fisher of {} samples in {secs:.2} s: {}",
-            s.n_samples(),
-            path.display()
+            "fitted K-FAC and EK-FAC on the {} Fisher of {} samples in {secs:.2} s: {}",
+            f.fisher,
+            f.n_samples,
+            f.out.display()
         );
     }
     Ok(())
-}
-
-/// Indexes (or resumes) `draws` sampled-label passes over `opts`' data beside `store`, with a
-/// progress bar each: the samples of the store's true Fisher.
-pub(crate) fn fisher_draws(
-    m: &LoadedModel,
-    opts: &IndexOptions,
-    store: &Store,
-    draws: usize,
-) -> Result<inflow::curvature::fisher::FisherSamples> {
-    use inflow::curvature::fisher as fi;
-    let mut stores = Vec::with_capacity(draws);
-    for k in 0..draws {
-        let pb = bar(0, &format!("fisher draw {}/{draws}", k + 1));
-        let progress = Progress::default();
-        let r = with_progress(&pb, &progress, || {
-            fi::index_draw(m, opts, store.dir(), k, &progress)
-        });
-        pb.finish_and_clear();
-        stores.push(r?);
-    }
-    Ok(fi::FisherSamples::from_stores(
-        store,
-        stores,
-        fi::Fisher::True { draws },
-    )?)
 }
 
 pub(crate) fn index(
@@ -776,18 +660,9 @@ pub(crate) fn index(
         batch_size: a.batch_size,
         threads,
     };
-    // The total is known once the data is read; the bar starts empty and is resized.
-    let pb = bar(0, "index");
-    let progress = Progress::default();
     let t = Instant::now();
-    let summary = with_progress(&pb, &progress, || {
-        inflow::index::run_index(&model, &opts, &a.out, &progress, &mut |done, total| {
-            pb.set_length(total as u64);
-            pb.set_position(done as u64);
-        })
-    });
-    pb.finish_and_clear();
-    let summary = summary?;
+    let summary =
+        inflow::pipeline::index::index(&model, &opts, &a.out, "index", &progress::Bars::default())?;
     let secs = t.elapsed().as_secs_f64();
     if json {
         println!(
@@ -804,257 +679,56 @@ pub(crate) fn index(
     Ok(summary)
 }
 
-/// Everything a score run produced, for printing.
-pub(crate) struct ScoreOutput {
-    pub query_ids: Vec<String>,
-    pub query_text: Vec<String>,
-    pub result: inflow::scores::ScoreResult,
-    pub train: Vec<inflow::store::SampleRow>,
-    pub method: String,
-    pub out: PathBuf,
-}
+pub(crate) use inflow::pipeline::score::ScoreOutput;
 
 pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<ScoreOutput> {
-    let store = Store::open(&a.store)?;
-    let run = inflow::index::read_run_info(&a.store)?;
-    let model_path = a.model.clone().unwrap_or(run.model_path.clone());
-    let model = load_model(&model_path)
-        .with_context(|| format!("loading the store's model {}", model_path.display()))?;
-    let spec = inflow::scores::queries::MethodSpec {
+    let o = inflow::pipeline::score::ScoreOptions {
+        store: a.store.clone(),
+        queries: a.queries.clone(),
+        format: a.format.parse::<Format>()?,
+        limit: a.limit,
         method: a.method.clone(),
-        preconditioner: a.preconditioner.clone(),
-        curvature: inflow::curvature::Options {
-            damping: a.damping,
-            lissa_iters: a.lissa_iters,
-            lissa_batch: a.lissa_batch,
-            seed: 0,
+        options: inflow::methods::Options {
+            preconditioner: a.preconditioner.clone(),
+            curvature: inflow::curvature::Options {
+                damping: a.damping,
+                lissa_iters: a.lissa_iters,
+                lissa_batch: a.lissa_batch,
+                seed: 0,
+            },
+            ..Default::default()
         },
+        top_k: a.top_k,
+        out: a.out.clone(),
+        full: a.full.clone(),
+        model: a.model.clone(),
+        aggregate: a.aggregate.as_deref().map(str::parse).transpose()?,
+        threads,
     };
-    let aggregate = match a.aggregate.as_deref() {
-        None => false,
-        Some("mean") => true,
-        Some(o) => bail!("unknown --aggregate `{o}`; expected mean"),
-    };
-    let report = read_queries(&a)?;
-    let nq = report.samples.len();
-    let pb = bar(nq, "queries");
-    let progress = Progress::default();
-    let sb = bar(store.n_samples(), "score");
-    let scored = with_progress(&pb, &progress, || {
-        inflow::scores::queries::score_samples(
-            &a.store,
-            &model,
-            &report.samples,
-            &spec,
-            a.top_k,
-            a.full.is_some() || aggregate,
-            threads,
-            &progress,
-            &mut |done| sb.set_position(done as u64),
-        )
-    });
-    pb.finish_and_clear();
-    sb.finish_and_clear();
-    let scored = scored?;
-    if let Some(r) = &scored.report {
-        eprintln!("{}: {r}", scored.method);
-    }
-    let result = scored.result;
-    let qrows = &scored.query_rows;
-    let train = store.samples()?;
-    let train_ids: Vec<String> = train.iter().map(|r| r.id.clone()).collect();
-    let query_ids: Vec<String> = report.samples.iter().map(|s| s.id.clone()).collect();
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| a.store.join(format!("scores-{}.parquet", scored.method)));
-    if aggregate {
-        // One score per training sample: the mean over queries (e.g. influence on a task).
-        let mean =
-            inflow::scores::mean_over_queries(result.full.as_deref().unwrap_or_default(), nq);
-        inflow::scores::write_per_train_parquet(
-            &out,
-            &train_ids,
-            &mean,
-            nq,
-            &scored.method,
-            &scored.sign_convention,
-            "mean over queries",
-        )?;
-    } else {
-        inflow::scores::write_topk_parquet(
-            &out,
-            &query_ids,
-            &train_ids,
-            &result,
-            &scored.method,
-            &scored.sign_convention,
-        )?;
-    }
-    if let Some(full) = &a.full {
-        inflow::scores::write_full_npy(
-            full,
-            &result,
-            &query_ids,
-            &scored.method,
-            &scored.sign_convention,
-        )?;
-    }
-    let query_text: Vec<String> = qrows
-        .iter()
-        .map(|r| format!("{}{}", r.prompt, r.response))
-        .collect();
-    let so = ScoreOutput {
-        query_ids,
-        query_text,
-        result,
-        train,
-        method: scored.method.clone(),
-        out,
-    };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&show::json(&so))?);
-    } else {
-        show::table(&so, a.show);
-        println!(
-            "wrote {} ({} queries × top {}; sign: {})",
-            so.out.display(),
-            nq,
-            a.top_k,
-            &scored.sign_convention
-        );
+    let so = inflow::pipeline::score::score(&o, &progress::Bars::default())?;
+    let checkpoints = so
+        .report
+        .as_ref()
+        .and_then(|r| r.get("checkpoints"))
+        .cloned();
+    match checkpoints {
+        None => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&show::json(&so))?);
+            } else {
+                show::table(&so, a.show);
+                println!(
+                    "wrote {} ({} queries × top {}; sign: {})",
+                    so.out.display(),
+                    so.query_ids.len(),
+                    a.top_k,
+                    &so.sign_convention
+                );
+            }
+        }
+        Some(c) => show::checkpoint_listing(&so, &c, a.top_k, json)?,
     }
     Ok(so)
-}
-
-/// The `--queries` file of a score command (at least one query).
-fn read_queries(a: &ScoreArgs) -> Result<inflow::data::ReadReport> {
-    let report = inflow::data::read_samples(
-        &a.queries,
-        &ReadOptions {
-            format: a.format.parse::<Format>()?,
-            skip_bad: false,
-            limit: a.limit,
-        },
-    )?;
-    if report.samples.is_empty() {
-        bail!("{}: no queries", a.queries.display());
-    }
-    Ok(report)
-}
-
-/// `score --method tracin|less`: scores summed over the checkpoint stores under `--store`.
-fn checkpoint_score(a: ScoreArgs, threads: usize, json: bool) -> Result<()> {
-    use inflow::scores::checkpoints::{self, CheckpointMethod};
-    let method = if a.method == "less" {
-        CheckpointMethod::Less
-    } else {
-        CheckpointMethod::TracIn
-    };
-    let dirs = checkpoints::find(&a.store)?;
-    let report = read_queries(&a)?;
-    let nq = report.samples.len();
-    eprintln!(
-        "{}: {} checkpoint stores, {} queries",
-        method.name(),
-        dirs.len(),
-        nq
-    );
-    let (full, ids) =
-        checkpoints::score(&dirs, a.model.as_deref(), &report.samples, method, threads)?;
-    let n = ids.len();
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| a.store.join(format!("scores-{}.parquet", method.name())));
-    let (per_train, what) = if method == CheckpointMethod::Less {
-        let tasks: Vec<String> = report
-            .samples
-            .iter()
-            .map(|s| {
-                s.meta
-                    .get("task")
-                    .and_then(|t| t.as_str())
-                    .unwrap_or("all")
-                    .to_string()
-            })
-            .collect();
-        (
-            checkpoints::per_task_max(&full, nq, &tasks),
-            "mean per target task, max over tasks",
-        )
-    } else {
-        (
-            inflow::scores::mean_over_queries(&full, nq),
-            "mean over queries",
-        )
-    };
-    if method == CheckpointMethod::TracIn && a.aggregate.is_none() {
-        // Per-query top-k lists.
-        let topk = (0..nq)
-            .map(|q| {
-                let row = &full[q * n..(q + 1) * n];
-                let mut idx: Vec<usize> = (0..n).collect();
-                idx.sort_by(|&x, &y| row[y].total_cmp(&row[x]).then(x.cmp(&y)));
-                idx.into_iter().take(a.top_k).map(|j| (j, row[j])).collect()
-            })
-            .collect();
-        let result = inflow::scores::ScoreResult {
-            topk,
-            full: None,
-            n_train: n,
-        };
-        let qids: Vec<String> = report.samples.iter().map(|s| s.id.clone()).collect();
-        inflow::scores::write_topk_parquet(
-            &out,
-            &qids,
-            &ids,
-            &result,
-            method.name(),
-            method.sign_convention(),
-        )?;
-    } else {
-        inflow::scores::write_per_train_parquet(
-            &out,
-            &ids,
-            &per_train,
-            nq,
-            method.name(),
-            method.sign_convention(),
-            what,
-        )?;
-    }
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&x, &y| per_train[y].total_cmp(&per_train[x]).then(x.cmp(&y)));
-    let top: Vec<serde_json::Value> = order
-        .iter()
-        .take(a.top_k)
-        .map(|&j| serde_json::json!({"train_id": ids[j], "score": per_train[j]}))
-        .collect();
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "method": method.name(), "out": out, "checkpoints": dirs, "aggregate": what, "top": top,
-            }))?
-        );
-    } else {
-        println!(
-            "{} over {} checkpoints ({what}):",
-            method.name(),
-            dirs.len()
-        );
-        for (r, t) in top.iter().enumerate() {
-            println!(
-                "  {:>3}  {:>10.4}  {}",
-                r + 1,
-                t["score"].as_f64().unwrap_or(0.0),
-                t["train_id"].as_str().unwrap_or("")
-            );
-        }
-        println!("wrote {}", out.display());
-    }
-    Ok(())
 }
 
 /// The repository's bundled assets folder, found from the working directory or the source tree.

@@ -13,7 +13,6 @@ use inflow::features::Projection;
 use inflow::index::{FeatureOptions, IndexOptions, Progress};
 use inflow::model::lora::LoraConfig;
 use inflow::model::TokenSeq;
-use inflow::scores::queries::{self, MethodSpec};
 use inflow::store::{Dtype, Store};
 use inflow::train::{self, Method, TrainData, TrainOptions};
 use std::path::{Path, PathBuf};
@@ -41,7 +40,8 @@ pub(crate) struct PlantedArgs {
     /// Queries carrying the planted behaviour (backdoor, harmful).
     #[arg(long, default_value_t = 12)]
     queries: usize,
-    /// Methods: dot, cosine, repsim, repsim-mean, kfac, ekfac, datainf, identity, less.
+    /// Methods of `inflow methods` (dot, cosine, repsim, repsim-mean, kfac, ekfac, datainf,
+    /// identity, lissa, exact, icp, …); less runs over the fine-tuning's own checkpoints.
     #[arg(long, default_value = "dot,cosine,less,kfac,ekfac,datainf,repsim")]
     methods: String,
     /// Relative damping of the influence preconditioners (× mean eigenvalue per layer).
@@ -92,12 +92,19 @@ fn fit_curvature(
     let fisher: Fisher = fisher.parse()?;
     let samples = match fisher {
         Fisher::Empirical => FisherSamples::empirical(store)?,
-        Fisher::True { .. } => crate::fisher_draws(m, iopts, store, 1)?,
+        Fisher::True { .. } => inflow::pipeline::fit::fisher_draws(
+            m,
+            iopts,
+            store,
+            1,
+            &crate::progress::Bars::default(),
+        )?,
     };
-    if methods
-        .iter()
-        .any(|x| ["kfac", "ekfac"].contains(&x.as_str()))
-    {
+    let needs_fit = |x: &String| {
+        inflow::methods::by_name(x)
+            .is_ok_and(|m| m.needs().contains(&inflow::methods::Need::Curvature))
+    };
+    if methods.iter().any(needs_fit) {
         // Fitting records the Fisher too.
         inflow::curvature::kfac::fit_with(store, &samples, factors.parse()?)?;
     } else {
@@ -134,20 +141,12 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
-    const KNOWN: [&str; 9] = [
-        "dot",
-        "cosine",
-        "repsim",
-        "repsim-mean",
-        "identity",
-        "kfac",
-        "ekfac",
-        "datainf",
-        "less",
-    ];
     for m in &methods {
-        if !KNOWN.contains(&m.as_str()) {
-            bail!("unknown method `{m}`; expected some of {}", KNOWN.join(","));
+        // Planted makes its own checkpoint stores for LESS (Adam updates of the fine-tuning);
+        // no other checkpoint method has the stores it needs here.
+        let found = inflow::methods::by_name(m)?;
+        if found.needs().contains(&inflow::methods::Need::Checkpoints) && m != "less" {
+            bail!("`{m}` needs checkpoint stores of SGD gradients, which eval planted does not make; its in-process checkpoint method is less");
         }
     }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -319,18 +318,20 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
     // 4. Scores and metrics per method.
     let mut results: Vec<MethodResult> = Vec::new();
     for name in &methods {
-        let spec = match name.as_str() {
-            "kfac" | "ekfac" | "datainf" | "identity" => MethodSpec::influence(name, a.damping),
-            other => MethodSpec::plain(other),
+        let method = inflow::methods::by_name(name)?;
+        let options = inflow::methods::Options {
+            curvature: inflow::curvature::Options {
+                damping: a.damping,
+                ..Default::default()
+            },
+            ..Default::default()
         };
         if kind == Kind::Mislabel {
-            if name == "less" || name == "cosine" || name.starts_with("repsim") {
-                // No informative self-score: cosine's is 1 by definition; LESS and RepSim
-                // compare different feature kinds.
+            // Methods with no informative self-score are left out: cosine's is 1 by
+            // definition; LESS and RepSim compare different feature kinds.
+            let Some(s) = method.self_scores(&store, &options)? else {
                 continue;
-            }
-            let est = queries::estimator(&spec, &store)?;
-            let s = inflow::scores::self_scores(&store, est.as_ref())?;
+            };
             let auc = retrieval::auc(&s, &set.planted);
             results.push(MethodResult {
                 name: name.clone(),
@@ -346,17 +347,27 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
             less_scores(&a, &model_path, &ckpts, &mix_path, &qsamples, &out, threads)?
         } else {
             let sb = crate::bar(store.n_samples(), name);
-            let sc = queries::score_samples(
-                &store_dir,
-                &m,
-                &qsamples,
-                &spec,
-                1,
-                true,
+            let progress = Progress::default();
+            let ctx = inflow::methods::Context {
+                train: inflow::methods::TrainSet {
+                    store: &store_dir,
+                    data: iopts.data.clone(),
+                    read: iopts.read.clone(),
+                    features: iopts.features.clone(),
+                },
+                model: Some(&m),
+                model_path: Some(&model_path),
+                queries: &qsamples,
+                queries_path: &q_path,
+                options: &options,
+                top_k: 1,
+                full: true,
                 threads,
-                &Progress::default(),
-                &mut |d| sb.set_position(d as u64),
-            );
+                scratch: out.join("work"),
+                progress: &progress,
+                on_rows: &|d| sb.set_position(d as u64),
+            };
+            let sc = method.score(&ctx);
             sb.finish_and_clear();
             sc?.result.full.unwrap_or_default()
         };

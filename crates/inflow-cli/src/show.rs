@@ -76,3 +76,50 @@ pub(crate) fn json(so: &ScoreOutput) -> serde_json::Value {
         .collect();
     serde_json::json!({"method": so.method, "out": so.out, "queries": queries})
 }
+
+/// The per-sample listing of a checkpoint method (TracIn, LESS): the best training samples by
+/// the written per-sample score (or, for top-k files, the mean over queries).
+pub(crate) fn checkpoint_listing(
+    so: &ScoreOutput,
+    checkpoints: &serde_json::Value,
+    k: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let nq = so.query_ids.len();
+    let (scores, what) = match &so.per_train {
+        Some(p) => (p.scores.clone(), p.what.clone()),
+        None => (
+            inflow::scores::mean_over_queries(so.result.full.as_deref().unwrap_or_default(), nq),
+            "mean over queries".to_string(),
+        ),
+    };
+    let ids = &so.train_ids;
+    let mut order: Vec<usize> = (0..scores.len().min(ids.len())).collect();
+    order.sort_by(|&x, &y| scores[y].total_cmp(&scores[x]).then(x.cmp(&y)));
+    let top: Vec<serde_json::Value> = order
+        .iter()
+        .take(k)
+        .map(|&j| serde_json::json!({"train_id": ids[j], "score": scores[j]}))
+        .collect();
+    let n_ck = checkpoints.as_array().map_or(0, |a| a.len());
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "method": so.method, "out": so.out, "checkpoints": checkpoints, "aggregate": what, "top": top,
+            }))?
+        );
+    } else {
+        println!("{} over {n_ck} checkpoints ({what}):", so.method);
+        for (r, t) in top.iter().enumerate() {
+            println!(
+                "  {:>3}  {:>10.4}  {}",
+                r + 1,
+                t["score"].as_f64().unwrap_or(0.0),
+                t["train_id"].as_str().unwrap_or("")
+            );
+        }
+        println!("wrote {}", so.out.display());
+    }
+    Ok(())
+}

@@ -172,14 +172,7 @@ pub(crate) fn tokenize_samples(
     r: &Renderer,
     samples: &[inflow::data::Sample],
 ) -> Result<(Vec<inflow::model::TokenSeq>, usize)> {
-    let mut seqs = Vec::with_capacity(samples.len());
-    let mut cut = 0;
-    for s in samples {
-        let t = r.tokenize(s)?;
-        cut += t.truncated as usize;
-        seqs.push(t.seq);
-    }
-    Ok((seqs, cut))
+    Ok(r.tokenize_all(samples)?)
 }
 
 pub(crate) fn train(a: TrainArgs, threads: usize, json: bool) -> Result<()> {

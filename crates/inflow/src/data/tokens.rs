@@ -150,6 +150,18 @@ impl<'a> Renderer<'a> {
     /// Token ids with the loss mask on the response. Over `max_tokens`, the response keeps at
     /// least half the budget (cut at its end) and the prompt keeps its last tokens (the part
     /// nearest the answer).
+    /// Token sequences of `samples` and how many were cut to the limit.
+    pub fn tokenize_all(&self, samples: &[Sample]) -> Result<(Vec<crate::model::TokenSeq>, usize)> {
+        let mut seqs = Vec::with_capacity(samples.len());
+        let mut cut = 0;
+        for s in samples {
+            let t = self.tokenize(s)?;
+            cut += t.truncated as usize;
+            seqs.push(t.seq);
+        }
+        Ok((seqs, cut))
+    }
+
     pub fn tokenize(&self, sample: &Sample) -> Result<Tokenized> {
         let (prompt, response) = self.render(&sample.body)?;
         let mut p = self.model.encode(&prompt)?;

@@ -1,0 +1,12 @@
+//! The pipelines behind the verbs, callable from Rust (and later Python): each takes an
+//! options struct and a [`Reporter`], writes its files, and returns what it produced. The
+//! CLI parses arguments into these options, implements the reporter with progress bars, and
+//! prints the results.
+
+pub mod fit;
+pub mod index;
+pub mod lds;
+pub mod report;
+pub mod score;
+
+pub use report::{watch, Reporter, Silent};

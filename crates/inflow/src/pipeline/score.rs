@@ -1,0 +1,265 @@
+//! `score`: queries against a store with any registered method, written as Parquet (top-k
+//! lists or one score per training sample) and optionally the dense matrix as `.npy`.
+
+use std::path::{Path, PathBuf};
+
+use super::report::{watch, Reporter};
+use crate::data::{self, Format, ReadOptions, Sample};
+use crate::index::{self, Progress};
+use crate::methods::{self, Context, Need, PerTrain, TrainSet};
+use crate::model::LoadedModel;
+use crate::scores::{self, ScoreResult};
+use crate::store::{SampleRow, Store};
+use crate::{Error, Result};
+
+/// How a score run reduces its matrix to one value per training sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregate {
+    /// The mean over the queries (e.g. similarity to a whole probe set).
+    Mean,
+}
+
+impl std::str::FromStr for Aggregate {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "mean" => Ok(Aggregate::Mean),
+            o => Err(Error::Msg(format!(
+                "unknown --aggregate `{o}`; expected mean"
+            ))),
+        }
+    }
+}
+
+/// What to score and where to write it.
+#[derive(Debug, Clone)]
+pub struct ScoreOptions {
+    /// A store made by `index` (for checkpoint methods, the folder of checkpoint stores).
+    pub store: PathBuf,
+    pub queries: PathBuf,
+    pub format: Format,
+    /// Score only the first N queries.
+    pub limit: Option<usize>,
+    /// A name of [`crate::methods`].
+    pub method: String,
+    pub options: methods::Options,
+    pub top_k: usize,
+    /// Parquet output; default STORE/scores-METHOD.parquet.
+    pub out: Option<PathBuf>,
+    /// Also the dense nq × n matrix as `.npy` (with a JSON sidecar naming the queries).
+    pub full: Option<PathBuf>,
+    /// Model override (default: the store's, from run.json).
+    pub model: Option<PathBuf>,
+    pub aggregate: Option<Aggregate>,
+    pub threads: usize,
+}
+
+/// Everything a score run produced.
+pub struct ScoreOutput {
+    pub query_ids: Vec<String>,
+    /// Prompt and response of each query as featurized (or as read).
+    pub query_text: Vec<String>,
+    pub result: ScoreResult,
+    /// The training rows, in column order (empty where the method has no single store).
+    pub train: Vec<SampleRow>,
+    pub train_ids: Vec<String>,
+    pub method: String,
+    pub sign_convention: String,
+    pub report: Option<serde_json::Value>,
+    /// The per-sample reduction, when the file written holds one score per training sample.
+    pub per_train: Option<PerTrain>,
+    pub out: PathBuf,
+    pub full: Option<PathBuf>,
+}
+
+/// Loads a model, noting where from and how long it took.
+pub fn load_model(path: &Path, reporter: &dyn Reporter) -> Result<LoadedModel> {
+    let t = std::time::Instant::now();
+    let m = LoadedModel::load(path, candle_core::DType::F32)?;
+    reporter.note(&format!(
+        "loaded {} ({:.1} M parameters) in {:.1} s",
+        path.display(),
+        m.llama.n_params() as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    ));
+    Ok(m)
+}
+
+/// Reads a query file (at least one query).
+pub fn read_queries(path: &Path, format: Format, limit: Option<usize>) -> Result<Vec<Sample>> {
+    let report = data::read_samples(
+        path,
+        &ReadOptions {
+            format,
+            skip_bad: false,
+            limit,
+        },
+    )?;
+    if report.samples.is_empty() {
+        return Err(Error::Msg(format!("{}: no queries", path.display())));
+    }
+    Ok(report.samples)
+}
+
+/// The training set of a store, from its run.json (or, for a folder of checkpoint stores,
+/// the first one's).
+pub fn train_set(store: &Path) -> Result<TrainSet<'_>> {
+    let dir = if store.join("run.json").exists() {
+        store.to_path_buf()
+    } else {
+        scores::checkpoints::find(store)?.remove(0)
+    };
+    let run = index::read_run_info(&dir)?;
+    let s = Store::open(&dir)?;
+    let d = &s.spec().data;
+    Ok(TrainSet {
+        store,
+        data: run.data_path,
+        read: ReadOptions {
+            format: run.format.parse::<Format>()?,
+            skip_bad: d["skip_bad"].as_bool().unwrap_or(false),
+            limit: d["limit"].as_u64().map(|v| v as usize),
+        },
+        features: run.features,
+    })
+}
+
+/// Scores the queries of `o` with its method and writes the outputs.
+pub fn score(o: &ScoreOptions, reporter: &dyn Reporter) -> Result<ScoreOutput> {
+    let method = methods::by_name(&o.method)?;
+    if o.top_k == 0 {
+        return Err(Error::Msg("--top-k must be at least 1".into()));
+    }
+    let queries = read_queries(&o.queries, o.format, o.limit)?;
+    let nq = queries.len();
+    let train = train_set(&o.store)?;
+    let needs_model = method.needs().contains(&Need::Model);
+    let model = if needs_model {
+        let path = match &o.model {
+            Some(p) => p.clone(),
+            None => index::read_run_info(&o.store)?.model_path,
+        };
+        Some(load_model(&path, reporter).map_err(|e| {
+            Error::Msg(format!("loading the store's model {}: {e}", path.display()))
+        })?)
+    } else {
+        None
+    };
+    if method.needs().contains(&Need::Checkpoints) {
+        let n = scores::checkpoints::find(&o.store)?.len();
+        reporter.note(&format!(
+            "{}: {n} checkpoint stores, {nq} queries",
+            method.name()
+        ));
+    }
+    let scratch = o.store.join("work").join(method.name());
+    let progress = Progress::default();
+    let n_rows = Store::open(&o.store).map(|s| s.n_samples()).unwrap_or(0);
+    reporter.start("score", n_rows);
+    let on_rows = |d: usize| reporter.update("score", d, n_rows, "");
+    let want_full = o.full.is_some() || o.aggregate.is_some();
+    let ctx = Context {
+        train,
+        model: model.as_ref(),
+        model_path: o.model.as_deref(),
+        queries: &queries,
+        queries_path: &o.queries,
+        options: &o.options,
+        top_k: o.top_k,
+        full: want_full,
+        threads: o.threads,
+        scratch,
+        progress: &progress,
+        on_rows: &on_rows,
+    };
+    let scored = watch(reporter, "queries", &progress, || method.score(&ctx));
+    reporter.finish("score");
+    let scored = scored?;
+    if let Some(r) = &scored.report {
+        if !method.needs().contains(&Need::Checkpoints) {
+            reporter.note(&format!("{}: {r}", scored.method));
+        }
+    }
+    let query_ids: Vec<String> = queries.iter().map(|s| s.id.clone()).collect();
+    let query_text: Vec<String> = if scored.query_rows.len() == nq {
+        scored
+            .query_rows
+            .iter()
+            .map(|r| format!("{}{}", r.prompt, r.response))
+            .collect()
+    } else {
+        queries.iter().map(sample_text).collect()
+    };
+    let out = o
+        .out
+        .clone()
+        .unwrap_or_else(|| o.store.join(format!("scores-{}.parquet", scored.method)));
+    let per_train = match (o.aggregate, &scored.per_train) {
+        (Some(Aggregate::Mean), _) => Some(PerTrain {
+            scores: scores::mean_over_queries(
+                scored.result.full.as_deref().unwrap_or_default(),
+                nq,
+            ),
+            what: "mean over queries".into(),
+        }),
+        (None, Some(p)) => Some(p.clone()),
+        (None, None) => None,
+    };
+    match &per_train {
+        Some(p) => scores::write_per_train_parquet(
+            &out,
+            &scored.train_ids,
+            &p.scores,
+            nq,
+            &scored.method,
+            &scored.sign_convention,
+            &p.what,
+        )?,
+        None => scores::write_topk_parquet(
+            &out,
+            &query_ids,
+            &scored.train_ids,
+            &scored.result,
+            &scored.method,
+            &scored.sign_convention,
+        )?,
+    }
+    if let Some(full) = &o.full {
+        scores::write_full_npy(
+            full,
+            &scored.result,
+            &query_ids,
+            &scored.method,
+            &scored.sign_convention,
+        )?;
+    }
+    let train = if o.store.join("manifest.json").exists() {
+        Store::open(&o.store)?.samples()?
+    } else {
+        Vec::new()
+    };
+    Ok(ScoreOutput {
+        query_ids,
+        query_text,
+        result: scored.result,
+        train,
+        train_ids: scored.train_ids,
+        method: scored.method,
+        sign_convention: scored.sign_convention,
+        report: scored.report,
+        per_train,
+        out,
+        full: o.full.clone(),
+    })
+}
+
+/// A sample's prompt and response as plain text, for display.
+fn sample_text(s: &Sample) -> String {
+    match &s.body {
+        data::Body::Chat { messages, response } => {
+            let m: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+            format!("{}\n{response}", m.join("\n"))
+        }
+        data::Body::Plain { prompt, response } => format!("{prompt}{response}"),
+    }
+}
