@@ -5,8 +5,8 @@
 use crate::curvature::kfac::{self, KfacStats};
 use crate::data::tokens::{Renderer, Template};
 use crate::data::{self, ReadOptions, Sample};
-use crate::features::{select_modules, FeatureSpec, Projection, Projector};
-use crate::model::{Labels, LoadedModel, TokenSeq};
+use crate::features::{FeatureSpec, Projection, Projector};
+use crate::model::{select_modules, Labels, LoadedModel, TokenSeq};
 use crate::store::{Dtype, SampleRow, Store, StoreSpec};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};

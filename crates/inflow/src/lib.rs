@@ -13,6 +13,7 @@ pub mod features;
 pub mod index;
 pub mod model;
 pub mod probe;
+pub mod random;
 pub mod scores;
 pub mod select;
 pub mod store;
