@@ -163,7 +163,7 @@ impl Ctx<'_> {
         let pb = crate::bar(0, "index");
         let progress = Progress::default();
         let summary = crate::with_progress(&pb, &progress, || {
-            inflow::index::run_index(
+            inflow::curvature::kfac::run_index(
                 self.model,
                 &opts,
                 &self.store_dir,

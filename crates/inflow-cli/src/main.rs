@@ -781,7 +781,7 @@ pub(crate) fn index(
     let progress = Progress::default();
     let t = Instant::now();
     let summary = with_progress(&pb, &progress, || {
-        inflow::index::run_index(&model, &opts, &a.out, &progress, &mut |done, total| {
+        inflow::curvature::kfac::run_index(&model, &opts, &a.out, &progress, &mut |done, total| {
             pb.set_length(total as u64);
             pb.set_position(done as u64);
         })

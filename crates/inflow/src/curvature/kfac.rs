@@ -9,12 +9,15 @@
 //! - EK-FAC: the eigenvalues are refitted in that basis from the per-sample gradients,
 //!   Λ_ij = E_n[(Q_Sᵀ G_n Q_A)_ij²], and G ↦ Q_S [(Q_Sᵀ G Q_A) ⊘ (Λ + λ)] Q_Aᵀ.
 //!
-//! A and S are accumulated by `index` in the same model pass as the features (one file per
-//! shard, so a resumed index keeps them exact); `fit` sums them, eigendecomposes with faer, and
-//! makes the EK-FAC pass over the stored features.
+//! A and S are accumulated in the same model pass as the features, by an observer of the index
+//! pass ([`run_index`]; one file per shard, so a resumed index keeps them exact); `fit` sums
+//! them, eigendecomposes with faer, and makes the EK-FAC pass over the stored features.
 
 use super::fisher::FisherSamples;
 use super::{blocks, store_feature_spec, Block, Preconditioner};
+use crate::features::Projector;
+use crate::index::{self, IndexOptions, IndexSummary, PassObserver, Progress};
+use crate::model::{Captured, LoadedModel, TokenSeq};
 use crate::store::Store;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
@@ -107,6 +110,53 @@ impl KfacStats {
             n_samples: c[1] as u64,
         })
     }
+}
+
+/// The K-FAC token sums of an index pass: None until a batch has Kronecker structure (the dense
+/// projection has none, and then no file is written).
+impl PassObserver for Option<KfacStats> {
+    fn observe(&mut self, projector: &Projector, cap: &Captured, seqs: &[TokenSeq]) -> Result<()> {
+        let mut factors = Vec::with_capacity(cap.layers.len());
+        for (i, l) in cap.layers.iter().enumerate() {
+            if let Some(f) = projector.factor_inputs(i, &l.x, &l.delta)? {
+                factors.push(f);
+            }
+        }
+        if factors.len() == cap.layers.len() {
+            let lens: Vec<usize> = seqs.iter().map(|s| s.ids.len()).collect();
+            self.get_or_insert_with(KfacStats::default)
+                .accumulate(&factors, &lens)?;
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, later: Self) {
+        match (self.as_mut(), later) {
+            (Some(a), Some(b)) => a.merge(&b),
+            (None, Some(b)) => *self = Some(b),
+            _ => {}
+        }
+    }
+
+    fn save(&self, out: &Path, shard: usize) -> Result<()> {
+        match self {
+            Some(k) => k.save(&stats_path(out, shard)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Runs (or resumes) an index into `out` with the K-FAC token sums of the same pass beside each
+/// shard ([`stats_path`]): what `inflow index` writes. `on_shard` is called after each shard with
+/// the rows done so far and the total.
+pub fn run_index(
+    model: &LoadedModel,
+    opts: &IndexOptions,
+    out: &Path,
+    progress: &Progress,
+    on_shard: &mut dyn FnMut(usize, usize),
+) -> Result<IndexSummary> {
+    index::run_index_with::<Option<KfacStats>>(model, opts, out, progress, on_shard)
 }
 
 fn save_tensors(t: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
