@@ -156,7 +156,7 @@ pub fn index_draw(
     let mut o = opts.clone();
     o.features.labels = Labels::Sampled { seed: k as u64 };
     let dir = draw_dir(store_dir, k);
-    super::kfac::run_index(model, &o, &dir, progress, &mut |_, _| {})?;
+    super::kfac_stats::run_index(model, &o, &dir, progress, &mut |_, _| {})?;
     Store::open(&dir)
 }
 
