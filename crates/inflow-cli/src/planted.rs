@@ -300,7 +300,7 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
     let pb = crate::bar(0, "index");
     let progress = Progress::default();
     let r = crate::with_progress(&pb, &progress, || {
-        inflow::index::run_index(&m, &iopts, &store_dir, &progress, &mut |d, t| {
+        inflow::curvature::kfac::run_index(&m, &iopts, &store_dir, &progress, &mut |d, t| {
             pb.set_length(t as u64);
             pb.set_position(d as u64);
         })

@@ -2,11 +2,10 @@
 //! shard. A killed run resumes where it stopped (shards are written atomically and the
 //! manifest lists only whole ones); a rerun with other settings is refused by the store.
 
-use crate::curvature::kfac::{self, KfacStats};
 use crate::data::tokens::{Renderer, Template};
 use crate::data::{self, ReadOptions, Sample};
-use crate::features::{select_modules, FeatureSpec, Projection, Projector};
-use crate::model::{Labels, LoadedModel, TokenSeq};
+use crate::features::{FeatureSpec, Projection, Projector};
+use crate::model::{select_modules, Captured, Labels, LoadedModel, TokenSeq};
 use crate::store::{Dtype, SampleRow, Store, StoreSpec};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -28,17 +27,10 @@ pub struct Featurized {
     /// Final hidden state averaged over response tokens, n × hidden.
     pub repsim_mean: Vec<f32>,
     pub rows: Vec<SampleRow>,
-    /// K-FAC factor sums of the same pass (None for the dense projection).
-    pub kfac: Option<KfacStats>,
 }
 
 impl Featurized {
     fn extend(&mut self, o: Featurized) {
-        match (&mut self.kfac, &o.kfac) {
-            (Some(a), Some(b)) => a.merge(b),
-            (None, Some(b)) => self.kfac = Some(b.clone()),
-            _ => {}
-        }
         self.grads.extend(o.grads);
         self.repsim_last.extend(o.repsim_last);
         self.repsim_mean.extend(o.repsim_mean);
@@ -54,6 +46,53 @@ impl Featurized {
             _ => Err(Error::Msg(format!("unknown feature set `{name}`"))),
         }
     }
+}
+
+/// Sees every micro-batch's model pass beside the features, so that statistics of the same
+/// pass (K-FAC's token factors, implemented in `curvature::kfac`) need no pass of their own and
+/// this module needs no curvature. Each worker part has its own observer; the parts' observers
+/// are merged in sample order.
+pub trait PassObserver: Default + Send {
+    /// One micro-batch: what the pass captured for `seqs`, and the projector of its features.
+    fn observe(&mut self, projector: &Projector, cap: &Captured, seqs: &[TokenSeq]) -> Result<()>;
+    /// Appends the observations of the samples that follow.
+    fn merge(&mut self, later: Self);
+    /// Writes the observations of shard `shard` into the store folder `out`. Called before the
+    /// shard itself is written, so a shard the manifest lists always has them.
+    fn save(&self, out: &Path, shard: usize) -> Result<()>;
+}
+
+/// Observes nothing (query features, checkpoint stores).
+impl PassObserver for () {
+    fn observe(&mut self, _: &Projector, _: &Captured, _: &[TokenSeq]) -> Result<()> {
+        Ok(())
+    }
+    fn merge(&mut self, _: Self) {}
+    fn save(&self, _: &Path, _: usize) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// One micro-batch's output of a [`FeaturePass`], row-major.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// Feature rows, B × spec dim.
+    pub grads: Vec<f32>,
+    /// Per-sample losses.
+    pub losses: Vec<f32>,
+    /// Pooled final hidden states, B × hidden (empty when the pass has none).
+    pub repsim_last: Vec<f32>,
+    pub repsim_mean: Vec<f32>,
+}
+
+/// What turns rendered samples into feature rows: the tracked base Linears' gradients
+/// ([`Featurizer`]) or the LoRA factors' (`train::features`). The featurization loop
+/// ([`featurize_with`]) and the store loop ([`index_pass`]) are written once over it.
+pub trait FeaturePass: Sync {
+    fn renderer(&self) -> &Renderer<'_>;
+    fn spec(&self) -> &FeatureSpec;
+    /// Features and losses of one micro-batch; `observer` sees its model pass.
+    fn batch<O: PassObserver>(&self, seqs: &[TokenSeq], observer: &mut O) -> Result<Batch>;
 }
 
 /// (last prompt token, mean over response tokens) hidden states of each sample of a batch.
@@ -196,62 +235,88 @@ impl<'a> Featurizer<'a> {
         threads: usize,
         progress: &Progress,
     ) -> Result<Featurized> {
-        let mut out = Featurized::default();
-        for part in in_parallel_parts(samples, threads, |c| {
-            self.featurize_serial(c, batch_size, progress)
-        })? {
-            out.extend(part);
-        }
+        let (out, ()) = featurize_with(self, samples, batch_size, threads, progress)?;
         Ok(out)
+    }
+}
+
+impl FeaturePass for Featurizer<'_> {
+    fn renderer(&self) -> &Renderer<'_> {
+        &self.renderer
     }
 
-    fn featurize_serial(
-        &self,
-        samples: &[Sample],
-        batch_size: usize,
-        progress: &Progress,
-    ) -> Result<Featurized> {
-        let mut out = Featurized::default();
-        for chunk in samples.chunks(batch_size.max(1)) {
-            let mut seqs: Vec<TokenSeq> = Vec::with_capacity(chunk.len());
-            let mut rows = Vec::with_capacity(chunk.len());
-            for s in chunk {
-                let (seq, row) = tokenized_row(&self.renderer, s)?;
-                rows.push(row);
-                seqs.push(seq);
-            }
-            let cap =
-                self.model
-                    .llama
-                    .loss_and_capture_labels(&seqs, &self.tracked, self.labels)?;
-            for (r, l) in rows.iter_mut().zip(&cap.losses) {
-                r.loss = *l;
-            }
-            let (last, mean) = pooled_hidden(&cap.hidden, &seqs)?;
-            let mut factors = Vec::with_capacity(cap.layers.len());
-            for (i, l) in cap.layers.iter().enumerate() {
-                if let Some(f) = self.projector.factor_inputs(i, &l.x, &l.delta)? {
-                    factors.push(f);
-                }
-            }
-            if factors.len() == cap.layers.len() {
-                let lens: Vec<usize> = seqs.iter().map(|s| s.ids.len()).collect();
-                out.kfac
-                    .get_or_insert_with(KfacStats::default)
-                    .accumulate(&factors, &lens)?;
-            }
-            out.grads.extend(self.projector.project(&cap)?);
-            out.repsim_last.extend(last);
-            out.repsim_mean.extend(mean);
-            out.rows.extend(rows);
-            progress.samples.fetch_add(chunk.len(), Ordering::Relaxed);
-            progress.tokens.fetch_add(
-                seqs.iter().map(|s| s.ids.len()).sum::<usize>(),
-                Ordering::Relaxed,
-            );
-        }
-        Ok(out)
+    fn spec(&self) -> &FeatureSpec {
+        self.projector.spec()
     }
+
+    fn batch<O: PassObserver>(&self, seqs: &[TokenSeq], observer: &mut O) -> Result<Batch> {
+        let cap = self
+            .model
+            .llama
+            .loss_and_capture_labels(seqs, &self.tracked, self.labels)?;
+        let (last, mean) = pooled_hidden(&cap.hidden, seqs)?;
+        observer.observe(&self.projector, &cap, seqs)?;
+        Ok(Batch {
+            grads: self.projector.project(&cap)?,
+            losses: cap.losses,
+            repsim_last: last,
+            repsim_mean: mean,
+        })
+    }
+}
+
+/// Feature rows and sample records of `samples` from `pass`, in order, and what an `O` observed
+/// of the pass: `threads` contiguous parts in parallel, each in micro-batches of `batch_size`.
+/// The one featurization loop of every store and of query features.
+pub fn featurize_with<P: FeaturePass, O: PassObserver>(
+    pass: &P,
+    samples: &[Sample],
+    batch_size: usize,
+    threads: usize,
+    progress: &Progress,
+) -> Result<(Featurized, O)> {
+    let mut out = Featurized::default();
+    let mut observed = O::default();
+    for (part, o) in in_parallel_parts(samples, threads, |c| {
+        featurize_serial(pass, c, batch_size, progress)
+    })? {
+        out.extend(part);
+        observed.merge(o);
+    }
+    Ok((out, observed))
+}
+
+fn featurize_serial<P: FeaturePass, O: PassObserver>(
+    pass: &P,
+    samples: &[Sample],
+    batch_size: usize,
+    progress: &Progress,
+) -> Result<(Featurized, O)> {
+    let mut out = Featurized::default();
+    let mut observed = O::default();
+    for chunk in samples.chunks(batch_size.max(1)) {
+        let mut seqs: Vec<TokenSeq> = Vec::with_capacity(chunk.len());
+        let mut rows = Vec::with_capacity(chunk.len());
+        for s in chunk {
+            let (seq, row) = tokenized_row(pass.renderer(), s)?;
+            rows.push(row);
+            seqs.push(seq);
+        }
+        let b = pass.batch(&seqs, &mut observed)?;
+        for (r, l) in rows.iter_mut().zip(&b.losses) {
+            r.loss = *l;
+        }
+        out.grads.extend(b.grads);
+        out.repsim_last.extend(b.repsim_last);
+        out.repsim_mean.extend(b.repsim_mean);
+        out.rows.extend(rows);
+        progress.samples.fetch_add(chunk.len(), Ordering::Relaxed);
+        progress.tokens.fetch_add(
+            seqs.iter().map(|s| s.ids.len()).sum::<usize>(),
+            Ordering::Relaxed,
+        );
+    }
+    Ok((out, observed))
 }
 
 /// Runs `work` on `threads` contiguous parts of `samples` in parallel (each worker runs candle
@@ -357,12 +422,52 @@ pub fn read_run_info(store_dir: &Path) -> Result<RunInfo> {
     })
 }
 
-/// Runs (or resumes) an index into `out`. `on_shard` is called after each shard with the
-/// rows done so far and the total.
-pub fn run_index(
+/// What a store records beyond its feature pass's own spec, and which sub-stores it has.
+#[derive(Debug, Clone, Default)]
+pub struct StoreExtras {
+    /// Write the RepSim sub-stores ([`REPSIM_LAST`], [`REPSIM_MEAN`]) beside the gradients.
+    pub repsim: bool,
+    /// Fields added to the store spec's `features` (a checkpoint store's gradient kind).
+    pub features: Vec<(String, serde_json::Value)>,
+    /// Fields added to `run.json`.
+    pub run: Vec<(String, serde_json::Value)>,
+}
+
+/// Runs (or resumes) an index of the tracked base Linears into `out`, with the RepSim
+/// sub-stores and whatever `O` observes of the pass saved per shard (`curvature::kfac` has the
+/// `run_index` that `inflow index` runs, with the K-FAC token statistics). `on_shard` is called
+/// after each shard with the rows done so far and the total.
+pub fn run_index_with<O: PassObserver>(
     model: &LoadedModel,
     opts: &IndexOptions,
     out: &Path,
+    progress: &Progress,
+    on_shard: &mut dyn FnMut(usize, usize),
+) -> Result<IndexSummary> {
+    let extras = StoreExtras {
+        repsim: true,
+        ..Default::default()
+    };
+    index_pass::<_, O>(
+        model,
+        opts,
+        out,
+        || Featurizer::new(model, &opts.features),
+        extras,
+        progress,
+        on_shard,
+    )
+}
+
+/// Runs (or resumes) the feature pass that `make` builds (after the data is read) over
+/// `opts.data` into `out`, with `extras`: the one store loop of every store kind. Shards are
+/// written atomically and the manifest lists only whole ones, so a killed run resumes.
+pub fn index_pass<P: FeaturePass, O: PassObserver>(
+    model: &LoadedModel,
+    opts: &IndexOptions,
+    out: &Path,
+    make: impl FnOnce() -> Result<P>,
+    extras: StoreExtras,
     progress: &Progress,
     on_shard: &mut dyn FnMut(usize, usize),
 ) -> Result<IndexSummary> {
@@ -373,8 +478,12 @@ pub fn run_index(
             opts.data.display()
         )));
     }
-    let fz = Featurizer::new(model, &opts.features)?;
+    let fz = make()?;
     let n = report.samples.len();
+    let mut features = serde_json::to_value(fz.spec()).map_err(|e| Error::Msg(e.to_string()))?;
+    if let Some(obj) = features.as_object_mut() {
+        obj.extend(extras.features);
+    }
     let spec = StoreSpec {
         model: model_spec(model)?,
         data: data_spec(
@@ -383,7 +492,7 @@ pub fn run_index(
             fz.renderer().template(),
             opts.features.max_tokens,
         ),
-        features: serde_json::to_value(fz.spec()).map_err(|e| Error::Msg(e.to_string()))?,
+        features,
         dtype: opts.dtype,
         dim: fz.spec().dim(),
         shard_size: opts.shard_size,
@@ -399,16 +508,25 @@ pub fn run_index(
         ..spec.clone()
     };
     let mut store = Store::create_or_resume(out, spec.clone(), n)?;
-    let mut subs = [
-        Store::create_or_resume(&out.join(REPSIM_LAST), rep_spec("last prompt token"), n)?,
-        Store::create_or_resume(
+    let mut subs = Vec::new();
+    if extras.repsim {
+        subs.push(Store::create_or_resume(
+            &out.join(REPSIM_LAST),
+            rep_spec("last prompt token"),
+            n,
+        )?);
+        subs.push(Store::create_or_resume(
             &out.join(REPSIM_MEAN),
             rep_spec("mean over response tokens"),
             n,
-        )?,
-    ];
-    write_run_info(out, &run_info(model, opts, &report)?)?;
-    // A shard is pending while any of the three stores lacks it (a kill between writes).
+        )?);
+    }
+    let mut run = run_info(model, opts, &report)?;
+    if let Some(obj) = run.as_object_mut() {
+        obj.extend(extras.run);
+    }
+    write_run_info(out, &run)?;
+    // A shard is pending while any of the stores lacks it (a kill between writes).
     let pending: Vec<usize> = (0..store.n_shards())
         .filter(|&i| !store.is_shard_done(i) || subs.iter().any(|s| !s.is_shard_done(i)))
         .collect();
@@ -421,7 +539,8 @@ pub fn run_index(
     let mut tokens = 0;
     for &i in &pending {
         let range = store.shard_range(i);
-        let f = fz.featurize(
+        let (f, observed) = featurize_with::<P, O>(
+            &fz,
             &report.samples[range],
             opts.batch_size,
             opts.threads,
@@ -435,10 +554,7 @@ pub fn run_index(
             }
         }
         if !store.is_shard_done(i) {
-            // Curvature sums first: a shard listed in the manifest always has them.
-            if let Some(k) = &f.kfac {
-                k.save(&kfac::stats_path(out, i))?;
-            }
+            observed.save(out, i)?;
             store.write_shard(i, &f.grads, &f.rows)?;
         }
         on_shard(store.n_done_rows(), n);

@@ -15,6 +15,7 @@ pub mod methods;
 pub mod model;
 pub mod pipeline;
 pub mod probe;
+pub mod random;
 pub mod scores;
 pub mod select;
 pub mod store;

@@ -51,7 +51,7 @@ fn index(m: &LoadedModel, out: &Path, n: usize, shard: usize, batch: usize) -> S
         batch_size: batch,
         threads: 1,
     };
-    inflow::index::run_index(m, &opts, out, &Progress::default(), &mut |_, _| {}).unwrap();
+    kfac::run_index(m, &opts, out, &Progress::default(), &mut |_, _| {}).unwrap();
     let s = Store::open(out).unwrap();
     kfac::fit(&s, kfac::FactorSource::Tokens).unwrap();
     s
@@ -281,7 +281,7 @@ fn ekfac_ranks_like_the_exact_gauss_newton_on_a_tiny_lm() {
     f.modules = "layers.1.mlp.down_proj".into();
     let opts = ni_options(&f, 3000);
     let p = Progress::default();
-    inflow::index::run_index(&m, &opts, &dir, &p, &mut |_, _| {}).unwrap();
+    kfac::run_index(&m, &opts, &dir, &p, &mut |_, _| {}).unwrap();
     let train = Store::open(&dir).unwrap();
     let draws: Vec<Store> = (0..2)
         .map(|k| fisher::index_draw(&m, &opts, &dir, k, &p).unwrap())
@@ -790,7 +790,7 @@ fn grid_ekfac_vs_exact() {
             let base = tmp("grid");
             let opts = ni_options(&f, n);
             let p = Progress::default();
-            inflow::index::run_index(m, &opts, &base, &p, &mut |_, _| {}).unwrap();
+            kfac::run_index(m, &opts, &base, &p, &mut |_, _| {}).unwrap();
             let train = Store::open(&base).unwrap();
             let fishers: Vec<Store> = (0..2)
                 .map(|k| fisher::index_draw(m, &opts, &base, k, &p).unwrap())

@@ -13,7 +13,7 @@
 //! `inflow fit --fisher true` indexes the draws and records them in `curvature/fisher.json`;
 //! every preconditioner of the store (K-FAC, EK-FAC, DataInf, LiSSA, exact) then uses them.
 
-use crate::index::{self, IndexOptions, Progress};
+use crate::index::{IndexOptions, Progress};
 use crate::model::{Labels, LoadedModel};
 use crate::store::Store;
 use crate::{Error, Result};
@@ -156,7 +156,7 @@ pub fn index_draw(
     let mut o = opts.clone();
     o.features.labels = Labels::Sampled { seed: k as u64 };
     let dir = draw_dir(store_dir, k);
-    index::run_index(model, &o, &dir, progress, &mut |_, _| {})?;
+    super::kfac_stats::run_index(model, &o, &dir, progress, &mut |_, _| {})?;
     Store::open(&dir)
 }
 

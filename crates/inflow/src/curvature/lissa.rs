@@ -7,7 +7,7 @@
 
 use super::fisher::FisherSamples;
 use super::{block_damping_over, blocks, store_feature_spec, Options, Preconditioner};
-use crate::features::random::Stream;
+use crate::random::Stream;
 use crate::store::Store;
 use crate::Result;
 use std::sync::Mutex;

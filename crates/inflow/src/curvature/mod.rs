@@ -14,6 +14,7 @@ pub mod datainf;
 pub mod exact;
 pub mod fisher;
 pub mod kfac;
+pub mod kfac_stats;
 pub mod lissa;
 
 use crate::features::{FeatureSpec, Projection};

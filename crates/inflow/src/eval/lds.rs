@@ -13,7 +13,7 @@
 //! perfect method scores +1, a perfectly inverted one −1, an uninformative one ≈ 0.
 
 use crate::eval::rank::spearman;
-use crate::features::random::Stream;
+use crate::random::Stream;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 

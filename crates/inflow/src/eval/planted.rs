@@ -17,7 +17,7 @@
 //! Records are alpaca-style JSON objects (`instruction`, `input`, `output`, optional `task`);
 //! every record of the mix gets `planted` (bool) and, when altered, `original_output`.
 
-use crate::features::random::Stream;
+use crate::random::Stream;
 use crate::{Error, Result};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;

@@ -14,8 +14,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::retrain::retrain_and_eval;
-use crate::features::random::Stream;
 use crate::model::{LoadedModel, TokenSeq};
+use crate::random::Stream;
 use crate::store::atomic_write::write_json;
 use crate::train::TrainOptions;
 use crate::{Error, Result};

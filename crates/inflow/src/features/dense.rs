@@ -3,8 +3,8 @@
 //! layer name and never held whole; each block is applied to the whole batch as one GEMM.
 //! Costs D·k multiply-adds per sample: meant for small models or a few layers.
 
-use super::random::Stream;
 use crate::model::Captured;
+use crate::random::Stream;
 use crate::Result;
 use candle_core::{DType, Device, Tensor};
 

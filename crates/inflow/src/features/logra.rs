@@ -3,8 +3,8 @@
 //! φ_layer(z) = P_outᵀ G P_in = Σ_t (P_outᵀ δ_t)(P_inᵀ x_t)ᵀ: the small factors are
 //! projected first, so the d_out × d_in gradient is never formed.
 
-use super::random::Stream;
 use crate::model::LinearInfo;
+use crate::random::Stream;
 use crate::Result;
 use candle_core::{DType, Device, Tensor};
 

@@ -5,7 +5,10 @@
 
 pub mod dense;
 pub mod logra;
-pub mod random;
+// Old paths of the seeded stream and of module selection, which moved below the model layer
+// (the CLI and tests still name them here).
+pub use crate::model::select_modules;
+pub use crate::random;
 
 use crate::model::{Captured, LinearInfo};
 use crate::{Error, Result};
@@ -45,47 +48,6 @@ impl FeatureSpec {
             Projection::Full => self.layers.iter().map(|l| l.d_in * l.d_out).sum(),
         }
     }
-}
-
-/// Chooses tracked Linears. `pattern` is a comma-separated list; an item matches a layer when
-/// it equals its short name (q, k, v, o, gate, up, down) or is a substring of its full name
-/// (`layers.29.`, `mlp`). Returns flat indices into `all`.
-pub fn select_modules(all: &[LinearInfo], pattern: &str) -> Result<Vec<usize>> {
-    let items: Vec<&str> = pattern
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    if items.is_empty() || items == ["all"] {
-        return Ok((0..all.len()).collect());
-    }
-    let short = |name: &str| -> String {
-        let last = name.rsplit('.').next().unwrap_or(name);
-        last.trim_end_matches("_proj").to_string()
-    };
-    let sel: Vec<usize> = all
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| {
-            // A short name matches only itself: as a substring, `o` would match every
-            // `model.layers…` name.
-            items.iter().any(|it| {
-                if crate::model::BLOCK_LINEARS.contains(it) {
-                    short(&l.name) == *it
-                } else {
-                    l.name.contains(it)
-                }
-            })
-        })
-        .map(|(i, _)| i)
-        .collect();
-    if sel.is_empty() {
-        return Err(Error::Msg(format!(
-            "--modules `{pattern}` matches no layer; use short names (q,k,v,o,gate,up,down) or parts of names like `{}`",
-            all.first().map(|l| l.name.as_str()).unwrap_or("model.layers.0.self_attn.q_proj")
-        )));
-    }
-    Ok(sel)
 }
 
 /// Turns captured (x_t, δ_t) into one feature row per sample.

@@ -6,6 +6,7 @@
 //! repeating key/value heads, SwiGLU MLP. Every block Linear goes through
 //! [`super::linear`], which records the layer input x_t and, after backward, δ_t.
 
+use super::capture::{Captured, LayerCapture, LinearInfo};
 use super::config::LlamaConfig;
 use super::linear::{self, GradSlot};
 use crate::{Error, Result};
@@ -23,14 +24,6 @@ pub fn linear_name(layer: usize, short: &str) -> String {
         "q" | "k" | "v" | "o" => format!("model.layers.{layer}.self_attn.{short}_proj"),
         _ => format!("model.layers.{layer}.mlp.{short}_proj"),
     }
-}
-
-/// One tracked Linear: its full name and shape (d_out, d_in).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct LinearInfo {
-    pub name: String,
-    pub d_out: usize,
-    pub d_in: usize,
 }
 
 struct Block {
@@ -106,24 +99,6 @@ pub struct KvCache {
     pub v: Vec<Tensor>,
     /// Prefix length in tokens.
     pub len: usize,
-}
-
-/// What one tracked layer saw in a forward/backward pass over a padded batch.
-pub struct LayerCapture {
-    pub info: LinearInfo,
-    /// Layer inputs x_t, shape (B, T, d_in).
-    pub x: Tensor,
-    /// Output gradients δ_t = ∂ℓ_b/∂y_t, shape (B, T, d_out); zero at padding.
-    pub delta: Tensor,
-}
-
-/// Result of [`Llama::loss_and_capture`].
-pub struct Captured {
-    /// ℓ_b: mean cross-entropy over sample b's response tokens (0 if it has none).
-    pub losses: Vec<f32>,
-    pub layers: Vec<LayerCapture>,
-    /// Final-norm hidden states (B, T, H) of the same pass (RepSim uses them).
-    pub hidden: Tensor,
 }
 
 struct Tracker<'a> {
@@ -743,7 +718,7 @@ impl Llama {
 /// One target per loss position drawn from exp(`lp`) (rows in `owner`'s order), each sample from
 /// its own stream keyed by `seed` and its token ids.
 fn sample_targets(lp: &Tensor, owner: &[usize], batch: &[TokenSeq], seed: u64) -> Result<Vec<u32>> {
-    use crate::features::random::Stream;
+    use crate::random::Stream;
     let p: Vec<Vec<f64>> = lp.detach().to_dtype(DType::F64)?.exp()?.to_vec2()?;
     let mut streams: HashMap<usize, Stream> = HashMap::new();
     let mut out = Vec::with_capacity(owner.len());

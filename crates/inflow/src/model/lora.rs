@@ -12,10 +12,11 @@
 //! records them by adding a zero-valued `Var` to h and u (STACK.md: candle drops intermediate
 //! gradients, but keeps those of `Var`s).
 
-use super::llama::{LayerCapture, LinearInfo, Llama};
-use super::{Captured, LoadedModel, TokenSeq};
-use crate::features::random::Stream;
-use crate::features::select_modules;
+use super::capture::{Captured, LayerCapture, LinearInfo};
+use super::llama::{Llama, TokenSeq};
+use super::modules::select_modules;
+use super::LoadedModel;
+use crate::random::Stream;
 use crate::{Error, Result};
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};

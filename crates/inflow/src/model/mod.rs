@@ -1,18 +1,20 @@
 //! Causal LMs: loading (GGUF or a Hugging Face folder), the differentiable Llama forward
 //! pass, and the capture of each tracked Linear's inputs and output gradients.
 
+pub mod capture;
 pub mod config;
 pub mod gguf;
 pub mod hf;
 pub mod linear;
 pub mod llama;
 pub mod lora;
+pub mod modules;
 pub mod tiny;
 
+pub use capture::{Captured, LayerCapture, LinearInfo};
 pub use config::LlamaConfig;
-pub use llama::{
-    Captured, KvCache, Labels, LayerCapture, LinearInfo, Llama, TokenSeq, BLOCK_LINEARS,
-};
+pub use llama::{KvCache, Labels, Llama, TokenSeq, BLOCK_LINEARS};
+pub use modules::select_modules;
 
 use crate::{Error, Result};
 use candle_core::DType;

@@ -66,7 +66,7 @@ pub fn byte_tokenizer() -> Result<Tokenizer> {
 /// A tiny Llama with N(0, 0.2²) weights from `seed`, norms at 1 + small noise.
 pub fn random(cfg: &LlamaConfig, seed: u64, dtype: DType) -> Result<LoadedModel> {
     let dev = Device::Cpu;
-    let mut rng = crate::features::random::Stream::new(seed, "tiny-model");
+    let mut rng = crate::random::Stream::new(seed, "tiny-model");
     let mut t: HashMap<String, Tensor> = HashMap::new();
     let mut mat = |name: String, shape: (usize, usize), std: f64, offset: f64| -> Result<()> {
         let data: Vec<f64> = (0..shape.0 * shape.1)

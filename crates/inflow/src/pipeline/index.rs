@@ -3,11 +3,13 @@
 use std::path::Path;
 
 use super::report::{watch, Reporter};
-use crate::index::{run_index, IndexOptions, IndexSummary, Progress};
+use crate::curvature::kfac::run_index;
+use crate::index::{IndexOptions, IndexSummary, Progress};
 use crate::model::LoadedModel;
 use crate::Result;
 
-/// Runs (or resumes) [`run_index`] into `out`, reporting stage `stage`.
+/// Runs (or resumes) [`run_index`] (the index pass with K-FAC token sums) into `out`,
+/// reporting stage `stage`.
 pub fn index(
     model: &LoadedModel,
     opts: &IndexOptions,

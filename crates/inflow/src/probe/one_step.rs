@@ -5,8 +5,8 @@
 use super::{ProbeMethod, Probes};
 use crate::data::tokens::{Renderer, Template};
 use crate::data::Sample;
-use crate::features::{per_sample_gradient, select_modules};
-use crate::model::{LoadedModel, TokenSeq};
+use crate::features::per_sample_gradient;
+use crate::model::{select_modules, LoadedModel, TokenSeq};
 use crate::Result;
 
 /// One-step fine-tuning over a probe set; the step updates the `modules` Linears.

@@ -5,7 +5,7 @@
 //! until no assignment changes. Deterministic for a seed: one SplitMix64 stream, sequential
 //! sums in f64, ties to the lower cluster index.
 
-use crate::features::random::Stream;
+use crate::random::Stream;
 use crate::{Error, Result};
 
 /// A clustering of n points.

@@ -15,18 +15,20 @@
 use super::adamw::{adam_update_feature, AdamWConfig};
 use super::checkpoint::{self, WEIGHTS_FILE};
 use crate::data::tokens::Renderer;
-use crate::data::{self, Sample};
+use crate::data::Sample;
 use crate::features::{dense, FeatureSpec, Projection, Projector};
-use crate::index::{model_spec, Featurizer, IndexOptions, IndexSummary, Progress};
+use crate::index::{
+    self, Batch, FeaturePass, Featurizer, IndexOptions, IndexSummary, PassObserver, Progress,
+    StoreExtras,
+};
 use crate::model::lora::{Adapters, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use crate::model::{sha256_files, Llama, LoadedModel, TokenSeq};
-use crate::store::{SampleRow, Store, StoreSpec};
+use crate::store::SampleRow;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Where a model's fine-tuned state came from.
@@ -195,7 +197,17 @@ impl<'a> LoraFeaturizer<'a> {
 
     /// Feature rows (B × dim) of one batch, and its per-sample losses.
     pub fn features(&self, seqs: &[TokenSeq]) -> Result<(Vec<f32>, Vec<f32>)> {
+        self.features_observed(seqs, &mut ())
+    }
+
+    /// [`Self::features`], with `observer` seeing the adapters' capture.
+    fn features_observed<O: PassObserver>(
+        &self,
+        seqs: &[TokenSeq],
+        observer: &mut O,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
         let cap = self.adapters.loss_and_capture(&self.model.llama, seqs)?;
+        observer.observe(&self.projector, &cap, seqs)?;
         let rows = self.projector.project(&cap)?;
         let Some((m, v, cfg)) = &self.moments else {
             return Ok((rows, cap.losses));
@@ -229,36 +241,6 @@ impl<'a> LoraFeaturizer<'a> {
         Ok((rows, cap.losses))
     }
 
-    fn featurize_serial(
-        &self,
-        samples: &[Sample],
-        batch_size: usize,
-        progress: &Progress,
-    ) -> Result<(Vec<f32>, Vec<SampleRow>)> {
-        let mut feats = Vec::new();
-        let mut rows = Vec::new();
-        for chunk in samples.chunks(batch_size.max(1)) {
-            let mut seqs = Vec::with_capacity(chunk.len());
-            for s in chunk {
-                let (seq, row) = crate::index::tokenized_row(&self.renderer, s)?;
-                rows.push(row);
-                seqs.push(seq);
-            }
-            let (f, losses) = self.features(&seqs)?;
-            let n = rows.len();
-            for (r, l) in rows[n - chunk.len()..].iter_mut().zip(&losses) {
-                r.loss = *l;
-            }
-            feats.extend(f);
-            progress.samples.fetch_add(chunk.len(), Ordering::Relaxed);
-            progress.tokens.fetch_add(
-                seqs.iter().map(|s| s.ids.len()).sum::<usize>(),
-                Ordering::Relaxed,
-            );
-        }
-        Ok((feats, rows))
-    }
-
     /// Feature rows and sample records for `samples`, in order, `threads` workers on
     /// contiguous parts.
     pub fn featurize(
@@ -268,14 +250,27 @@ impl<'a> LoraFeaturizer<'a> {
         threads: usize,
         progress: &Progress,
     ) -> Result<(Vec<f32>, Vec<SampleRow>)> {
-        let (mut feats, mut rows) = (Vec::new(), Vec::new());
-        for (f, r) in crate::index::in_parallel_parts(samples, threads, |c| {
-            self.featurize_serial(c, batch_size, progress)
-        })? {
-            feats.extend(f);
-            rows.extend(r);
-        }
-        Ok((feats, rows))
+        let (f, ()) = index::featurize_with(self, samples, batch_size, threads, progress)?;
+        Ok((f.grads, f.rows))
+    }
+}
+
+impl FeaturePass for LoraFeaturizer<'_> {
+    fn renderer(&self) -> &Renderer<'_> {
+        &self.renderer
+    }
+
+    fn spec(&self) -> &FeatureSpec {
+        &self.spec
+    }
+
+    fn batch<O: PassObserver>(&self, seqs: &[TokenSeq], observer: &mut O) -> Result<Batch> {
+        let (grads, losses) = self.features_observed(seqs, observer)?;
+        Ok(Batch {
+            grads,
+            losses,
+            ..Batch::default()
+        })
     }
 }
 
@@ -300,33 +295,7 @@ pub fn run_checkpoint_index(
     progress: &Progress,
     on_shard: &mut dyn FnMut(usize, usize),
 ) -> Result<IndexSummary> {
-    let report = data::read_samples(&opts.data, &opts.read)?;
-    if report.samples.is_empty() {
-        return Err(Error::Msg(format!(
-            "{}: no samples to index",
-            opts.data.display()
-        )));
-    }
-    enum Fz<'a> {
-        Base(Featurizer<'a>),
-        Lora(LoraFeaturizer<'a>),
-    }
     let fo = &opts.features;
-    let fz = match source {
-        FeatureSource::Base => Fz::Base(Featurizer::new(model, fo)?),
-        FeatureSource::Lora(g) => Fz::Lora(LoraFeaturizer::new(
-            model,
-            fo.projection.clone(),
-            fo.seed,
-            Renderer::new(model, fo.template, fo.max_tokens)?,
-            g,
-            checkpoint.map(|c| c.path.as_path()),
-        )?),
-    };
-    let (spec, template) = match &fz {
-        Fz::Base(f) => (f.spec().clone(), f.renderer().template()),
-        Fz::Lora(f) => (f.spec().clone(), f.renderer.template()),
-    };
     let gradient = match source {
         FeatureSource::Base => serde_json::json!({"kind": "sgd", "params": "base"}),
         FeatureSource::Lora(LoraGradient::Sgd) => {
@@ -336,68 +305,50 @@ pub fn run_checkpoint_index(
             serde_json::json!({"kind": "adam", "params": "lora", "adam": c})
         }
     };
-    let mut features = serde_json::to_value(&spec).map_err(|e| Error::Msg(e.to_string()))?;
-    if let Some(obj) = features.as_object_mut() {
-        obj.insert("gradient".into(), gradient);
-        obj.insert(
-            "checkpoint".into(),
-            serde_json::to_value(checkpoint).map_err(|e| Error::Msg(e.to_string()))?,
-        );
-    }
-    let n = report.samples.len();
-    let store_spec = StoreSpec {
-        model: model_spec(model)?,
-        data: crate::index::data_spec(&report, &opts.read, template, fo.max_tokens),
-        features,
-        dtype: opts.dtype,
-        dim: spec.dim(),
-        shard_size: opts.shard_size,
+    let checkpoint_json =
+        serde_json::to_value(checkpoint).map_err(|e| Error::Msg(e.to_string()))?;
+    // No RepSim sub-stores or curvature statistics: checkpoint stores hold gradients only.
+    let extras = StoreExtras {
+        repsim: false,
+        features: vec![
+            ("gradient".into(), gradient),
+            ("checkpoint".into(), checkpoint_json.clone()),
+        ],
+        run: vec![
+            ("checkpoint".into(), checkpoint_json),
+            (
+                "lora_grads".into(),
+                serde_json::Value::Bool(matches!(source, FeatureSource::Lora(_))),
+            ),
+        ],
     };
-    let mut store = Store::create_or_resume(out, store_spec, n)?;
-    let mut run_json = crate::index::run_info(model, opts, &report)?;
-    if let Some(obj) = run_json.as_object_mut() {
-        obj.insert(
-            "checkpoint".into(),
-            serde_json::to_value(checkpoint).map_err(|e| Error::Msg(e.to_string()))?,
-        );
-        obj.insert(
-            "lora_grads".into(),
-            serde_json::Value::Bool(matches!(source, FeatureSource::Lora(_))),
-        );
+    match source {
+        FeatureSource::Base => index::index_pass::<_, ()>(
+            model,
+            opts,
+            out,
+            || Featurizer::new(model, fo),
+            extras,
+            progress,
+            on_shard,
+        ),
+        FeatureSource::Lora(g) => index::index_pass::<_, ()>(
+            model,
+            opts,
+            out,
+            || {
+                LoraFeaturizer::new(
+                    model,
+                    fo.projection.clone(),
+                    fo.seed,
+                    Renderer::new(model, fo.template, fo.max_tokens)?,
+                    g,
+                    checkpoint.map(|c| c.path.as_path()),
+                )
+            },
+            extras,
+            progress,
+            on_shard,
+        ),
     }
-    crate::index::write_run_info(out, &run_json)?;
-    let pending = store.pending_shards();
-    progress.total.store(n, Ordering::Relaxed);
-    let reused = store.n_shards() - pending.len();
-    progress
-        .samples
-        .store(store.n_done_rows(), Ordering::Relaxed);
-    let (mut n_truncated, mut tokens) = (0, 0);
-    for &i in &pending {
-        let range = store.shard_range(i);
-        let samples = &report.samples[range];
-        let (feats, rows) = match &fz {
-            Fz::Base(f) => {
-                let r = f.featurize(samples, opts.batch_size, opts.threads, progress)?;
-                (r.grads, r.rows)
-            }
-            Fz::Lora(f) => f.featurize(samples, opts.batch_size, opts.threads, progress)?,
-        };
-        n_truncated += rows.iter().filter(|r| r.truncated).count();
-        tokens += rows.iter().map(|r| r.n_tokens as usize).sum::<usize>();
-        store.write_shard(i, &feats, &rows)?;
-        on_shard(store.n_done_rows(), n);
-    }
-    store.finish()?;
-    let dim = store.dim();
-    Ok(IndexSummary {
-        n_samples: n,
-        n_skipped_bad: report.skipped.len(),
-        n_truncated,
-        shards_written: pending.len(),
-        shards_reused: reused,
-        dim,
-        tokens,
-        bytes_per_sample: (dim * opts.dtype.size() + 4) as f64,
-    })
 }

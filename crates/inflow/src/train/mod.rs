@@ -16,10 +16,10 @@ pub mod features;
 pub mod log;
 pub mod schedule;
 
-use crate::features::random::Stream;
-use crate::features::select_modules;
 use crate::model::lora::{self, Adapters, LoraConfig};
+use crate::model::select_modules;
 use crate::model::{LoadedModel, TokenSeq};
+use crate::random::Stream;
 use crate::{Error, Result};
 use adamw::{AdamW, AdamWConfig};
 use candle_core::{Tensor, Var};
