@@ -25,10 +25,12 @@ pub(crate) fn run(
     let summary = crate::index(
         IndexArgs {
             model: model.clone(),
-            data: assets.join("train.jsonl"),
-            format: "alpaca".into(),
-            limit: Some(limit),
-            skip_bad: false,
+            input: crate::args::DataArgs {
+                data: assets.join("train.jsonl"),
+                format: "alpaca".into(),
+                limit: Some(limit),
+                skip_bad: false,
+            },
             out: out.clone(),
             features: FeatureArgs {
                 projection: "logra".into(),

@@ -1,6 +1,7 @@
 //! The `inflow` command line: argument parsing, progress bars and printing around the
 //! inflow library.
 
+mod args;
 mod bench;
 mod demo;
 mod lds;
@@ -15,7 +16,7 @@ mod train;
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Parser, Subcommand};
 use inflow::data::tokens::Template;
-use inflow::data::{Format, ReadOptions};
+use inflow::data::Format;
 use inflow::features::Projection;
 use inflow::index::{FeatureOptions, IndexOptions};
 use inflow::model::LoadedModel;
@@ -233,18 +234,8 @@ impl FeatureArgs {
 struct IndexArgs {
     #[arg(long)]
     model: PathBuf,
-    /// Training data: .jsonl or .parquet.
-    #[arg(long)]
-    data: PathBuf,
-    /// Data format: auto, alpaca, chat, prompt_completion, text.
-    #[arg(long, default_value = "auto")]
-    format: String,
-    /// Index only the first N samples.
-    #[arg(long)]
-    limit: Option<usize>,
-    /// Skip malformed records (counted) instead of stopping at the first.
-    #[arg(long)]
-    skip_bad: bool,
+    #[command(flatten)]
+    input: crate::args::DataArgs,
     /// Store folder; rerunning the same command resumes it.
     #[arg(long)]
     out: PathBuf,
@@ -648,12 +639,8 @@ pub(crate) fn index(
         bail!("--shard-size and --batch-size must be positive");
     }
     let opts = IndexOptions {
-        data: a.data.clone(),
-        read: ReadOptions {
-            format: a.format.parse::<Format>()?,
-            skip_bad: a.skip_bad,
-            limit: a.limit,
-        },
+        data: a.input.data.clone(),
+        read: a.input.read_options()?,
         features: a.features.options()?,
         dtype,
         shard_size: a.shard_size,

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use inflow::data::{Format, ReadOptions};
+use inflow::data::ReadOptions;
 use inflow::eval::compare::{compare, ScoreFile};
 use inflow::index::Progress;
 use inflow::probe::icp::{DemoTemplate, Icp};
@@ -16,15 +16,8 @@ use std::time::Instant;
 pub(crate) struct ProbeArgs {
     #[arg(long)]
     model: PathBuf,
-    /// Training samples to value (.jsonl/.parquet).
-    #[arg(long)]
-    data: PathBuf,
-    /// Training data format.
-    #[arg(long, default_value = "auto")]
-    format: String,
-    /// Value only the first N training samples.
-    #[arg(long)]
-    limit: Option<usize>,
+    #[command(flatten)]
+    input: crate::args::DataArgs,
     /// Probe tasks: samples (q_j, a_j) with an optional `task` field.
     #[arg(long)]
     probes: PathBuf,
@@ -95,12 +88,8 @@ pub(crate) fn probe(a: ProbeArgs, threads: usize, json: bool) -> Result<()> {
     let setup = t0.elapsed().as_secs_f64();
     let run = ProbeRun {
         model: &model,
-        data: a.data.clone(),
-        read: ReadOptions {
-            format: a.format.parse::<Format>()?,
-            skip_bad: false,
-            limit: a.limit,
-        },
+        data: a.input.data.clone(),
+        read: a.input.read_options()?,
         probes: &probes,
         shard_size: a.shard_size.max(1),
         threads,
@@ -153,11 +142,10 @@ fn naive_check(
         a.probe_batch,
     )?;
     let samples = inflow::data::read_samples(
-        &a.data,
+        &a.input.data,
         &ReadOptions {
-            format: a.format.parse::<Format>()?,
-            skip_bad: false,
             limit: Some(a.bench_naive),
+            ..a.input.read_options()?
         },
     )?
     .samples;

@@ -21,18 +21,8 @@ use std::time::Instant;
 pub(crate) struct TrainArgs {
     #[arg(long)]
     model: PathBuf,
-    /// Training data: .jsonl or .parquet.
-    #[arg(long)]
-    data: PathBuf,
-    /// Data format: auto, alpaca, chat, prompt_completion, text.
-    #[arg(long, default_value = "auto")]
-    format: String,
-    /// Train on the first N samples only.
-    #[arg(long)]
-    limit: Option<usize>,
-    /// Skip malformed records (counted) instead of stopping at the first.
-    #[arg(long)]
-    skip_bad: bool,
+    #[command(flatten)]
+    input: crate::args::DataArgs,
     /// Conversation rendering: auto, chat, plain.
     #[arg(long, default_value = "auto")]
     template: String,
@@ -111,12 +101,8 @@ pub(crate) struct EvalLossArgs {
     /// LoRA adapter folder (PEFT layout) or checkpoint of `inflow train`.
     #[arg(long)]
     adapter: Option<PathBuf>,
-    #[arg(long)]
-    data: PathBuf,
-    #[arg(long, default_value = "auto")]
-    format: String,
-    #[arg(long)]
-    limit: Option<usize>,
+    #[command(flatten)]
+    input: crate::args::DataArgs,
     #[arg(long, default_value = "auto")]
     template: String,
     #[arg(long, default_value_t = 512)]
@@ -179,8 +165,8 @@ pub(crate) fn train(a: TrainArgs, threads: usize, json: bool) -> Result<()> {
     let mut m = crate::load_model(&a.model)?;
     let (data, truncated) = tokenize(
         &m,
-        &a.data,
-        &read_opts(&a.format, a.skip_bad, a.limit)?,
+        &a.input.data,
+        &a.input.read_options()?,
         &a.template,
         a.max_tokens,
     )?;
@@ -288,8 +274,8 @@ pub(crate) fn eval_loss(a: EvalLossArgs, threads: usize, json: bool) -> Result<(
     };
     let (data, truncated) = tokenize(
         &m,
-        &a.data,
-        &read_opts(&a.format, false, a.limit)?,
+        &a.input.data,
+        &a.input.read_options()?,
         &a.template,
         a.max_tokens,
     )?;
@@ -300,7 +286,7 @@ pub(crate) fn eval_loss(a: EvalLossArgs, threads: usize, json: bool) -> Result<(
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "model": a.model, "adapter": a.adapter, "checkpoint": ck, "data": a.data,
+                "model": a.model, "adapter": a.adapter, "checkpoint": ck, "data": a.input.data,
                 "n_samples": e.n_samples, "mean_loss": e.mean_loss,
                 "token_mean_loss": e.token_mean_loss, "n_loss_tokens": e.n_loss_tokens,
                 "n_truncated": truncated, "seconds": secs,
@@ -369,8 +355,8 @@ pub(crate) fn index_checkpoints(a: crate::IndexArgs, threads: usize, json: bool)
         bail!("--shard-size and --batch-size must be positive");
     }
     let opts = IndexOptions {
-        data: a.data.clone(),
-        read: read_opts(&a.format, a.skip_bad, a.limit)?,
+        data: a.input.data.clone(),
+        read: a.input.read_options()?,
         features: a.features.options()?,
         dtype,
         shard_size: a.shard_size,
