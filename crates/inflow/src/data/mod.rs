@@ -59,6 +59,18 @@ pub enum Body {
 }
 
 impl Body {
+    /// The prompt side as plain text: a conversation's messages joined by newlines.
+    pub fn prompt_text(&self) -> String {
+        match self {
+            Body::Chat { messages, .. } => messages
+                .iter()
+                .map(|m| m.content.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Body::Plain { prompt, .. } => prompt.clone(),
+        }
+    }
+
     /// The text the loss is on.
     pub fn response(&self) -> &str {
         match self {

@@ -42,6 +42,16 @@ pub enum Need {
 }
 
 impl Need {
+    /// Its name in listings (as serialized).
+    pub fn name(self) -> &'static str {
+        match self {
+            Need::Store => "store",
+            Need::Curvature => "curvature",
+            Need::Checkpoints => "checkpoints",
+            Need::Model => "model",
+        }
+    }
+
     /// What the user does to provide it.
     pub fn how(self) -> &'static str {
         match self {
@@ -211,26 +221,10 @@ pub fn register(method: Box<dyn Method>) -> Result<()> {
     Ok(())
 }
 
-/// A method found by name: built-in or registered.
-pub enum Found {
-    Builtin(Box<dyn Method>),
-    Registered(Arc<dyn Method>),
-}
-
-impl std::ops::Deref for Found {
-    type Target = dyn Method;
-    fn deref(&self) -> &Self::Target {
-        match self {
-            Found::Builtin(b) => b.as_ref(),
-            Found::Registered(a) => a.as_ref(),
-        }
-    }
-}
-
 /// The method called `name`; an unknown name gives an error listing the known ones.
-pub fn by_name(name: &str) -> Result<Found> {
+pub fn by_name(name: &str) -> Result<Arc<dyn Method>> {
     if let Some((_, make)) = REGISTRY.iter().find(|(n, _)| *n == name) {
-        return Ok(Found::Builtin(make()));
+        return Ok(Arc::from(make()));
     }
     let found = extra()
         .lock()
@@ -239,7 +233,7 @@ pub fn by_name(name: &str) -> Result<Found> {
         .find(|m| m.name() == name)
         .cloned();
     // The lock is released before the error lists the names (which locks again).
-    found.map(Found::Registered).ok_or_else(|| {
+    found.ok_or_else(|| {
         Error::Msg(format!(
             "unknown method `{name}`; known methods: {}",
             names().join(", ")
@@ -261,16 +255,7 @@ pub fn describe() -> String {
     let mut out = String::new();
     for n in names() {
         if let Ok(m) = by_name(&n) {
-            let needs: Vec<String> = m
-                .needs()
-                .iter()
-                .map(|x| {
-                    serde_json::to_value(x)
-                        .ok()
-                        .and_then(|v| v.as_str().map(String::from))
-                        .unwrap_or_default()
-                })
-                .collect();
+            let needs: Vec<&str> = m.needs().iter().map(|x| x.name()).collect();
             out.push_str(&format!("{n:<12} [{}] {}\n", needs.join(", "), m.about()));
         }
     }

@@ -7,7 +7,6 @@ use super::report::{watch, Reporter};
 use super::score::load_model;
 use crate::curvature::fisher::{self as fi, Fisher, FisherSamples};
 use crate::curvature::kfac::{self, FactorSource};
-use crate::data::{Format, ReadOptions};
 use crate::index::{IndexOptions, Progress, RunInfo};
 use crate::model::LoadedModel;
 use crate::store::Store;
@@ -86,14 +85,9 @@ pub fn store_run(
             store.display()
         )));
     }
-    let data_spec = &s.spec().data;
     let opts = IndexOptions {
         data: run.data_path.clone(),
-        read: ReadOptions {
-            format: run.format.parse::<Format>()?,
-            skip_bad: data_spec["skip_bad"].as_bool().unwrap_or(false),
-            limit: data_spec["limit"].as_u64().map(|v| v as usize),
-        },
+        read: super::score::recorded_read(s, &run)?,
         features: run.features.clone(),
         dtype: s.spec().dtype,
         shard_size: s.spec().shard_size,

@@ -110,17 +110,23 @@ pub fn train_set(store: &Path) -> Result<TrainSet<'_>> {
         scores::checkpoints::find(store)?.remove(0)
     };
     let run = index::read_run_info(&dir)?;
-    let s = Store::open(&dir)?;
-    let d = &s.spec().data;
+    let read = recorded_read(&Store::open(&dir)?, &run)?;
     Ok(TrainSet {
         store,
         data: run.data_path,
-        read: ReadOptions {
-            format: run.format.parse::<Format>()?,
-            skip_bad: d["skip_bad"].as_bool().unwrap_or(false),
-            limit: d["limit"].as_u64().map(|v| v as usize),
-        },
+        read,
         features: run.features,
+    })
+}
+
+/// How a store read its data: the format from run.json, the limit and bad-record policy from
+/// the manifest.
+pub fn recorded_read(s: &Store, run: &index::RunInfo) -> Result<ReadOptions> {
+    let d = &s.spec().data;
+    Ok(ReadOptions {
+        format: run.format.parse::<Format>()?,
+        skip_bad: d["skip_bad"].as_bool().unwrap_or(false),
+        limit: d["limit"].as_u64().map(|v| v as usize),
     })
 }
 
@@ -188,7 +194,10 @@ pub fn score(o: &ScoreOptions, reporter: &dyn Reporter) -> Result<ScoreOutput> {
             .map(|r| format!("{}{}", r.prompt, r.response))
             .collect()
     } else {
-        queries.iter().map(sample_text).collect()
+        queries
+            .iter()
+            .map(|s| format!("{}{}", s.body.prompt_text(), s.body.response()))
+            .collect()
     };
     let out = o
         .out
@@ -251,15 +260,4 @@ pub fn score(o: &ScoreOptions, reporter: &dyn Reporter) -> Result<ScoreOutput> {
         out,
         full: o.full.clone(),
     })
-}
-
-/// A sample's prompt and response as plain text, for display.
-fn sample_text(s: &Sample) -> String {
-    match &s.body {
-        data::Body::Chat { messages, response } => {
-            let m: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
-            format!("{}\n{response}", m.join("\n"))
-        }
-        data::Body::Plain { prompt, response } => format!("{prompt}{response}"),
-    }
 }

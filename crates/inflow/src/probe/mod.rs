@@ -219,17 +219,7 @@ pub fn run(
             for z in c {
                 let (r, loss, truncated) = method.row(z)?;
                 rows.extend(r);
-                let (prompt, response) = match &z.body {
-                    data::Body::Chat { messages, response } => (
-                        messages
-                            .iter()
-                            .map(|m| m.content.as_str())
-                            .collect::<Vec<_>>()
-                            .join("\n"),
-                        response.clone(),
-                    ),
-                    data::Body::Plain { prompt, response } => (prompt.clone(), response.clone()),
-                };
+                let (prompt, response) = (z.body.prompt_text(), z.body.response().to_string());
                 meta.push(SampleRow {
                     id: z.id.clone(),
                     row: z.row as u64,
