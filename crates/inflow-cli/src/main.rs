@@ -308,7 +308,8 @@ struct ScoreArgs {
     #[arg(long, default_value_t = 64)]
     lissa_batch: usize,
     /// Write one score per training sample instead of top-k lists: `mean` over the queries
-    /// (e.g. gradient similarity to a whole probe set, to compare with ICP).
+    /// (e.g. gradient similarity to a whole probe set, to compare with ICP); `none` keeps
+    /// top-k per query also for LESS (whose default is its per-task max).
     #[arg(long)]
     aggregate: Option<String>,
     /// Queries shown in the printed table.
@@ -693,27 +694,34 @@ pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<ScoreOut
         threads,
     };
     let so = inflow::pipeline::score::score(&o, &progress::Bars::default())?;
-    let checkpoints = so
-        .report
-        .as_ref()
-        .and_then(|r| r.get("checkpoints"))
-        .cloned();
-    match checkpoints {
-        None => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&show::json(&so))?);
-            } else {
-                show::table(&so, a.show);
-                println!(
-                    "wrote {} ({} queries × top {}; sign: {})",
-                    so.out.display(),
-                    so.query_ids.len(),
-                    a.top_k,
-                    &so.sign_convention
-                );
-            }
+    match (
+        &so.per_train,
+        so.report.as_ref().and_then(|r| r.get("checkpoints")),
+    ) {
+        // One score per training sample (LESS's per-task max, --aggregate mean).
+        (Some(_), Some(c)) => show::checkpoint_listing(&so, c, a.top_k, json)?,
+        _ if json => println!("{}", serde_json::to_string_pretty(&show::json(&so))?),
+        _ => {
+            show::table(&so, a.show);
+            println!(
+                "wrote {} ({} queries × top {}; sign: {})",
+                so.out.display(),
+                so.query_ids.len(),
+                a.top_k,
+                &so.sign_convention
+            );
         }
-        Some(c) => show::checkpoint_listing(&so, &c, a.top_k, json)?,
+    }
+    if let Some(full) = &so.full {
+        if !json {
+            println!(
+                "wrote {} ({} × {} float32; query ids in {})",
+                full.display(),
+                so.query_ids.len(),
+                so.train_ids.len(),
+                full.with_extension("json").display()
+            );
+        }
     }
     Ok(so)
 }

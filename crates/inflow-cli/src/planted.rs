@@ -75,6 +75,11 @@ pub(crate) struct PlantedArgs {
     generate: usize,
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Write the planted mix (OUT/mix.jsonl, each record with `planted: true|false`) and its
+    /// queries (OUT/queries.jsonl), then stop: the data for running the user path by hand
+    /// (train, generate, index --adapter, fit, score; README's worked example).
+    #[arg(long)]
+    data_only: bool,
 }
 
 /// The curvature the influence methods use: the store's Fisher (empirical, or one draw of
@@ -169,6 +174,17 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
         set.mix.len(),
         set.queries.len()
     );
+    if a.data_only {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"mix": mix_path, "queries": q_path, "n_planted": n_planted, "n_mix": set.mix.len()})
+            );
+        } else {
+            println!("wrote {} and {}", mix_path.display(), q_path.display());
+        }
+        return Ok(());
+    }
 
     // 2. LoRA fine-tuning on the mix, one checkpoint per epoch.
     let mut m = crate::load_model(&model_path)?;

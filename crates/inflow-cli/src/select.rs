@@ -208,11 +208,19 @@ fn gdig_select(
             let spec = match a.seed_method.as_deref() {
                 None => input::default_seed_method(store_dir),
                 Some("influence") => MethodSpec::influence(&a.preconditioner, 0.1),
+                // The registry's preconditioner shorthands (`ekfac` = influence with EK-FAC).
+                Some(p @ ("identity" | "kfac" | "ekfac" | "datainf" | "lissa" | "exact")) => {
+                    MethodSpec::influence(p, 0.1)
+                }
                 Some(m) => MethodSpec::plain(m),
             };
-            let run = inflow::index::read_run_info(store_dir)?;
-            let model_path = a.model.clone().unwrap_or(run.model_path);
-            let model = crate::load_model(&model_path)?;
+            // The seed set is featurized at the store's weights (its adapter, if any).
+            let model = inflow::pipeline::store_model::load(
+                store_dir,
+                a.model.as_deref(),
+                &crate::progress::Bars::default(),
+            )?
+            .model;
             let pb = crate::bar(seed_samples.len(), "seed set");
             let sb = crate::bar(store.n_samples(), "score");
             let progress = Progress::default();

@@ -48,7 +48,13 @@ pub(crate) fn table(so: &ScoreOutput, show: usize) {
                 preview(&strip_template(&t.prompt), 60),
                 preview(&strip_template(&t.response), 30)
             );
-            println!("  {:>4}  {:>9.4}  {:<12}  {}", rank + 1, score, t.id, text);
+            println!(
+                "  {:>4}  {:>9}  {:<12}  {}",
+                rank + 1,
+                number(*score as f64),
+                t.id,
+                text
+            );
         }
     }
     if so.result.topk.len() > show {
@@ -113,13 +119,23 @@ pub(crate) fn checkpoint_listing(
         println!("{} over {n_ck} checkpoints ({what}):", so.method);
         for (r, t) in top.iter().enumerate() {
             println!(
-                "  {:>3}  {:>10.4}  {}",
+                "  {:>3}  {:>10}  {}",
                 r + 1,
-                t["score"].as_f64().unwrap_or(0.0),
+                number(t["score"].as_f64().unwrap_or(0.0)),
                 t["train_id"].as_str().unwrap_or("")
             );
         }
         println!("wrote {}", so.out.display());
     }
     Ok(())
+}
+
+/// A score for a table: 4 decimals, or 3 significant digits when that would print 0.0000
+/// (TracIn's η-weighted dots are ~1e-5).
+fn number(v: f64) -> String {
+    if v != 0.0 && v.abs() < 1e-3 {
+        format!("{v:.2e}")
+    } else {
+        format!("{v:.4}")
+    }
 }

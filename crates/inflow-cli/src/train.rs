@@ -418,7 +418,7 @@ pub(crate) fn index_checkpoint(
     let pb = crate::bar(0, what);
     let progress = Progress::default();
     let summary = crate::with_progress(&pb, &progress, || {
-        features::run_checkpoint_index(
+        features::run_checkpoint_index::<Option<inflow::curvature::kfac_stats::KfacStats>>(
             &m,
             opts,
             Some(&ck),

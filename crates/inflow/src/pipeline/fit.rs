@@ -4,10 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use super::report::{watch, Reporter};
-use super::score::load_model;
 use crate::curvature::fisher::{self as fi, Fisher, FisherSamples};
 use crate::curvature::kfac::{self, FactorSource};
-use crate::index::{IndexOptions, Progress, RunInfo};
+use crate::index::{IndexOptions, Progress};
 use crate::model::LoadedModel;
 use crate::store::Store;
 use crate::{Error, Result};
@@ -61,7 +60,8 @@ pub fn fit(o: &FitOptions, reporter: &dyn Reporter) -> Result<Fitted> {
 }
 
 /// The index options a store was made with (from its run.json and manifest) and its model at
-/// the store's weights: base, or with the checkpoint the store was indexed at (hash-checked).
+/// the store's weights: base, or with the adapter or checkpoint the store was indexed at
+/// (hash-checked, [`super::store_model::load`]).
 pub fn store_run(
     s: &Store,
     model: Option<&Path>,
@@ -69,53 +69,24 @@ pub fn store_run(
     threads: usize,
     reporter: &dyn Reporter,
 ) -> Result<(IndexOptions, LoadedModel)> {
-    let store = s.dir();
-    let run_path = store.join("run.json");
-    let bad = |e: String| Error::Store {
-        path: store.into(),
-        msg: format!("run.json: {e}"),
-    };
-    let text = std::fs::read_to_string(&run_path).map_err(|e| Error::io(&run_path, e))?;
-    let raw: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    let run: RunInfo = serde_json::from_value(raw.clone()).map_err(|e| bad(e.to_string()))?;
-    let checkpoint = raw.get("checkpoint").filter(|c| !c.is_null());
-    if checkpoint.is_some() && raw["lora_grads"] == true {
+    let w = crate::train::features::store_weights(s.dir())?;
+    if w.checkpoint.is_some() && w.lora_grads {
         return Err(Error::Msg(format!(
-            "{}: the store holds LoRA-parameter features (--lora-grads); --fisher true supports base-Linear features, with or without --adapter",
-            store.display()
+            "{}: the store holds LoRA-parameter features (--lora-grads); --fisher true supports base-Linear features, with or without --adapter (use the empirical Fisher here)",
+            s.dir().display()
         )));
     }
+    let m = super::store_model::load(s.dir(), model, reporter)?;
     let opts = IndexOptions {
-        data: run.data_path.clone(),
-        read: super::score::recorded_read(s, &run)?,
-        features: run.features.clone(),
+        data: m.run.data_path.clone(),
+        read: super::score::recorded_read(s, &m.run)?,
+        features: m.run.features.clone(),
         dtype: s.spec().dtype,
         shard_size: s.spec().shard_size,
         batch_size,
         threads,
     };
-    let model_path = model.map(Path::to_path_buf).unwrap_or(run.model_path);
-    let mut m = load_model(&model_path, reporter)?;
-    // A store indexed at a checkpoint: the pseudo-gradients are taken at the same weights.
-    if let Some(c) = checkpoint {
-        let want: crate::train::features::CheckpointInfo =
-            serde_json::from_value(c.clone()).map_err(|e| bad(format!("checkpoint: {e}")))?;
-        let got = crate::train::features::attach(&mut m, &want.path).map_err(|e| {
-            Error::Msg(format!(
-                "loading the checkpoint {}: {e}",
-                want.path.display()
-            ))
-        })?;
-        if got.sha256 != want.sha256 {
-            return Err(Error::Msg(format!(
-                "{}: the checkpoint changed since the store was indexed (sha256 {} then, {} now)",
-                want.path.display(),
-                want.sha256,
-                got.sha256
-            )));
-        }
-    }
-    Ok((opts, m))
+    Ok((opts, m.model))
 }
 
 /// Indexes (or resumes) `draws` sampled-label passes over `opts`' data beside `store`: the

@@ -8,5 +8,6 @@ pub mod index;
 pub mod lds;
 pub mod report;
 pub mod score;
+pub mod store_model;
 
 pub use report::{watch, Reporter, Silent};

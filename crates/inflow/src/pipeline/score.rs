@@ -17,6 +17,9 @@ use crate::{Error, Result};
 pub enum Aggregate {
     /// The mean over the queries (e.g. similarity to a whole probe set).
     Mean,
+    /// No reduction: top-k per query, also for methods whose default output is one score per
+    /// training sample (LESS's per-task max).
+    None,
 }
 
 impl std::str::FromStr for Aggregate {
@@ -24,8 +27,9 @@ impl std::str::FromStr for Aggregate {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "mean" => Ok(Aggregate::Mean),
+            "none" => Ok(Aggregate::None),
             o => Err(Error::Msg(format!(
-                "unknown --aggregate `{o}`; expected mean"
+                "unknown --aggregate `{o}`; expected mean or none"
             ))),
         }
     }
@@ -140,14 +144,10 @@ pub fn score(o: &ScoreOptions, reporter: &dyn Reporter) -> Result<ScoreOutput> {
     let nq = queries.len();
     let train = train_set(&o.store)?;
     let needs_model = method.needs().contains(&Need::Model);
+    // Queries are featurized at the store's weights: its base model plus the adapter or
+    // checkpoint recorded in run.json, hash-checked.
     let model = if needs_model {
-        let path = match &o.model {
-            Some(p) => p.clone(),
-            None => index::read_run_info(&o.store)?.model_path,
-        };
-        Some(load_model(&path, reporter).map_err(|e| {
-            Error::Msg(format!("loading the store's model {}: {e}", path.display()))
-        })?)
+        Some(super::store_model::load(&o.store, o.model.as_deref(), reporter)?.model)
     } else {
         None
     };
@@ -163,7 +163,7 @@ pub fn score(o: &ScoreOptions, reporter: &dyn Reporter) -> Result<ScoreOutput> {
     let n_rows = Store::open(&o.store).map(|s| s.n_samples()).unwrap_or(0);
     reporter.start("score", n_rows);
     let on_rows = |d: usize| reporter.update("score", d, n_rows, "");
-    let want_full = o.full.is_some() || o.aggregate.is_some();
+    let want_full = o.full.is_some() || o.aggregate == Some(Aggregate::Mean);
     let ctx = Context {
         train,
         model: model.as_ref(),
@@ -181,11 +181,6 @@ pub fn score(o: &ScoreOptions, reporter: &dyn Reporter) -> Result<ScoreOutput> {
     let scored = watch(reporter, "queries", &progress, || method.score(&ctx));
     reporter.finish("score");
     let scored = scored?;
-    if let Some(r) = &scored.report {
-        if !method.needs().contains(&Need::Checkpoints) {
-            reporter.note(&format!("{}: {r}", scored.method));
-        }
-    }
     let query_ids: Vec<String> = queries.iter().map(|s| s.id.clone()).collect();
     let query_text: Vec<String> = if scored.query_rows.len() == nq {
         scored
@@ -211,6 +206,7 @@ pub fn score(o: &ScoreOptions, reporter: &dyn Reporter) -> Result<ScoreOutput> {
             ),
             what: "mean over queries".into(),
         }),
+        (Some(Aggregate::None), _) => None,
         (None, Some(p)) => Some(p.clone()),
         (None, None) => None,
     };
@@ -233,6 +229,18 @@ pub fn score(o: &ScoreOptions, reporter: &dyn Reporter) -> Result<ScoreOutput> {
             &scored.sign_convention,
         )?,
     }
+    if let Some(r) = &scored.report {
+        // The whole report (LiSSA's per-iteration trace, …) goes beside the scores; the
+        // terminal gets its one-line summary.
+        let side = report_path(&out);
+        let text = serde_json::to_string_pretty(r).map_err(|e| Error::Msg(e.to_string()))?;
+        std::fs::write(&side, text).map_err(|e| Error::io(&side, e))?;
+        if let Some(summary) = r.get("summary").and_then(|v| v.as_str()) {
+            reporter.note(&format!("{summary} (report: {})", side.display()));
+        } else if !method.needs().contains(&Need::Checkpoints) {
+            reporter.note(&format!("{}: report in {}", scored.method, side.display()));
+        }
+    }
     if let Some(full) = &o.full {
         scores::write_full_npy(
             full,
@@ -242,10 +250,14 @@ pub fn score(o: &ScoreOptions, reporter: &dyn Reporter) -> Result<ScoreOutput> {
             &scored.sign_convention,
         )?;
     }
+    // A folder of checkpoint stores: they share one training set.
     let train = if o.store.join("manifest.json").exists() {
         Store::open(&o.store)?.samples()?
     } else {
-        Vec::new()
+        match scores::checkpoints::find(&o.store) {
+            Ok(dirs) => Store::open(&dirs[0])?.samples()?,
+            Err(_) => Vec::new(),
+        }
     };
     Ok(ScoreOutput {
         query_ids,
@@ -260,4 +272,9 @@ pub fn score(o: &ScoreOptions, reporter: &dyn Reporter) -> Result<ScoreOutput> {
         out,
         full: o.full.clone(),
     })
+}
+
+/// Where a score run's method report goes: OUT with `.report.json` for its extension.
+pub fn report_path(out: &Path) -> PathBuf {
+    out.with_extension("report.json")
 }

@@ -5,12 +5,18 @@
 use std::path::Path;
 
 use crate::curvature;
+use crate::data::tokens::Renderer;
 use crate::data::Sample;
 use crate::estimators::{self, Estimator};
+use crate::features::FeatureSpec;
 use crate::index::{self, Featurizer, Progress};
 use crate::model::LoadedModel;
 use crate::store::SampleRow;
 use crate::store::Store;
+use crate::train::{
+    self,
+    features::{LoraFeaturizer, LoraGradient},
+};
 use crate::{Error, Result};
 
 use super::{score_store, ScoreResult};
@@ -99,16 +105,60 @@ pub fn score_samples(
     if queries.is_empty() {
         return Err(Error::Msg("no queries to score".into()));
     }
-    let run = index::read_run_info(dir)?;
+    let recorded = train::features::store_weights(dir)?;
+    let run = &recorded.run;
     store.check_compatible(&serde_json::json!({ "model": index::model_spec(model)? }))?;
     let est = estimator(spec, &store)?;
-    let fz = Featurizer::new(model, &run.features)?;
+    if recorded.lora_grads && est.features() != "gradients" {
+        return Err(Error::Store {
+            path: dir.into(),
+            msg: format!(
+                "`{}` scores hidden-state representations, which an `index --lora-grads` store does not hold (it has LoRA-parameter gradients only): index the same data with --adapter but without --lora-grads for `{}`",
+                spec.method, spec.method
+            ),
+        });
+    }
+    // The query side of a LoRA-gradient store is the plain LoRA gradient (also against
+    // Adam-update training features: LESS's pairing), of the same layers and projection.
+    let (grads, rows, feats, fz_spec) = if recorded.lora_grads {
+        let stored: FeatureSpec =
+            serde_json::from_value(store.spec().features.clone()).map_err(|e| Error::Store {
+                path: dir.into(),
+                msg: format!("features: {e}"),
+            })?;
+        let fz = LoraFeaturizer::new(
+            model,
+            stored.projection.clone(),
+            stored.seed,
+            Renderer::new(model, run.features.template, run.features.max_tokens)?,
+            &LoraGradient::Sgd,
+            None,
+        )?;
+        let (g, rows) = fz.featurize(queries, 1, threads, progress)?;
+        (g, rows, None, fz.spec().clone())
+    } else {
+        let fz = Featurizer::new(model, &run.features)?;
+        let f = fz.featurize(queries, 1, threads, progress)?;
+        (Vec::new(), Vec::new(), Some(f), fz.spec().clone())
+    };
+    let mut want = serde_json::to_value(&fz_spec).map_err(|e| Error::Msg(e.to_string()))?;
+    // A checkpoint store's own fields (its checkpoint, already hash-checked with the model,
+    // and its gradient kind) are not settings of the query pass.
+    if let (Some(w), Some(have)) = (want.as_object_mut(), store.spec().features.as_object()) {
+        for key in ["gradient", "checkpoint"] {
+            if let Some(v) = have.get(key) {
+                w.insert(key.into(), v.clone());
+            }
+        }
+    }
     store.check_compatible(&serde_json::json!({
-        "features": serde_json::to_value(fz.spec()).map_err(|e| Error::Msg(e.to_string()))?,
-        "dim": fz.spec().dim(),
+        "features": want,
+        "dim": fz_spec.dim(),
     }))?;
-    let feats = fz.featurize(queries, 1, threads, progress)?;
-    let qf = feats.set(est.features())?;
+    let (qf, query_rows) = match &feats {
+        Some(f) => (f.set(est.features())?, f.rows.clone()),
+        None => (grads.as_slice(), rows),
+    };
     let sub;
     let scored: &Store = if est.features() == "gradients" {
         &store
@@ -130,6 +180,6 @@ pub fn score_samples(
         method: est.name().to_string(),
         sign_convention: est.sign_convention().to_string(),
         report: est.report(),
-        query_rows: feats.rows,
+        query_rows,
     })
 }

@@ -53,6 +53,8 @@ pub fn attach(model: &mut LoadedModel, dir: &Path) -> Result<CheckpointInfo> {
         Ok(s) => (Some(s.step), Some(s.lr)),
         Err(_) => (None, None),
     };
+    // Recorded absolute, so a store's run.json resolves from any working directory.
+    let dir = &std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let info = if dir.join(ADAPTER_CONFIG).exists() {
         let a = Adapters::load(dir, &model.llama)?;
         model.llama.set_adapters(Some(Arc::new(a)));
@@ -110,6 +112,59 @@ pub fn attach(model: &mut LoadedModel, dir: &Path) -> Result<CheckpointInfo> {
     };
     model.source.sha256 = format!("{}+{}", model.source.sha256, info.sha256);
     Ok(info)
+}
+
+/// What run.json says beyond [`RunInfo`]: the checkpoint and the feature parameters.
+#[derive(Debug, Clone)]
+pub struct StoreWeights {
+    pub run: index::RunInfo,
+    pub checkpoint: Option<CheckpointInfo>,
+    pub lora_grads: bool,
+}
+
+/// Reads the weights a store was indexed at from its run.json.
+pub fn store_weights(store: &Path) -> Result<StoreWeights> {
+    let run_path = store.join("run.json");
+    let bad = |e: String| Error::Store {
+        path: store.into(),
+        msg: format!("run.json: {e}"),
+    };
+    let text = std::fs::read_to_string(&run_path).map_err(|e| Error::io(&run_path, e))?;
+    let raw: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let run: index::RunInfo =
+        serde_json::from_value(raw.clone()).map_err(|e| bad(e.to_string()))?;
+    let checkpoint = match raw.get("checkpoint").filter(|c| !c.is_null()) {
+        Some(c) => Some(
+            serde_json::from_value::<CheckpointInfo>(c.clone())
+                .map_err(|e| bad(format!("checkpoint: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok(StoreWeights {
+        run,
+        checkpoint,
+        lora_grads: raw["lora_grads"] == true,
+    })
+}
+
+impl StoreWeights {
+    /// "BASE" or "BASE + adapter CKPT (step S)", for messages.
+    pub fn describe(&self, base: &Path) -> String {
+        match &self.checkpoint {
+            None => base.display().to_string(),
+            Some(c) => format!(
+                "{} + {} {}{}",
+                base.display(),
+                if c.kind == "lora" {
+                    "adapter"
+                } else {
+                    "checkpoint"
+                },
+                c.path.display(),
+                c.step.map(|s| format!(" (step {s})")).unwrap_or_default()
+            ),
+        }
+    }
 }
 
 /// Which per-sample vector of the LoRA parameters becomes the feature.
@@ -285,8 +340,11 @@ pub enum FeatureSource {
 
 /// Indexes `opts.data` into `out` with the features of a model carrying `checkpoint` (already
 /// [`attach`]ed): the store's spec records the checkpoint (path, step, learning rate, hash) and
-/// the gradient kind beside the usual projection settings. Resumable like `index`.
-pub fn run_checkpoint_index(
+/// the gradient kind beside the usual projection settings. Base-Linear stores also get the
+/// RepSim sub-stores, as a plain `index` does, so every method that scores a plain store
+/// scores one at an adapter; `O` observes the pass (`curvature::kfac_stats::KfacStats` for
+/// K-FAC's token factors). Resumable like `index`.
+pub fn run_checkpoint_index<O: PassObserver>(
     model: &LoadedModel,
     opts: &IndexOptions,
     checkpoint: Option<&CheckpointInfo>,
@@ -307,9 +365,9 @@ pub fn run_checkpoint_index(
     };
     let checkpoint_json =
         serde_json::to_value(checkpoint).map_err(|e| Error::Msg(e.to_string()))?;
-    // No RepSim sub-stores or curvature statistics: checkpoint stores hold gradients only.
+    // LoRA-parameter passes have no hidden states to pool for RepSim.
     let extras = StoreExtras {
-        repsim: false,
+        repsim: matches!(source, FeatureSource::Base),
         features: vec![
             ("gradient".into(), gradient),
             ("checkpoint".into(), checkpoint_json.clone()),
@@ -323,7 +381,7 @@ pub fn run_checkpoint_index(
         ],
     };
     match source {
-        FeatureSource::Base => index::index_pass::<_, ()>(
+        FeatureSource::Base => index::index_pass::<_, O>(
             model,
             opts,
             out,
@@ -332,7 +390,7 @@ pub fn run_checkpoint_index(
             progress,
             on_shard,
         ),
-        FeatureSource::Lora(g) => index::index_pass::<_, ()>(
+        FeatureSource::Lora(g) => index::index_pass::<_, O>(
             model,
             opts,
             out,
