@@ -85,7 +85,7 @@ fn checkpoint_of(dir: &Path) -> Result<CheckpointInfo> {
     serde_json::from_value(v.get("checkpoint").cloned().unwrap_or_default()).map_err(|_| {
         Error::Store {
             path: dir.into(),
-            msg: "not a checkpoint store (its run.json names no checkpoint)".into(),
+            msg: "not a checkpoint store (its run.json names no checkpoint): TracIn and LESS weight each checkpoint's scores by its learning rate, so they need stores indexed at training checkpoints (`inflow index --checkpoints CK1 CK2 … --out DIR`, or `--adapter CK` for one); on a plain store use dot or cosine".into(),
         }
     })
 }
