@@ -104,6 +104,55 @@ fn train_resume_eval_export_and_checkpoint_features() {
     let r = json(&train(&killed, &["--resume"]));
     assert_eq!(r["summary"]["resumed_from"], 2);
     assert_eq!(losses(Path::new(&straight)), losses(Path::new(&killed)));
+    assert!(
+        s["cuts"]["samples"].as_u64().unwrap() > 0 && s["truncate"] == "middle",
+        "{s}"
+    );
+    // The truncation policy is part of the run: resuming with another one is refused.
+    let out = Command::new(env!("CARGO_BIN_EXE_inflow"))
+        .current_dir(root())
+        .args([
+            "train",
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--limit",
+            "24",
+            "--max-tokens",
+            "64",
+            "--lora-rank",
+            "4",
+            "--modules",
+            "q,v,down",
+            "--lora-dropout",
+            "0.1",
+            "--lr",
+            "5e-3",
+            "--batch-size",
+            "4",
+            "--grad-accum",
+            "2",
+            "--epochs",
+            "2",
+            "--save-every",
+            "2",
+            "--schedule",
+            "cosine",
+            "--warmup-steps",
+            "1",
+            "--threads",
+            "2",
+            "--out",
+            &killed,
+            "--resume",
+            "--truncate",
+            "left",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("truncate"), "{err}");
     // Without --resume an existing run is not overwritten.
     let out = Command::new(env!("CARGO_BIN_EXE_inflow"))
         .current_dir(root())
