@@ -117,7 +117,8 @@ pub(crate) struct EvalLossArgs {
 }
 
 /// Merge a LoRA adapter (or full fine-tuning checkpoint) into the model and write a Hugging
-/// Face folder.
+/// Face folder; or, with --unmerged, write the pair PEFT loads: OUT/base (the model as a
+/// Hugging Face folder) and OUT/adapter (the adapter, naming OUT/base as its base model).
 #[derive(Args)]
 pub(crate) struct ExportArgs {
     #[arg(long)]
@@ -126,6 +127,10 @@ pub(crate) struct ExportArgs {
     adapter: PathBuf,
     #[arg(long)]
     out: PathBuf,
+    /// Write OUT/base + OUT/adapter for `AutoPeftModelForCausalLM.from_pretrained("OUT/adapter")`
+    /// instead of merging (LoRA adapters only).
+    #[arg(long)]
+    unmerged: bool,
 }
 
 fn read_opts(format: &str, skip_bad: bool, limit: Option<usize>) -> Result<ReadOptions> {
@@ -312,6 +317,9 @@ pub(crate) fn eval_loss(a: EvalLossArgs, threads: usize, json: bool) -> Result<(
 }
 
 pub(crate) fn export(a: ExportArgs, json: bool) -> Result<()> {
+    if a.unmerged {
+        return export_unmerged(a, json);
+    }
     let mut m = crate::load_model(&a.model)?;
     let ck = features::attach(&mut m, &a.adapter)?;
     let merged = match m.llama.adapters().cloned() {
@@ -331,6 +339,51 @@ pub(crate) fn export(a: ExportArgs, json: bool) -> Result<()> {
             ck.kind,
             a.adapter.display(),
             a.model.display()
+        );
+    }
+    Ok(())
+}
+
+/// `export --unmerged`: OUT/base, the base model as a Hugging Face folder (a GGUF file is
+/// dequantized: the weights the adapter was trained against), and OUT/adapter, the adapter
+/// with PEFT's `base_model_name_or_path` set to OUT/base's absolute path (its sidecar still
+/// names the model it was trained on).
+fn export_unmerged(a: ExportArgs, json: bool) -> Result<()> {
+    let mut m = crate::load_model(&a.model)?;
+    let (base, adapter) = (a.out.join("base"), a.out.join("adapter"));
+    inflow::model::hf::save_dir(&m, &base)?;
+    let trained_on = inflow::model::lora::AdapterSidecar::read(&a.adapter)?
+        .map(|s| s.base_model)
+        .unwrap_or_else(|| inflow::model::lora::AdapterBase::of(&m));
+    let ck = features::attach(&mut m, &a.adapter)
+        .with_context(|| format!("loading the adapter {}", a.adapter.display()))?;
+    let Some(ad) = m.llama.adapters().cloned() else {
+        bail!(
+            "--unmerged: {} is a full fine-tuning checkpoint, not a LoRA adapter; export it merged",
+            a.adapter.display()
+        );
+    };
+    let base_abs = std::fs::canonicalize(&base).unwrap_or_else(|_| base.clone());
+    ad.save(
+        &adapter,
+        &inflow::model::lora::AdapterBase {
+            name_or_path: base_abs.display().to_string(),
+            ..trained_on
+        },
+    )?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"out": a.out, "base": base, "adapter": adapter, "checkpoint": ck})
+        );
+    } else {
+        println!(
+            "wrote {} (the base model) and {} (the adapter, base_model_name_or_path = {}); in Python: \
+             peft.AutoPeftModelForCausalLM.from_pretrained(\"{}\")",
+            base.display(),
+            adapter.display(),
+            base_abs.display(),
+            adapter.display()
         );
     }
     Ok(())

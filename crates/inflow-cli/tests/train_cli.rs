@@ -200,6 +200,43 @@ fn train_resume_eval_export_and_checkpoint_features() {
     ]);
     let m = eval(&merged, None);
     assert!((m - tuned).abs() < 1e-4, "merged {m} vs adapter {tuned}");
+    // The unmerged PEFT pair: OUT/base + OUT/adapter naming it; the same loss again.
+    let pair = p("pair");
+    run_ok(&[
+        "export",
+        "--model",
+        &model,
+        "--adapter",
+        &ck6,
+        "--out",
+        &pair,
+        "--unmerged",
+    ]);
+    let acfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{pair}/adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    let base_abs = std::fs::canonicalize(format!("{pair}/base")).unwrap();
+    assert_eq!(
+        acfg["base_model_name_or_path"],
+        base_abs.display().to_string()
+    );
+    assert!(acfg.get("inflow_modules").is_none());
+    let side: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{pair}/adapter/inflow_adapter.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(side["modules"], "q,v,down");
+    assert_eq!(
+        side["base_model"]["path"],
+        std::fs::canonicalize(&model).unwrap().display().to_string(),
+        "the sidecar names the model it was trained on"
+    );
+    let u = eval(&format!("{pair}/base"), Some(&format!("{pair}/adapter")));
+    assert!(
+        (u - tuned).abs() < 1e-5,
+        "unmerged pair {u} vs adapter {tuned}"
+    );
     assert!(
         tuned < base,
         "training lowered the training-set loss: {base} → {tuned}"

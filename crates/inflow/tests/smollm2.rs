@@ -160,3 +160,16 @@ fn middle_truncation_keeps_the_chat_head_the_trigger_and_the_response() {
         "{lp:?}"
     );
 }
+
+/// Adapters trained on the reference GGUF name its Hugging Face repository for PEFT.
+#[test]
+fn reference_gguf_names_its_hugging_face_repository() {
+    let m = LoadedModel::load(&model_path(), DType::F32).unwrap();
+    assert_eq!(
+        m.source.hf_repo.as_deref(),
+        Some("HuggingFaceTB/SmolLM2-135M-Instruct")
+    );
+    let base = inflow::model::lora::AdapterBase::of(&m);
+    assert_eq!(base.name_or_path, "HuggingFaceTB/SmolLM2-135M-Instruct");
+    assert!(base.path.is_absolute() && base.kind == "gguf");
+}
