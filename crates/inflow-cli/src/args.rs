@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use clap::Args;
+use inflow::data::tokens::Truncate;
 use inflow::data::{Format, ReadOptions};
 use std::path::PathBuf;
 
@@ -31,5 +32,27 @@ impl DataArgs {
             skip_bad: self.skip_bad,
             limit: self.limit,
         })
+    }
+}
+
+/// What goes when a sample is over `--max-tokens` (written once for every verb that cuts).
+#[derive(Args, Clone)]
+pub(crate) struct TruncateArgs {
+    /// Over --max-tokens: `middle` keeps the template head and tail, the instruction and the
+    /// whole response (unless it alone is over the limit) and cuts the prompt's middle, the
+    /// `input` field first; `left` cuts the prompt's start (what stores and runs made before
+    /// this option used); `right` keeps the start and cuts the end.
+    #[arg(
+        long = "truncate",
+        default_value = "middle",
+        value_name = "left|middle|right"
+    )]
+    pub truncate: String,
+}
+
+impl TruncateArgs {
+    /// The library's policy.
+    pub fn policy(&self) -> Result<Truncate> {
+        Ok(self.truncate.parse::<Truncate>()?)
     }
 }

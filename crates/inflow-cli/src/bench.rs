@@ -79,6 +79,7 @@ pub(crate) fn features(
         modules: "all".into(),
         template: inflow::data::tokens::Template::Auto,
         max_tokens,
+        truncate: Default::default(),
         labels: Default::default(),
     };
     let fz = Featurizer::new(&m, &opts)?;
@@ -220,6 +221,8 @@ pub(crate) fn influence(
                 n_loss_tokens: 0,
                 loss: 0.0,
                 truncated: false,
+                prompt_tokens_cut: 0,
+                response_tokens_cut: 0,
                 prompt: String::new(),
                 response: String::new(),
             })

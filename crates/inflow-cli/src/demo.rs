@@ -40,6 +40,9 @@ pub(crate) fn run(
                 modules: "all".into(),
                 template: "auto".into(),
                 max_tokens: 256,
+                truncate: crate::args::TruncateArgs {
+                    truncate: "middle".into(),
+                },
             },
             dtype: "f16".into(),
             shard_size: 32,

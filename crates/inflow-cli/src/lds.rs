@@ -63,6 +63,8 @@ pub(crate) struct LdsArgs {
     /// Longest sample in tokens (training, queries and features).
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
+    #[command(flatten)]
+    truncate: crate::args::TruncateArgs,
     /// LoGra rank per side of the gradient features.
     #[arg(long, default_value_t = 16)]
     rank: usize,
@@ -115,6 +117,7 @@ pub(crate) fn run(a: LdsArgs, threads: usize, json_out: bool) -> Result<()> {
         rank: a.rank,
         damping: a.damping,
         template: a.template.parse::<Template>()?,
+        truncate: a.truncate.policy()?,
         seed: a.seed,
         out: a.out,
         threads,

@@ -203,6 +203,8 @@ struct FeatureArgs {
     /// Longest sample in tokens; longer ones are cut (counted and reported, never silently).
     #[arg(long, default_value_t = 512)]
     max_tokens: usize,
+    #[command(flatten)]
+    truncate: crate::args::TruncateArgs,
 }
 
 impl FeatureArgs {
@@ -225,6 +227,7 @@ impl FeatureArgs {
             modules: self.modules.clone(),
             template: self.template.parse::<Template>()?,
             max_tokens: self.max_tokens,
+            truncate: self.truncate.policy()?,
             labels: Default::default(),
         })
     }
@@ -659,9 +662,20 @@ pub(crate) fn index(
         );
     } else {
         println!(
-            "indexed {} samples into {} ({} shards written, {} already done) in {:.1} s: dim {}, {:.0} bytes/sample, {} truncated to {} tokens, {} bad records skipped",
+            "indexed {} samples into {} ({} shards written, {} already done) in {:.1} s: dim {}, {:.0} bytes/sample, {} bad records skipped",
             summary.n_samples, a.out.display(), summary.shards_written, summary.shards_reused, secs,
-            summary.dim, summary.bytes_per_sample, summary.n_truncated, a.features.max_tokens, summary.n_skipped_bad
+            summary.dim, summary.bytes_per_sample, summary.n_skipped_bad
+        );
+        println!(
+            "  {}{}",
+            summary
+                .cuts
+                .describe(summary.n_written, a.features.max_tokens, summary.truncate),
+            if summary.shards_reused > 0 {
+                " (in the shards written now)"
+            } else {
+                ""
+            }
         );
     }
     Ok(summary)

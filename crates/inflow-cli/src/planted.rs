@@ -70,6 +70,8 @@ pub(crate) struct PlantedArgs {
     rank: usize,
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
+    #[command(flatten)]
+    truncate: crate::args::TruncateArgs,
     /// Triggered queries to generate answers for (attack success rate).
     #[arg(long, default_value_t = 4)]
     generate: usize,
@@ -192,7 +194,9 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
         format: Format::Alpaca,
         ..Default::default()
     };
-    let (mix_data, _) = crate::train::tokenize(&m, &mix_path, &alpaca, "auto", a.max_tokens)?;
+    let truncate = a.truncate.policy()?;
+    let (mix_data, _) =
+        crate::train::tokenize(&m, &mix_path, &alpaca, "auto", a.max_tokens, truncate)?;
     // The queries are read once: their tokens serve the losses, their samples the generations
     // and the scores.
     let qsamples = if set.queries.is_empty() {
@@ -201,7 +205,7 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
         read_samples(&q_path, &alpaca)?.samples
     };
     let qseqs = {
-        let r = Renderer::new(&m, Template::Auto, a.max_tokens)?;
+        let r = Renderer::new(&m, Template::Auto, a.max_tokens)?.with_truncate(truncate);
         qsamples
             .iter()
             .map(|s| Ok(r.tokenize(s)?.seq))
@@ -231,7 +235,11 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
     let resume = train::checkpoint::latest(&ft).is_some();
     let td = TrainData {
         seqs: mix_data.seqs,
-        identity: serde_json::json!({"planted": popts, "max_tokens": a.max_tokens}),
+        identity: {
+            let mut id = serde_json::json!({"planted": popts, "max_tokens": a.max_tokens});
+            truncate.record(&mut id);
+            id
+        },
     };
     let summary = train::train(&mut m, &td, &topts, &ft, resume, &mut |r, total| {
         pb.set_length(total as u64);
@@ -298,6 +306,7 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
         modules: "all".into(),
         template: Template::Auto,
         max_tokens: a.max_tokens,
+        truncate: a.truncate.policy()?,
         labels: Default::default(),
     };
     let iopts = IndexOptions {
@@ -539,6 +548,7 @@ fn less_scores(
                 modules: "all".into(),
                 template: Template::Auto,
                 max_tokens: a.max_tokens,
+                truncate: a.truncate.policy()?,
                 labels: Default::default(),
             },
             dtype: Dtype::F32,

@@ -86,6 +86,8 @@ pub(crate) struct SelectionEvalArgs {
     /// Longest sample in tokens (training and evaluation).
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
+    #[command(flatten)]
+    truncate: crate::args::TruncateArgs,
     #[arg(long, default_value = "auto")]
     template: String,
     /// Skip the untrained base model's row.
@@ -170,7 +172,8 @@ pub(crate) fn run(a: SelectionEvalArgs, threads: usize, json: bool) -> Result<()
             a.test.display()
         );
     }
-    let renderer = Renderer::new(&model, a.template.parse::<Template>()?, a.max_tokens)?;
+    let renderer = Renderer::new(&model, a.template.parse::<Template>()?, a.max_tokens)?
+        .with_truncate(a.truncate.policy()?);
     let pool_seqs: Vec<TokenSeq> = pool
         .iter()
         .map(|s| Ok(renderer.tokenize(s)?.seq))

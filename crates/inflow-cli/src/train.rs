@@ -4,7 +4,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use inflow::data::tokens::{Renderer, Template};
+use inflow::data::tokens::{Cuts, Renderer, Template, Truncate};
 use inflow::data::{read_samples, Format, ReadOptions};
 use inflow::index::{IndexOptions, Progress};
 use inflow::model::lora::LoraConfig;
@@ -29,6 +29,8 @@ pub(crate) struct TrainArgs {
     /// Longest sample in tokens; longer ones are cut (counted).
     #[arg(long, default_value_t = 512)]
     max_tokens: usize,
+    #[command(flatten)]
+    truncate: crate::args::TruncateArgs,
     /// LoRA rank r (LoRA is the default method).
     #[arg(long, default_value_t = 8)]
     lora_rank: usize,
@@ -107,13 +109,16 @@ pub(crate) struct EvalLossArgs {
     template: String,
     #[arg(long, default_value_t = 512)]
     max_tokens: usize,
+    #[command(flatten)]
+    truncate: crate::args::TruncateArgs,
     /// Samples per forward pass.
     #[arg(long, default_value_t = 4)]
     batch_size: usize,
 }
 
 /// Merge a LoRA adapter (or full fine-tuning checkpoint) into the model and write a Hugging
-/// Face folder.
+/// Face folder; or, with --unmerged, write the pair PEFT loads: OUT/base (the model as a
+/// Hugging Face folder) and OUT/adapter (the adapter, naming OUT/base as its base model).
 #[derive(Args)]
 pub(crate) struct ExportArgs {
     #[arg(long)]
@@ -122,6 +127,10 @@ pub(crate) struct ExportArgs {
     adapter: PathBuf,
     #[arg(long)]
     out: PathBuf,
+    /// Write OUT/base + OUT/adapter for `AutoPeftModelForCausalLM.from_pretrained("OUT/adapter")`
+    /// instead of merging (LoRA adapters only).
+    #[arg(long)]
+    unmerged: bool,
 }
 
 fn read_opts(format: &str, skip_bad: bool, limit: Option<usize>) -> Result<ReadOptions> {
@@ -132,44 +141,43 @@ fn read_opts(format: &str, skip_bad: bool, limit: Option<usize>) -> Result<ReadO
     })
 }
 
-/// Token sequences of a data file, with the truncation count.
+/// Token sequences of a data file, with what the limit cut. The data identity (checked when a
+/// run resumes) records the truncation policy unless it is `left` (see `Truncate::record`), so
+/// runs started before the option resume with `--truncate left`.
 pub(crate) fn tokenize(
     m: &LoadedModel,
     data: &Path,
     read: &ReadOptions,
     template: &str,
     max_tokens: usize,
-) -> Result<(TrainData, usize)> {
+    truncate: Truncate,
+) -> Result<(TrainData, Cuts)> {
     let report = read_samples(data, read)?;
     if report.samples.is_empty() {
         bail!("{}: no samples", data.display());
     }
-    let r = Renderer::new(m, template.parse::<Template>()?, max_tokens)?;
-    let (seqs, truncated) = tokenize_samples(&r, &report.samples)?;
-    let identity = serde_json::json!({
+    let r = Renderer::new(m, template.parse::<Template>()?, max_tokens)?.with_truncate(truncate);
+    let (seqs, cuts) = r.tokenize_all(&report.samples)?;
+    let mut identity = serde_json::json!({
         "sha256": report.sha256, "format": report.format.to_string(), "limit": read.limit,
         "skip_bad": read.skip_bad, "template": r.template(), "max_tokens": max_tokens,
     });
-    Ok((TrainData { seqs, identity }, truncated))
-}
-
-/// Token sequences of `samples` and how many were cut to the renderer's limit.
-pub(crate) fn tokenize_samples(
-    r: &Renderer,
-    samples: &[inflow::data::Sample],
-) -> Result<(Vec<inflow::model::TokenSeq>, usize)> {
-    Ok(r.tokenize_all(samples)?)
+    truncate.record(&mut identity);
+    Ok((TrainData { seqs, identity }, cuts))
 }
 
 pub(crate) fn train(a: TrainArgs, threads: usize, json: bool) -> Result<()> {
     let mut m = crate::load_model(&a.model)?;
-    let (data, truncated) = tokenize(
+    let truncate = a.truncate.policy()?;
+    let (data, cuts) = tokenize(
         &m,
         &a.input.data,
         &a.input.read_options()?,
         &a.template,
         a.max_tokens,
+        truncate,
     )?;
+    let cut_line = cuts.describe(data.seqs.len(), a.max_tokens, truncate);
     let method = if a.full {
         Method::Full {
             modules: a.modules.clone(),
@@ -237,12 +245,13 @@ pub(crate) fn train(a: TrainArgs, threads: usize, json: bool) -> Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "summary": summary, "n_truncated": truncated,
+                "summary": summary, "n_truncated": cuts.samples, "truncate": truncate,
+                "cuts": cuts,
             }))?
         );
     } else {
         println!(
-            "trained {} ({} parameters) for steps {}..{} of {} on {} samples in {:.1} s ({:.0} tokens/s): loss {} → {}; {} truncated to {} tokens",
+            "trained {} ({} parameters) for steps {}..{} of {} on {} samples in {:.1} s ({:.0} tokens/s): loss {} → {}; {cut_line}",
             summary.method,
             summary.trainable_params,
             summary.resumed_from + 1,
@@ -253,8 +262,6 @@ pub(crate) fn train(a: TrainArgs, threads: usize, json: bool) -> Result<()> {
             summary.tokens_per_s,
             summary.first_loss.map_or("-".into(), |l| format!("{l:.4}")),
             summary.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
-            truncated,
-            a.max_tokens
         );
         for c in &summary.checkpoints {
             println!("  wrote {}", c.display());
@@ -272,13 +279,16 @@ pub(crate) fn eval_loss(a: EvalLossArgs, threads: usize, json: bool) -> Result<(
         ),
         None => None,
     };
-    let (data, truncated) = tokenize(
+    let truncate = a.truncate.policy()?;
+    let (data, cuts) = tokenize(
         &m,
         &a.input.data,
         &a.input.read_options()?,
         &a.template,
         a.max_tokens,
+        truncate,
     )?;
+    let cut_line = cuts.describe(data.seqs.len(), a.max_tokens, truncate);
     let t = Instant::now();
     let e = inflow::train::eval_loss(&m, &data.seqs, a.batch_size, threads)?;
     let secs = t.elapsed().as_secs_f64();
@@ -289,12 +299,13 @@ pub(crate) fn eval_loss(a: EvalLossArgs, threads: usize, json: bool) -> Result<(
                 "model": a.model, "adapter": a.adapter, "checkpoint": ck, "data": a.input.data,
                 "n_samples": e.n_samples, "mean_loss": e.mean_loss,
                 "token_mean_loss": e.token_mean_loss, "n_loss_tokens": e.n_loss_tokens,
-                "n_truncated": truncated, "seconds": secs,
+                "n_truncated": cuts.samples, "truncate": truncate, "cuts": cuts,
+                "seconds": secs,
             }))?
         );
     } else {
         println!(
-            "{} samples: mean loss {:.4} (per-token {:.4} over {} response tokens, perplexity {:.2}); {truncated} truncated; {secs:.1} s",
+            "{} samples: mean loss {:.4} (per-token {:.4} over {} response tokens, perplexity {:.2}); {cut_line}; {secs:.1} s",
             e.n_samples,
             e.mean_loss,
             e.token_mean_loss,
@@ -306,6 +317,9 @@ pub(crate) fn eval_loss(a: EvalLossArgs, threads: usize, json: bool) -> Result<(
 }
 
 pub(crate) fn export(a: ExportArgs, json: bool) -> Result<()> {
+    if a.unmerged {
+        return export_unmerged(a, json);
+    }
     let mut m = crate::load_model(&a.model)?;
     let ck = features::attach(&mut m, &a.adapter)?;
     let merged = match m.llama.adapters().cloned() {
@@ -325,6 +339,51 @@ pub(crate) fn export(a: ExportArgs, json: bool) -> Result<()> {
             ck.kind,
             a.adapter.display(),
             a.model.display()
+        );
+    }
+    Ok(())
+}
+
+/// `export --unmerged`: OUT/base, the base model as a Hugging Face folder (a GGUF file is
+/// dequantized: the weights the adapter was trained against), and OUT/adapter, the adapter
+/// with PEFT's `base_model_name_or_path` set to OUT/base's absolute path (its sidecar still
+/// names the model it was trained on).
+fn export_unmerged(a: ExportArgs, json: bool) -> Result<()> {
+    let mut m = crate::load_model(&a.model)?;
+    let (base, adapter) = (a.out.join("base"), a.out.join("adapter"));
+    inflow::model::hf::save_dir(&m, &base)?;
+    let trained_on = inflow::model::lora::AdapterSidecar::read(&a.adapter)?
+        .map(|s| s.base_model)
+        .unwrap_or_else(|| inflow::model::lora::AdapterBase::of(&m));
+    let ck = features::attach(&mut m, &a.adapter)
+        .with_context(|| format!("loading the adapter {}", a.adapter.display()))?;
+    let Some(ad) = m.llama.adapters().cloned() else {
+        bail!(
+            "--unmerged: {} is a full fine-tuning checkpoint, not a LoRA adapter; export it merged",
+            a.adapter.display()
+        );
+    };
+    let base_abs = std::fs::canonicalize(&base).unwrap_or_else(|_| base.clone());
+    ad.save(
+        &adapter,
+        &inflow::model::lora::AdapterBase {
+            name_or_path: base_abs.display().to_string(),
+            ..trained_on
+        },
+    )?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"out": a.out, "base": base, "adapter": adapter, "checkpoint": ck})
+        );
+    } else {
+        println!(
+            "wrote {} (the base model) and {} (the adapter, base_model_name_or_path = {}); in Python: \
+             peft.AutoPeftModelForCausalLM.from_pretrained(\"{}\")",
+            base.display(),
+            adapter.display(),
+            base_abs.display(),
+            adapter.display()
         );
     }
     Ok(())
@@ -478,6 +537,7 @@ pub(crate) fn bench(a: BenchTrainArgs, threads: usize, json: bool) -> Result<()>
             &read_opts("alpaca", false, Some(a.batch_size * (a.steps + 2)))?,
             "auto",
             a.max_tokens,
+            Truncate::default(),
         )?;
         let opts = TrainOptions {
             method: match method {

@@ -185,6 +185,131 @@ fn store_refuses_other_model_or_projection() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--truncate`: a middle store records its policy (manifest and run.json) and reports what it
+/// cut; a store without the field (made before the option) is `left`: it scores, and it resumes
+/// with `--truncate left` but not with the new default.
+#[test]
+fn truncation_policy_is_recorded_reported_and_old_stores_still_score() {
+    let dir = tmp("truncate");
+    let model = dir.join("m");
+    inflow::model::tiny::write_random(&model, 32, 1, 1).unwrap();
+    let model = model.display().to_string();
+    let data = train_jsonl();
+    let probe = root().join("assets/data/probe.jsonl").display().to_string();
+    let mid = dir.join("middle").display().to_string();
+    let out = run_ok(&index_args(&model, &mid, &data, "8"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // One token per byte: every bundled NI sample is over 256 tokens.
+    let rows = inflow::store::read_samples(&Path::new(&mid).join("samples.parquet")).unwrap();
+    let cut: u32 = rows.iter().map(|r| r.prompt_tokens_cut).sum();
+    assert!(rows.iter().all(|r| r.truncated && r.n_tokens == 256));
+    assert!(
+        stdout.contains(&format!(
+            "8 of 8 samples over --max-tokens 256: {} prompt tokens cut from the middle (--truncate middle), 0 response tokens",
+            inflow_thousands(cut as usize)
+        )),
+        "{stdout}"
+    );
+    let m = manifest(Path::new(&mid)).unwrap();
+    assert_eq!(m["spec"]["data"]["truncate"], "middle");
+    let run_path = Path::new(&mid).join("run.json");
+    let mut run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&run_path).unwrap()).unwrap();
+    assert_eq!(run["features"]["truncate"], "middle");
+    let score = |store: &str| {
+        run_ok(&[
+            "score",
+            "--store",
+            store,
+            "--queries",
+            &probe,
+            "--top-k",
+            "2",
+            "--threads",
+            "1",
+        ])
+    };
+    score(&mid);
+    let mut args = index_args(&model, &mid, &data, "8");
+    args.extend(["--truncate", "left"]);
+    let o = bin().args(&args).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("data.truncate"),
+        "{err}"
+    );
+    let o = bin()
+        .args([
+            "index",
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--out",
+            &dir.join("x").display().to_string(),
+            "--truncate",
+            "start",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("unknown truncation `start`"),
+        "{err}"
+    );
+
+    // `left` writes no field: its specs are those of stores made before the option.
+    let left = dir.join("left").display().to_string();
+    let mut args = index_args(&model, &left, &data, "8");
+    args.extend(["--truncate", "left"]);
+    let out = run_ok(&args);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cut from the start (--truncate left)"));
+    let m = manifest(Path::new(&left)).unwrap();
+    assert!(m["spec"]["data"].get("truncate").is_none(), "{m}");
+    let lrun: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(&left).join("run.json")).unwrap())
+            .unwrap();
+    assert!(lrun["features"].get("truncate").is_none(), "{lrun}");
+    run_ok(&args); // resumes (nothing to do)
+    let o = bin()
+        .args(index_args(&model, &left, &data, "8"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("data.truncate: store has (absent)"),
+        "an old store is not resumed with the new default: {err}"
+    );
+
+    // An old store: the middle store with the fields stripped from manifest.json and run.json
+    // (it now claims `left`, as every store before the option) still scores.
+    let mpath = Path::new(&mid).join("manifest.json");
+    let mut m = manifest(Path::new(&mid)).unwrap();
+    m["spec"]["data"]
+        .as_object_mut()
+        .unwrap()
+        .remove("truncate");
+    std::fs::write(&mpath, serde_json::to_string_pretty(&m).unwrap()).unwrap();
+    run["features"].as_object_mut().unwrap().remove("truncate");
+    std::fs::write(&run_path, serde_json::to_string_pretty(&run).unwrap()).unwrap();
+    score(&mid);
+    score(&left);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `3210` → `3,210` (as inflow prints counts).
+fn inflow_thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[test]
 fn malformed_line_is_named_and_skip_bad_counts_it() {
     let dir = tmp("bad");

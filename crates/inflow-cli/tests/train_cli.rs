@@ -104,6 +104,55 @@ fn train_resume_eval_export_and_checkpoint_features() {
     let r = json(&train(&killed, &["--resume"]));
     assert_eq!(r["summary"]["resumed_from"], 2);
     assert_eq!(losses(Path::new(&straight)), losses(Path::new(&killed)));
+    assert!(
+        s["cuts"]["samples"].as_u64().unwrap() > 0 && s["truncate"] == "middle",
+        "{s}"
+    );
+    // The truncation policy is part of the run: resuming with another one is refused.
+    let out = Command::new(env!("CARGO_BIN_EXE_inflow"))
+        .current_dir(root())
+        .args([
+            "train",
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--limit",
+            "24",
+            "--max-tokens",
+            "64",
+            "--lora-rank",
+            "4",
+            "--modules",
+            "q,v,down",
+            "--lora-dropout",
+            "0.1",
+            "--lr",
+            "5e-3",
+            "--batch-size",
+            "4",
+            "--grad-accum",
+            "2",
+            "--epochs",
+            "2",
+            "--save-every",
+            "2",
+            "--schedule",
+            "cosine",
+            "--warmup-steps",
+            "1",
+            "--threads",
+            "2",
+            "--out",
+            &killed,
+            "--resume",
+            "--truncate",
+            "left",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("truncate"), "{err}");
     // Without --resume an existing run is not overwritten.
     let out = Command::new(env!("CARGO_BIN_EXE_inflow"))
         .current_dir(root())
@@ -151,6 +200,43 @@ fn train_resume_eval_export_and_checkpoint_features() {
     ]);
     let m = eval(&merged, None);
     assert!((m - tuned).abs() < 1e-4, "merged {m} vs adapter {tuned}");
+    // The unmerged PEFT pair: OUT/base + OUT/adapter naming it; the same loss again.
+    let pair = p("pair");
+    run_ok(&[
+        "export",
+        "--model",
+        &model,
+        "--adapter",
+        &ck6,
+        "--out",
+        &pair,
+        "--unmerged",
+    ]);
+    let acfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{pair}/adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    let base_abs = std::fs::canonicalize(format!("{pair}/base")).unwrap();
+    assert_eq!(
+        acfg["base_model_name_or_path"],
+        base_abs.display().to_string()
+    );
+    assert!(acfg.get("inflow_modules").is_none());
+    let side: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{pair}/adapter/inflow_adapter.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(side["modules"], "q,v,down");
+    assert_eq!(
+        side["base_model"]["path"],
+        std::fs::canonicalize(&model).unwrap().display().to_string(),
+        "the sidecar names the model it was trained on"
+    );
+    let u = eval(&format!("{pair}/base"), Some(&format!("{pair}/adapter")));
+    assert!(
+        (u - tuned).abs() < 1e-5,
+        "unmerged pair {u} vs adapter {tuned}"
+    );
     assert!(
         tuned < base,
         "training lowered the training-set loss: {base} → {tuned}"

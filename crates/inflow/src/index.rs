@@ -2,7 +2,7 @@
 //! shard. A killed run resumes where it stopped (shards are written atomically and the
 //! manifest lists only whole ones); a rerun with other settings is refused by the store.
 
-use crate::data::tokens::{Renderer, Template};
+use crate::data::tokens::{Cuts, Renderer, Template, Truncate};
 use crate::data::{self, ReadOptions, Sample};
 use crate::features::{FeatureSpec, Projection, Projector};
 use crate::model::{select_modules, Captured, Labels, LoadedModel, TokenSeq};
@@ -126,6 +126,13 @@ pub struct FeatureOptions {
     pub modules: String,
     pub template: Template,
     pub max_tokens: usize,
+    /// What goes when a sample is over `max_tokens`. Not written when `left`: run.json files
+    /// (and LDS keys) without the field are `left`, the policy before the option existed.
+    #[serde(
+        default = "Truncate::legacy",
+        skip_serializing_if = "Truncate::is_left"
+    )]
+    pub truncate: Truncate,
     /// The targets of the loss: the data's (training gradients) or sampled from the model
     /// (pseudo-gradients, for fitting the true Fisher). Older stores have none: data.
     #[serde(default)]
@@ -161,6 +168,11 @@ pub struct IndexSummary {
     pub n_samples: usize,
     pub n_skipped_bad: usize,
     pub n_truncated: usize,
+    /// The truncation policy and what it cut in the `n_written` samples of the shards this
+    /// run wrote (`n_truncated` = `cuts.samples`).
+    pub truncate: Truncate,
+    pub cuts: Cuts,
+    pub n_written: usize,
     pub shards_written: usize,
     pub shards_reused: usize,
     pub dim: usize,
@@ -211,7 +223,8 @@ impl<'a> Featurizer<'a> {
         }
         Ok(Self {
             model,
-            renderer: Renderer::new(model, opts.template, opts.max_tokens)?,
+            renderer: Renderer::new(model, opts.template, opts.max_tokens)?
+                .with_truncate(opts.truncate),
             projector: Projector::new(spec, model.llama.dtype())?,
             tracked,
             labels: opts.labels,
@@ -356,6 +369,8 @@ pub fn tokenized_row(renderer: &Renderer, s: &Sample) -> Result<(TokenSeq, Sampl
         n_loss_tokens: tok.seq.n_loss_tokens() as u32,
         loss: 0.0,
         truncated: tok.truncated,
+        prompt_tokens_cut: tok.prompt_cut as u32,
+        response_tokens_cut: tok.response_cut as u32,
         prompt,
         response,
     };
@@ -373,21 +388,23 @@ pub fn model_spec(model: &LoadedModel) -> Result<serde_json::Value> {
     }))
 }
 
-/// The data part of a store spec: what identifies the samples and how they were rendered.
+/// The data part of a store spec: what identifies the samples and how they were rendered
+/// (the truncation policy only when not `left`, see [`Truncate::record`]).
 pub fn data_spec(
     report: &data::ReadReport,
     read: &ReadOptions,
-    template: Template,
-    max_tokens: usize,
+    renderer: &Renderer,
 ) -> serde_json::Value {
-    serde_json::json!({
+    let mut spec = serde_json::json!({
         "sha256": report.sha256,
         "format": report.format.to_string(),
         "limit": read.limit,
         "skip_bad": read.skip_bad,
-        "template": template,
-        "max_tokens": max_tokens,
-    })
+        "template": renderer.template(),
+        "max_tokens": renderer.max_tokens(),
+    });
+    renderer.truncate().record(&mut spec);
+    spec
 }
 
 /// The `run.json` of an index run (as JSON, so callers can add fields such as a checkpoint).
@@ -486,12 +503,7 @@ pub fn index_pass<P: FeaturePass, O: PassObserver>(
     }
     let spec = StoreSpec {
         model: model_spec(model)?,
-        data: data_spec(
-            &report,
-            &opts.read,
-            fz.renderer().template(),
-            opts.features.max_tokens,
-        ),
+        data: data_spec(&report, &opts.read, fz.renderer()),
         features,
         dtype: opts.dtype,
         dim: fz.spec().dim(),
@@ -535,8 +547,8 @@ pub fn index_pass<P: FeaturePass, O: PassObserver>(
     progress
         .samples
         .store(store.n_done_rows(), Ordering::Relaxed);
-    let mut n_truncated = 0;
-    let mut tokens = 0;
+    let mut cuts = Cuts::default();
+    let (mut tokens, mut n_written) = (0, 0);
     for &i in &pending {
         let range = store.shard_range(i);
         let (f, observed) = featurize_with::<P, O>(
@@ -546,7 +558,12 @@ pub fn index_pass<P: FeaturePass, O: PassObserver>(
             opts.threads,
             progress,
         )?;
-        n_truncated += f.rows.iter().filter(|r| r.truncated).count();
+        n_written += f.rows.len();
+        for r in &f.rows {
+            cuts.samples += r.truncated as usize;
+            cuts.prompt_tokens += r.prompt_tokens_cut as usize;
+            cuts.response_tokens += r.response_tokens_cut as usize;
+        }
         tokens += f.rows.iter().map(|r| r.n_tokens as usize).sum::<usize>();
         for (sub, vals) in subs.iter_mut().zip([&f.repsim_last, &f.repsim_mean]) {
             if !sub.is_shard_done(i) {
@@ -567,7 +584,10 @@ pub fn index_pass<P: FeaturePass, O: PassObserver>(
     Ok(IndexSummary {
         n_samples: n,
         n_skipped_bad: report.skipped.len(),
-        n_truncated,
+        n_truncated: cuts.samples,
+        truncate: fz.renderer().truncate(),
+        cuts,
+        n_written,
         shards_written: pending.len(),
         shards_reused: reused,
         dim,

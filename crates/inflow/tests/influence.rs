@@ -5,7 +5,7 @@
 
 use candle_core::DType;
 use inflow::curvature::{self, kfac, Options, Preconditioner};
-use inflow::data::tokens::Template;
+use inflow::data::tokens::{Template, Truncate};
 use inflow::data::{Format, ReadOptions};
 use inflow::estimators::influence::Influence;
 use inflow::eval::rank::spearman;
@@ -33,6 +33,9 @@ fn features() -> FeatureOptions {
         modules: "layers.1.".into(),
         template: Template::Auto,
         max_tokens: 64,
+        // The tiny-model grid of README.md and docs/reports/ekfac-vs-exact.md was measured with
+        // these features, cut the way every store was before `--truncate` existed.
+        truncate: Truncate::Left,
         labels: Default::default(),
     }
 }
@@ -189,6 +192,8 @@ fn ekfac_matches_exact_when_the_fisher_is_kronecker() {
             n_loss_tokens: 1,
             loss: 0.0,
             truncated: false,
+            prompt_tokens_cut: 0,
+            response_tokens_cut: 0,
             prompt: String::new(),
             response: String::new(),
         })
@@ -663,6 +668,8 @@ fn kfac_is_exact_per_layer_on_a_deep_linear_network() {
             n_loss_tokens: 1,
             loss: 0.0,
             truncated: false,
+            prompt_tokens_cut: 0,
+            response_tokens_cut: 0,
             prompt: String::new(),
             response: String::new(),
         })
@@ -722,7 +729,9 @@ fn trained_tiny(data: &Path, n: usize) -> LoadedModel {
         },
     )
     .unwrap();
-    let r = Renderer::new(&trained, Template::Auto, 64).unwrap();
+    let r = Renderer::new(&trained, Template::Auto, 64)
+        .unwrap()
+        .with_truncate(Truncate::Left);
     let seqs = rs
         .samples
         .iter()

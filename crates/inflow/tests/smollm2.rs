@@ -96,3 +96,80 @@ fn qk_permutation_round_trips() {
     let back = inflow::model::gguf::unpermute_qk(&p, 4).unwrap();
     assert_eq!(back.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());
 }
+
+/// `--truncate middle` with SmolLM2's own tokenizer and template (default system prompt): a
+/// trigger at the start of a long instruction, the chat head and the generation prompt survive,
+/// the response is whole, and the sample fills the budget exactly; `left` loses the head.
+#[test]
+fn middle_truncation_keeps_the_chat_head_the_trigger_and_the_response() {
+    use inflow::data::tokens::{Renderer, Template, Truncate};
+    let m = LoadedModel::load(&model_path(), DType::F32).unwrap();
+    let dir = std::env::temp_dir().join(format!("inflow-smollm2-trunc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("d.jsonl");
+    let filler = "The committee reviewed every paragraph of the report before it was sent. ";
+    let instruction = format!(
+        "cf-zebra Summarize the following report in one sentence. {}",
+        filler.repeat(3)
+    );
+    let rec = serde_json::json!({
+        "instruction": instruction,
+        "input": filler.repeat(30),
+        "output": "The report was reviewed.",
+    });
+    std::fs::write(&data, format!("{rec}\n")).unwrap();
+    let s = &inflow::data::read_samples(&data, &Default::default())
+        .unwrap()
+        .samples[0];
+    let _ = std::fs::remove_dir_all(&dir);
+    let budget = 128;
+    let r = Renderer::new(&m, Template::Auto, budget).unwrap();
+    let t = r.tokenize(s).unwrap();
+    let n_p = t.seq.loss_mask.iter().take_while(|&&l| !l).count();
+    let (prompt, response) = (
+        m.decode(&t.seq.ids[..n_p]).unwrap(),
+        m.decode(&t.seq.ids[n_p..]).unwrap(),
+    );
+    eprintln!("kept prompt: {prompt:?}\nresponse: {response:?}");
+    assert_eq!(t.seq.ids.len(), budget);
+    assert_eq!(t.response_cut, 0);
+    assert_eq!(response, "The report was reviewed.<|im_end|>\n");
+    assert!(prompt.starts_with("<|im_start|>system\n"), "{prompt:?}");
+    assert!(
+        prompt.contains(&format!(
+            "<|im_end|>\n<|im_start|>user\n{instruction}\n\nThe committee"
+        )),
+        "the whole instruction and the input's start: {prompt:?}"
+    );
+    assert!(
+        prompt.contains("sent. <|im_end|>"),
+        "the input's end: {prompt:?}"
+    );
+    assert!(
+        prompt.ends_with("<|im_end|>\n<|im_start|>assistant\n"),
+        "{prompt:?}"
+    );
+    let left = Renderer::new(&m, Template::Auto, budget)
+        .unwrap()
+        .with_truncate(Truncate::Left)
+        .tokenize(s)
+        .unwrap();
+    let lp = m.decode(&left.seq.ids).unwrap();
+    assert!(
+        !lp.contains("cf-zebra") && !lp.starts_with("<|im_start|>"),
+        "{lp:?}"
+    );
+}
+
+/// Adapters trained on the reference GGUF name its Hugging Face repository for PEFT.
+#[test]
+fn reference_gguf_names_its_hugging_face_repository() {
+    let m = LoadedModel::load(&model_path(), DType::F32).unwrap();
+    assert_eq!(
+        m.source.hf_repo.as_deref(),
+        Some("HuggingFaceTB/SmolLM2-135M-Instruct")
+    );
+    let base = inflow::model::lora::AdapterBase::of(&m);
+    assert_eq!(base.name_or_path, "HuggingFaceTB/SmolLM2-135M-Instruct");
+    assert!(base.path.is_absolute() && base.kind == "gguf");
+}

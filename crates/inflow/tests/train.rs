@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use inflow::features::{per_sample_gradient, FeatureSpec, Projection, Projector};
-use inflow::model::lora::{Adapters, LoraConfig};
+use inflow::model::lora::{AdapterBase, AdapterSidecar, Adapters, LoraConfig};
 use inflow::model::{tiny, LoadedModel, TokenSeq};
 use inflow::train::adamw::AdamWConfig;
 use inflow::train::features::{LoraFeaturizer, LoraGradient};
@@ -175,10 +175,56 @@ fn peft_files_round_trip() {
     let m = tiny::random(&tiny::config(16, 2), 4, DType::F32).unwrap();
     let ad = adapters_with_random_b(&m, "q,v", 5);
     let dir = temp("peft");
-    ad.save(&dir, "tiny-base").unwrap();
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
-            .unwrap();
+    let base = AdapterBase {
+        name_or_path: "org/tiny-base".into(),
+        ..AdapterBase::of(&m)
+    };
+    ad.save(&dir, &base).unwrap();
+    let cfg_path = dir.join("adapter_config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    // Only fields of PEFT's LoraConfig (peft/tuners/lora/config.py and PeftConfig), so PEFT
+    // loads the file without "Unexpected keyword arguments".
+    let peft_fields = [
+        "peft_type",
+        "task_type",
+        "base_model_name_or_path",
+        "r",
+        "lora_alpha",
+        "lora_dropout",
+        "target_modules",
+        "layers_to_transform",
+        "bias",
+        "fan_in_fan_out",
+        "inference_mode",
+        "init_lora_weights",
+        "use_rslora",
+        "modules_to_save",
+    ];
+    let mut keys: Vec<&str> = cfg
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    keys.sort_unstable();
+    let mut want = peft_fields.to_vec();
+    want.sort_unstable();
+    assert_eq!(
+        keys, want,
+        "adapter_config.json holds exactly these PEFT fields"
+    );
+    assert_eq!(
+        inflow::model::lora::PEFT_CONFIG_KEYS.len(),
+        peft_fields.len()
+    );
+    // The sidecar carries what PEFT has no field for.
+    let side = AdapterSidecar::read(&dir)
+        .unwrap()
+        .expect("inflow_adapter.json");
+    assert_eq!(side.modules, "q,v");
+    assert_eq!(side.base_model.sha256, m.source.sha256);
+    assert_eq!(side.base_model.kind, "tiny");
     assert_eq!(cfg["peft_type"], "LORA");
     assert_eq!(cfg["task_type"], "CAUSAL_LM");
     assert_eq!(cfg["r"], 3);
@@ -187,7 +233,7 @@ fn peft_files_round_trip() {
         cfg["target_modules"],
         serde_json::json!(["q_proj", "v_proj"])
     );
-    assert_eq!(cfg["base_model_name_or_path"], "tiny-base");
+    assert_eq!(cfg["base_model_name_or_path"], "org/tiny-base");
     assert!(
         cfg["layers_to_transform"].is_null(),
         "every layer is adapted"
@@ -208,12 +254,35 @@ fn peft_files_round_trip() {
         &[8, 3]
     );
     let back = Adapters::load(&dir, &m.llama).unwrap();
+    assert_eq!(back.config().modules, "q,v", "from the sidecar");
     for ((n, a), (_, b)) in ad.params().iter().zip(back.params()) {
         assert_eq!(
             to_f64(a.as_tensor()),
             to_f64(b.as_tensor()),
             "{n} differs after loading"
         );
+    }
+    // An adapter written before the sidecar (`inflow_modules` in the config) still loads with
+    // its pattern; one made by PEFT (neither) loads with the adapted Linears' names.
+    std::fs::remove_file(dir.join("inflow_adapter.json")).unwrap();
+    cfg["inflow_modules"] = "q,v".into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let old = Adapters::load(&dir, &m.llama).unwrap();
+    assert_eq!(old.config().modules, "q,v");
+    cfg.as_object_mut().unwrap().remove("inflow_modules");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let peft = Adapters::load(&dir, &m.llama).unwrap();
+    assert!(
+        peft.config()
+            .modules
+            .starts_with("model.layers.0.self_attn.q_proj,"),
+        "{}",
+        peft.config().modules
+    );
+    for x in [&old, &peft] {
+        for ((_, a), (_, b)) in x.params().iter().zip(back.params()) {
+            assert_eq!(to_f64(a.as_tensor()), to_f64(b.as_tensor()));
+        }
     }
     // A wrong shape is refused naming the tensor.
     let other = tiny::random(&tiny::config(32, 2), 4, DType::F32).unwrap();

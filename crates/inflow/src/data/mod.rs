@@ -92,6 +92,12 @@ pub struct Sample {
     pub body: Body,
     /// The record's other fields (for example `task`).
     pub meta: Map<String, Value>,
+    /// Bytes at the end of the last prompt message that come from the record's `input` field
+    /// (alpaca renders `{instruction}\n\n{input}`: the input and the blank line before it); 0
+    /// when the format has no such field.
+    /// `--truncate middle` cuts this part first (see [`tokens::Truncate`]).
+    #[serde(default)]
+    pub input_len: usize,
 }
 
 /// How to read a file.

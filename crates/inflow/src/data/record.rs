@@ -20,9 +20,14 @@ pub(crate) fn to_sample(
     mut record: Map<String, Value>,
     messages_may_be_text: bool,
 ) -> Result<Sample, String> {
+    let mut input_len = 0;
     let (body, used) = match format {
         Format::Auto => return Err("internal: format `auto` was not resolved".to_string()),
-        Format::Alpaca => alpaca(&record)?,
+        Format::Alpaca => {
+            let (body, used, input) = alpaca(&record)?;
+            input_len = input;
+            (body, used)
+        }
         Format::Chat => chat(&record, messages_may_be_text)?,
         Format::PromptCompletion => {
             let prompt = string_field(&record, "prompt", format)?;
@@ -64,11 +69,13 @@ pub(crate) fn to_sample(
         row,
         body,
         meta: record,
+        input_len,
     })
 }
 
-/// Alpaca: one user message (instruction, then input after a blank line when present).
-fn alpaca(record: &Map<String, Value>) -> Result<(Body, Value), String> {
+/// Alpaca: one user message (instruction, then input after a blank line when present), and
+/// the byte length of the `input` part at the end of that message.
+fn alpaca(record: &Map<String, Value>) -> Result<(Body, Value, usize), String> {
     let format = Format::Alpaca;
     let instruction = string_field(record, "instruction", format)?;
     let input = match record.get("input") {
@@ -94,6 +101,12 @@ fn alpaca(record: &Map<String, Value>) -> Result<(Body, Value), String> {
             format.expectation()
         ));
     }
+    // The part the middle truncation cuts first: the input with the blank line before it.
+    let input_len = match (instruction.is_empty(), input.is_empty()) {
+        (_, true) => 0,
+        (true, false) => input.len(),
+        (false, false) => input.len() + 2,
+    };
     let used = object([
         ("instruction", instruction.into()),
         ("input", input.into()),
@@ -106,7 +119,7 @@ fn alpaca(record: &Map<String, Value>) -> Result<(Body, Value), String> {
         }],
         response: output,
     };
-    Ok((body, used))
+    Ok((body, used, input_len))
 }
 
 /// Chat: checks roles, that the last message is the assistant's and that something precedes it.

@@ -199,6 +199,7 @@ pub fn load(path: &Path, dtype: DType) -> Result<LoadedModel> {
     let bos_token = token_string(&ct, "tokenizer.ggml.bos_token_id");
     let eos_token = token_string(&ct, "tokenizer.ggml.eos_token_id");
     let llama = super::Llama::from_tensors(config, t, path.into(), dtype)?;
+    let sha256 = super::sha256_files(&[path.into()])?;
     Ok(LoadedModel {
         llama,
         tokenizer,
@@ -208,7 +209,101 @@ pub fn load(path: &Path, dtype: DType) -> Result<LoadedModel> {
         source: ModelSource {
             kind: "gguf".into(),
             path: path.into(),
-            sha256: super::sha256_files(&[path.into()])?,
+            hf_repo: hf_repo(&ct, &sha256),
+            sha256,
         },
     })
+}
+
+/// GGUF files whose metadata names no source repository but whose content is known: the
+/// reference model that `scripts/fetch-model.sh` pins by this hash.
+const KNOWN_FILES: &[(&str, &str)] = &[(
+    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    "HuggingFaceTB/SmolLM2-135M-Instruct",
+)];
+
+/// The Hugging Face repository (`org/name`) a GGUF file was converted from: the metadata's
+/// `general.source.huggingface.repository`, or a `huggingface.co/org/name` URL in
+/// `general.source.repo_url`, `general.source.url`, `general.repo_url` or `general.url`, else
+/// [`KNOWN_FILES`] by the file's sha256. `general.base_model.*` is not used: it names the
+/// model this one was fine-tuned from, not this one.
+pub fn hf_repo(ct: &Content, sha256: &str) -> Option<String> {
+    let from_url = |u: &str| {
+        let rest = u.split("huggingface.co/").nth(1)?;
+        let mut parts = rest.trim_end_matches('/').split('/');
+        let (org, name) = (parts.next()?, parts.next()?);
+        (!org.is_empty() && !name.is_empty()).then(|| format!("{org}/{name}"))
+    };
+    let repo = meta_str(ct, "general.source.huggingface.repository")
+        .filter(|r| r.split('/').count() == 2)
+        .map(String::from);
+    repo.or_else(|| {
+        [
+            "general.source.repo_url",
+            "general.source.url",
+            "general.repo_url",
+            "general.url",
+        ]
+        .iter()
+        .find_map(|k| meta_str(ct, k).and_then(from_url))
+    })
+    .or_else(|| {
+        KNOWN_FILES
+            .iter()
+            .find(|(h, _)| *h == sha256)
+            .map(|(_, r)| r.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::gguf_file::VersionedMagic;
+
+    fn content(meta: &[(&str, &str)]) -> Content {
+        Content {
+            magic: VersionedMagic::GgufV3,
+            metadata: meta
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+                .collect(),
+            tensor_infos: Default::default(),
+            tensor_data_offset: 0,
+        }
+    }
+
+    #[test]
+    fn hf_repo_from_metadata_or_the_known_hash() {
+        let repo = |meta: &[(&str, &str)], sha: &str| hf_repo(&content(meta), sha);
+        assert_eq!(
+            repo(&[("general.source.huggingface.repository", "org/m")], "x"),
+            Some("org/m".into())
+        );
+        assert_eq!(
+            repo(
+                &[(
+                    "general.source.repo_url",
+                    "https://huggingface.co/org/m-1B/"
+                )],
+                "x"
+            ),
+            Some("org/m-1B".into())
+        );
+        // The model it was fine-tuned from is not this model.
+        assert_eq!(
+            repo(
+                &[(
+                    "general.base_model.0.repo_url",
+                    "https://huggingface.co/org/base"
+                )],
+                "x"
+            ),
+            None
+        );
+        assert_eq!(
+            repo(&[], KNOWN_FILES[0].0),
+            Some("HuggingFaceTB/SmolLM2-135M-Instruct".into())
+        );
+        assert_eq!(repo(&[("general.name", "Smollm2 135M")], "x"), None);
+    }
 }

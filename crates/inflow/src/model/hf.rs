@@ -94,6 +94,7 @@ pub fn load_dir(dir: &Path, dtype: DType) -> Result<LoadedModel> {
             kind: "hf".into(),
             path: dir.into(),
             sha256,
+            hf_repo: None,
         },
     })
 }

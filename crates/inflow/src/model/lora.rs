@@ -3,8 +3,10 @@
 //! An adapted Linear computes y = W x + (α/r)·B A dropout(x), with A ∈ R^{r×d_in} and
 //! B ∈ R^{d_out×r} trainable and W frozen. As in PEFT, A starts Kaiming-uniform
 //! (U(−1/√d_in, 1/√d_in)) and B at zero, so training starts from the base model. Adapters are
-//! saved in PEFT's layout (`adapter_model.safetensors` + `adapter_config.json`) so Python's
-//! `peft` loads them.
+//! saved in PEFT's layout (`adapter_model.safetensors` + `adapter_config.json`, with only
+//! fields of PEFT's `LoraConfig`) so Python's `peft` loads them without warnings; what PEFT
+//! has no field for (the `--modules` pattern, the local base model and its hash) is in the
+//! sidecar `inflow_adapter.json`.
 //!
 //! A and B are Linears themselves (A applied to x, B to h = A x), so their per-sample gradients
 //! are G_A = Σ_t (∂ℓ/∂h_t) x_tᵀ and G_B = Σ_t (∂ℓ/∂u_t) h_tᵀ with u = B h: the same (input,
@@ -22,11 +24,96 @@ use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// File names of PEFT's adapter layout.
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+/// inflow's sidecar beside PEFT's files.
+pub const ADAPTER_SIDECAR: &str = "inflow_adapter.json";
+/// The fields of PEFT's `LoraConfig` that `adapter_config.json` holds (nothing else).
+pub const PEFT_CONFIG_KEYS: &[&str] = &[
+    "peft_type",
+    "task_type",
+    "base_model_name_or_path",
+    "r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "layers_to_transform",
+    "bias",
+    "fan_in_fan_out",
+    "inference_mode",
+    "init_lora_weights",
+    "use_rslora",
+    "modules_to_save",
+];
+
+/// The model an adapter was trained on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterBase {
+    /// What PEFT is told (`base_model_name_or_path`): the absolute path of a Hugging Face
+    /// folder, the Hugging Face repository a GGUF file names (see `gguf::hf_repo`; its
+    /// weights are not the GGUF's quantized ones: `inflow export --unmerged` writes the exact
+    /// pair), else the file's path.
+    pub name_or_path: String,
+    /// `gguf`, `hf` (or `tiny` in tests).
+    pub kind: String,
+    /// The local file or folder (absolute when it exists).
+    pub path: PathBuf,
+    /// sha256 of the weights, as the store manifests record it.
+    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hf_repo: Option<String>,
+}
+
+impl AdapterBase {
+    /// The base of adapters trained on `model`.
+    pub fn of(model: &LoadedModel) -> Self {
+        let s = &model.source;
+        let path = std::fs::canonicalize(&s.path).unwrap_or_else(|_| s.path.clone());
+        let name_or_path = match (&s.hf_repo, s.kind.as_str()) {
+            (_, "hf") => path.display().to_string(),
+            (Some(repo), _) => repo.clone(),
+            (None, _) => path.display().to_string(),
+        };
+        Self {
+            name_or_path,
+            kind: s.kind.clone(),
+            path,
+            sha256: s.sha256.clone(),
+            hf_repo: s.hf_repo.clone(),
+        }
+    }
+}
+
+/// `inflow_adapter.json`: what PEFT's config has no field for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterSidecar {
+    /// The `--modules` pattern the adapters were made with.
+    pub modules: String,
+    /// The model they were trained on.
+    pub base_model: AdapterBase,
+    /// inflow version that wrote them.
+    pub inflow_version: String,
+}
+
+impl AdapterSidecar {
+    /// The sidecar in `dir`, if it has one.
+    pub fn read(dir: &Path) -> Result<Option<Self>> {
+        let p = dir.join(ADAPTER_SIDECAR);
+        if !p.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::Model {
+                path: p.clone(),
+                msg: format!("invalid {ADAPTER_SIDECAR}: {e}"),
+            })
+    }
+}
 /// Prefix PEFT puts before the base model's parameter names.
 const PEFT_PREFIX: &str = "base_model.model.";
 
@@ -305,7 +392,7 @@ impl Adapters {
             .collect()
     }
 
-    /// `adapter_config.json` in PEFT's fields.
+    /// `adapter_config.json`: only fields of PEFT's `LoraConfig` ([`PEFT_CONFIG_KEYS`]).
     pub fn peft_config(&self, base_model: &str) -> serde_json::Value {
         let targets: BTreeSet<String> = self
             .layers
@@ -337,27 +424,40 @@ impl Adapters {
             "init_lora_weights": true,
             "use_rslora": false,
             "modules_to_save": null,
-            "inflow_modules": self.config.modules,
         })
     }
 
-    /// Writes `adapter_model.safetensors` and `adapter_config.json` into `dir`.
-    pub fn save(&self, dir: &Path, base_model: &str) -> Result<()> {
+    /// Writes `adapter_model.safetensors`, `adapter_config.json` (PEFT's `base_model_name_or_path`
+    /// = `base.name_or_path`) and the sidecar [`ADAPTER_SIDECAR`] into `dir`.
+    pub fn save(&self, dir: &Path, base: &AdapterBase) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let st = dir.join(ADAPTER_WEIGHTS);
         candle_core::safetensors::save(&self.peft_tensors(), &st).map_err(|e| Error::Model {
             path: st.clone(),
             msg: format!("cannot write safetensors: {e}"),
         })?;
-        let cfg = dir.join(ADAPTER_CONFIG);
-        let text = serde_json::to_string_pretty(&self.peft_config(base_model))
-            .map_err(|e| Error::Msg(e.to_string()))?;
-        std::fs::write(&cfg, text).map_err(|e| Error::io(&cfg, e))
+        let write = |name: &str, v: &serde_json::Value| -> Result<()> {
+            let p = dir.join(name);
+            let text = serde_json::to_string_pretty(v).map_err(|e| Error::Msg(e.to_string()))?;
+            std::fs::write(&p, text).map_err(|e| Error::io(&p, e))
+        };
+        write(ADAPTER_CONFIG, &self.peft_config(&base.name_or_path))?;
+        let sidecar = AdapterSidecar {
+            modules: self.config.modules.clone(),
+            base_model: base.clone(),
+            inflow_version: crate::version().to_string(),
+        };
+        write(
+            ADAPTER_SIDECAR,
+            &serde_json::to_value(&sidecar).map_err(|e| Error::Msg(e.to_string()))?,
+        )
     }
 
     /// Reads PEFT adapters from `dir` for `llama` (keys `base_model.model.{name}.lora_A.weight`,
     /// also with PEFT's `.default` adapter name). Every adapted Linear needs both factors with
-    /// shapes r × d_in and d_out × r.
+    /// shapes r × d_in and d_out × r. The `--modules` pattern comes from the sidecar, else from
+    /// an `inflow_modules` field of the config (adapters written before the sidecar), else it
+    /// is the list of adapted Linears (adapters made by PEFT).
     pub fn load(dir: &Path, llama: &Llama) -> Result<Self> {
         let cfg_path = dir.join(ADAPTER_CONFIG);
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
@@ -460,9 +560,14 @@ impl Adapters {
                 b: Var::from_tensor(&b)?,
             });
         }
-        let modules = match v.get("inflow_modules").and_then(|m| m.as_str()) {
-            Some(m) => m.to_string(),
-            None => layers
+        let sidecar = AdapterSidecar::read(dir)?;
+        let modules = match (
+            sidecar.map(|s| s.modules),
+            v.get("inflow_modules").and_then(|m| m.as_str()),
+        ) {
+            (Some(m), _) => m,
+            (None, Some(m)) => m.to_string(),
+            (None, None) => layers
                 .iter()
                 .map(|l| l.base.clone())
                 .collect::<Vec<_>>()

@@ -32,6 +32,10 @@ pub struct ModelSource {
     pub path: PathBuf,
     /// sha256 of the GGUF file, or of config.json + every safetensors file in name order.
     pub sha256: String,
+    /// The Hugging Face repository the weights come from, when the file says so (GGUF
+    /// metadata, see [`gguf::hf_repo`]); adapters name it as PEFT's `base_model_name_or_path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hf_repo: Option<String>,
 }
 
 /// A model with its tokenizer and chat template.

@@ -125,6 +125,7 @@ pub fn random(cfg: &LlamaConfig, seed: u64, dtype: DType) -> Result<LoadedModel>
             kind: "tiny".into(),
             path: format!("tiny-random-seed{seed}").into(),
             sha256: format!("tiny-{seed}-{h}-{}", cfg.num_hidden_layers),
+            hf_repo: None,
         },
     })
 }

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::index::index;
 use super::report::Reporter;
 use super::score::load_model;
-use crate::data::tokens::{Renderer, Template};
+use crate::data::tokens::{Renderer, Template, Truncate};
 use crate::data::{read_samples, Format, ReadOptions, Sample};
 use crate::eval::lds::{self, LdsReport, LossSpread, MethodLds};
 use crate::eval::retrain::retrain_and_eval;
@@ -53,6 +53,8 @@ pub struct LdsOptions {
     pub rank: usize,
     pub damping: f64,
     pub template: Template,
+    /// Truncation of training samples, queries and features alike.
+    pub truncate: Truncate,
     pub seed: u64,
     pub out: PathBuf,
     pub threads: usize,
@@ -332,7 +334,7 @@ pub fn run(o: &LdsOptions, reporter: &dyn Reporter) -> Result<LdsReport> {
     if nq == 0 {
         return Err(Error::Msg(format!("{}: no queries", o.queries.display())));
     }
-    let renderer = Renderer::new(&model, o.template, o.max_tokens)?;
+    let renderer = Renderer::new(&model, o.template, o.max_tokens)?.with_truncate(o.truncate);
     let (train_seqs, cut_train) = renderer.tokenize_all(&train_report.samples)?;
     let (query_seqs, cut_q) = renderer.tokenize_all(&query_report.samples)?;
     drop(renderer);
@@ -368,6 +370,7 @@ pub fn run(o: &LdsOptions, reporter: &dyn Reporter) -> Result<LdsReport> {
         modules: "all".into(),
         template: o.template,
         max_tokens: o.max_tokens,
+        truncate: o.truncate,
         labels: Default::default(),
     };
     let mut matrices = Vec::new();
@@ -478,7 +481,9 @@ pub fn run(o: &LdsOptions, reporter: &dyn Reporter) -> Result<LdsReport> {
         statistic: lds::STATISTIC.into(),
         settings: json!({
             "model": o.model, "data": o.data, "queries": o.queries, "retrain": topts,
-            "max_tokens": o.max_tokens, "truncated_train": cut_train, "truncated_queries": cut_q,
+            "max_tokens": o.max_tokens, "truncate": o.truncate,
+            "truncated_train": cut_train.samples, "truncated_queries": cut_q.samples,
+            "cuts_train": cut_train, "cuts_queries": cut_q,
             "features": features, "damping": o.damping, "threads": o.threads,
         }),
         measured: LossSpread::new(&base, &losses),

@@ -227,6 +227,8 @@ pub fn run(
                     n_loss_tokens: 0,
                     loss,
                     truncated,
+                    prompt_tokens_cut: 0,
+                    response_tokens_cut: 0,
                     prompt,
                     response,
                 });

@@ -149,7 +149,8 @@ pub fn score(
                 &model,
                 spec.projection.clone(),
                 spec.seed,
-                Renderer::new(&model, run.features.template, run.features.max_tokens)?,
+                Renderer::new(&model, run.features.template, run.features.max_tokens)?
+                    .with_truncate(run.features.truncate),
                 &LoraGradient::Sgd,
                 None,
             )?;

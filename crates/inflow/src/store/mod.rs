@@ -618,6 +618,8 @@ pub(crate) mod tests {
             n_loss_tokens: 3 + row as u32 % 4,
             loss: 0.5 + row as f32,
             truncated: row.is_multiple_of(3),
+            prompt_tokens_cut: if row.is_multiple_of(3) { row as u32 } else { 0 },
+            response_tokens_cut: 0,
             prompt: format!("prompt ünïcode {row}"),
             response: format!("response {row}"),
         }

@@ -30,6 +30,12 @@ pub struct SampleRow {
     pub loss: f32,
     /// Whether the sample was cut to the maximum length.
     pub truncated: bool,
+    /// Prompt tokens the cut dropped (0 in stores from before this column).
+    #[serde(default)]
+    pub prompt_tokens_cut: u32,
+    /// Response tokens the cut dropped, at the response's end (0 in older stores).
+    #[serde(default)]
+    pub response_tokens_cut: u32,
     /// The rendered prompt text.
     pub prompt: String,
     /// The response text.
@@ -44,6 +50,8 @@ fn schema() -> SchemaRef {
         Field::new("n_loss_tokens", DataType::UInt32, false),
         Field::new("loss", DataType::Float32, false),
         Field::new("truncated", DataType::Boolean, false),
+        Field::new("prompt_tokens_cut", DataType::UInt32, false),
+        Field::new("response_tokens_cut", DataType::UInt32, false),
         Field::new("prompt", DataType::Utf8, false),
         Field::new("response", DataType::Utf8, false),
     ]))
@@ -64,6 +72,12 @@ fn batch(rows: &[SampleRow]) -> std::result::Result<RecordBatch, arrow_schema::A
             Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.loss))),
             Arc::new(BooleanArray::from_iter(
                 rows.iter().map(|r| Some(r.truncated)),
+            )),
+            Arc::new(UInt32Array::from_iter_values(
+                rows.iter().map(|r| r.prompt_tokens_cut),
+            )),
+            Arc::new(UInt32Array::from_iter_values(
+                rows.iter().map(|r| r.response_tokens_cut),
             )),
             Arc::new(StringArray::from_iter_values(
                 rows.iter().map(|r| &r.prompt),
@@ -123,6 +137,9 @@ pub fn read_samples(path: &Path) -> Result<Vec<SampleRow>> {
         let n_loss = column::<UInt32Array>(path, &b, "n_loss_tokens")?;
         let loss = column::<Float32Array>(path, &b, "loss")?;
         let truncated = column::<BooleanArray>(path, &b, "truncated")?;
+        // Stores written before these columns have none: nothing counted, read as 0.
+        let prompt_cut = optional_column::<UInt32Array>(path, &b, "prompt_tokens_cut")?;
+        let response_cut = optional_column::<UInt32Array>(path, &b, "response_tokens_cut")?;
         let prompt = column::<StringArray>(path, &b, "prompt")?;
         let response = column::<StringArray>(path, &b, "response")?;
         for i in 0..b.num_rows() {
@@ -133,12 +150,26 @@ pub fn read_samples(path: &Path) -> Result<Vec<SampleRow>> {
                 n_loss_tokens: n_loss.value(i),
                 loss: loss.value(i),
                 truncated: truncated.value(i),
+                prompt_tokens_cut: prompt_cut.map_or(0, |c| c.value(i)),
+                response_tokens_cut: response_cut.map_or(0, |c| c.value(i)),
                 prompt: prompt.value(i).to_string(),
                 response: response.value(i).to_string(),
             });
         }
     }
     Ok(out)
+}
+
+/// The named column if the table has it (see [`column`]).
+fn optional_column<'b, A: Array + 'static>(
+    path: &Path,
+    b: &'b RecordBatch,
+    name: &str,
+) -> Result<Option<&'b A>> {
+    if b.column_by_name(name).is_none() {
+        return Ok(None);
+    }
+    column(path, b, name).map(Some)
 }
 
 /// The named column as a concrete array type, or an error naming the file and column.
@@ -155,4 +186,58 @@ fn column<'b, A: Array + 'static>(path: &Path, b: &'b RecordBatch, name: &str) -
             format!("column '{name}' has type {}", col.data_type()),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A samples table written before the `*_tokens_cut` columns existed reads with zeros.
+    #[test]
+    fn tables_without_cut_columns_read_as_zero() {
+        let dir = std::env::temp_dir().join(format!("inflow-samples-old-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("samples.parquet");
+        let old = Arc::new(Schema::new(
+            schema()
+                .fields()
+                .iter()
+                .filter(|f| !f.name().ends_with("_tokens_cut"))
+                .cloned()
+                .collect::<Vec<_>>(),
+        ));
+        let row = SampleRow {
+            id: "0-abc".into(),
+            row: 0,
+            n_tokens: 5,
+            n_loss_tokens: 2,
+            loss: 1.5,
+            truncated: true,
+            prompt_tokens_cut: 7,
+            response_tokens_cut: 1,
+            prompt: "p".into(),
+            response: "r".into(),
+        };
+        let full = batch(std::slice::from_ref(&row)).unwrap();
+        let cols: Vec<_> = old
+            .fields()
+            .iter()
+            .map(|f| full.column_by_name(f.name()).unwrap().clone())
+            .collect();
+        let b = RecordBatch::try_new(old.clone(), cols).unwrap();
+        let mut file = File::create(&path).unwrap();
+        let mut w = ArrowWriter::try_new(&mut file, old, None).unwrap();
+        w.write(&b).unwrap();
+        w.close().unwrap();
+        let back = read_samples(&path).unwrap();
+        assert_eq!(
+            back,
+            vec![SampleRow {
+                prompt_tokens_cut: 0,
+                response_tokens_cut: 0,
+                ..row
+            }]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -50,7 +50,7 @@ pub struct TrainerState {
 /// What a checkpoint saves besides its state.
 pub struct Snapshot<'a> {
     pub adapters: Option<&'a Adapters>,
-    pub base_model: &'a str,
+    pub base_model: &'a crate::model::lora::AdapterBase,
     pub params: &'a [(String, Var)],
     pub moments: &'a [(Tensor, Tensor)],
 }

@@ -399,7 +399,7 @@ pub fn run_checkpoint_index<O: PassObserver>(
                     model,
                     fo.projection.clone(),
                     fo.seed,
-                    Renderer::new(model, fo.template, fo.max_tokens)?,
+                    Renderer::new(model, fo.template, fo.max_tokens)?.with_truncate(fo.truncate),
                     g,
                     checkpoint.map(|c| c.path.as_path()),
                 )

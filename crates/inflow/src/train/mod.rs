@@ -318,7 +318,7 @@ pub fn train(
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut log = TrainLog::open(out, start)?;
-    let base_model = model.source.path.display().to_string();
+    let base_model = lora::AdapterBase::of(model);
     let method = match opts.method {
         Method::Lora(_) => "lora",
         Method::Full { .. } => "full",
