@@ -52,6 +52,11 @@ pub fn load(store: &Path, base: Option<&Path>, reporter: &dyn Reporter) -> Resul
         }
         reporter.note(&format!("at the store's weights: {}", w.describe(&base)));
     }
+    if !w.lora_grads {
+        if let Some(m) = features::merged_for_base_features(&model)? {
+            model = m;
+        }
+    }
     let s = Store::open(store)?;
     let have = s.spec().model["sha256"].as_str().unwrap_or_default();
     if have != model.source.sha256 {

@@ -130,7 +130,8 @@ pub fn score_samples(
             model,
             stored.projection.clone(),
             stored.seed,
-            Renderer::new(model, run.features.template, run.features.max_tokens)?,
+            Renderer::new(model, run.features.template, run.features.max_tokens)?
+                .with_truncate(run.features.truncate),
             &LoraGradient::Sgd,
             None,
         )?;

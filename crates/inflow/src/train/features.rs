@@ -167,6 +167,19 @@ impl StoreWeights {
     }
 }
 
+/// The model whose base-Linear gradients are the features at an attached LoRA adapter: the
+/// adapters merged into the weights, W + (α/r)·B A, exactly as `inflow export` writes them,
+/// with the same source hash (base + adapter). The gradient of W is the same function either
+/// way; merged, the features equal those of the exported model bit for bit (computed with the
+/// LoRA branch apart they differ by float rounding, ~3e-5 relative on SmolLM2) and the pass
+/// skips the branch. None when no adapter is attached.
+pub fn merged_for_base_features(model: &LoadedModel) -> Result<Option<LoadedModel>> {
+    match model.llama.adapters() {
+        Some(a) => Ok(Some(a.merge(model)?)),
+        None => Ok(None),
+    }
+}
+
 /// Which per-sample vector of the LoRA parameters becomes the feature.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -381,15 +394,19 @@ pub fn run_checkpoint_index<O: PassObserver>(
         ],
     };
     match source {
-        FeatureSource::Base => index::index_pass::<_, O>(
-            model,
-            opts,
-            out,
-            || Featurizer::new(model, fo),
-            extras,
-            progress,
-            on_shard,
-        ),
+        FeatureSource::Base => {
+            let merged = merged_for_base_features(model)?;
+            let model = merged.as_ref().unwrap_or(model);
+            index::index_pass::<_, O>(
+                model,
+                opts,
+                out,
+                || Featurizer::new(model, fo),
+                extras,
+                progress,
+                on_shard,
+            )
+        }
         FeatureSource::Lora(g) => index::index_pass::<_, O>(
             model,
             opts,
