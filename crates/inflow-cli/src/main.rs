@@ -4,6 +4,7 @@
 mod args;
 mod bench;
 mod demo;
+mod generate;
 mod lds;
 mod planted;
 mod probe;
@@ -60,17 +61,10 @@ enum Cmd {
         #[arg(long)]
         text: String,
     },
-    /// Greedy answer to a chat prompt (rendered with the model's chat template).
-    Generate {
-        #[arg(long)]
-        model: PathBuf,
-        /// The user message.
-        #[arg(long)]
-        prompt: String,
-        /// Maximum new tokens.
-        #[arg(long, default_value_t = 48)]
-        max_new: usize,
-    },
+    /// The model's answers (optionally at an adapter or checkpoint) to one --prompt, printed,
+    /// or to a file of --prompts, written as a query file for `score`: batched greedy or
+    /// seeded sampled decoding through the key/value cache; resumable.
+    Generate(generate::GenerateArgs),
     /// Write a GGUF model as a Hugging Face folder (f32 safetensors, tokenizer.json, config.json).
     Convert {
         #[arg(long)]
@@ -367,11 +361,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
     match cli.cmd {
         Cmd::Inspect { model } => inspect(&model, json),
         Cmd::Logprob { model, text } => logprob(&model, &text, json),
-        Cmd::Generate {
-            model,
-            prompt,
-            max_new,
-        } => generate(&model, &prompt, max_new, json),
+        Cmd::Generate(a) => generate::run(a, threads, json),
         Cmd::Convert { model, out } => {
             let m = load_model(&model)?;
             inflow::model::hf::save_dir(&m, &out)?;
@@ -528,40 +518,6 @@ fn logprob(path: &Path, text: &str, json: bool) -> Result<()> {
             total,
             ppl
         );
-    }
-    Ok(())
-}
-
-fn generate(path: &Path, prompt: &str, max_new: usize, json: bool) -> Result<()> {
-    let m = load_model(path)?;
-    let r = inflow::data::tokens::Renderer::new(&m, Template::Auto, usize::MAX)?;
-    let body = inflow::data::Body::Chat {
-        messages: vec![inflow::data::Message {
-            role: "user".into(),
-            content: prompt.into(),
-        }],
-        response: String::new(),
-    };
-    let (text, _) = r.render(&body)?;
-    let ids = m.encode(&text)?;
-    let stop: Vec<u32> = [
-        m.eos_token.as_deref(),
-        Some("<|im_end|>"),
-        Some("<|endoftext|>"),
-    ]
-    .into_iter()
-    .flatten()
-    .filter_map(|t| m.token_id(t))
-    .collect();
-    let out = m.llama.generate_greedy(&ids, max_new, &stop)?;
-    let answer = m.decode(&out)?;
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({"prompt": prompt, "answer": answer})
-        );
-    } else {
-        println!("{answer}");
     }
     Ok(())
 }

@@ -56,6 +56,30 @@ impl Format {
         }
     }
 
+    /// [`Format::detect`] for a file of prompts to answer, where responses may be missing:
+    /// when no rule matches, `instruction` → alpaca and `prompt` → prompt_completion.
+    pub fn detect_prompt<'a>(keys: impl IntoIterator<Item = &'a str>) -> Option<Format> {
+        let keys: Vec<&str> = keys.into_iter().collect();
+        Format::detect(keys.iter().copied()).or_else(|| {
+            if keys.contains(&"instruction") {
+                Some(Format::Alpaca)
+            } else if keys.contains(&"prompt") {
+                Some(Format::PromptCompletion)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// The fields a prompt of this format must have (the response is optional).
+    pub fn required_prompt_fields(self) -> &'static [&'static str] {
+        match self {
+            Format::Alpaca => &["instruction"],
+            Format::PromptCompletion => &["prompt"],
+            other => other.fields(),
+        }
+    }
+
     /// The fields a record of this format uses (all others go to `meta`). Empty for `Auto`.
     pub fn fields(self) -> &'static [&'static str] {
         match self {

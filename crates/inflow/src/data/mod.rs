@@ -157,6 +157,19 @@ impl Source {
 /// [`ReadReport::skipped`]; if no record is good the read fails anyway). An empty file,
 /// an unknown extension, or records whose format cannot be detected are errors too.
 pub fn read_samples(path: &Path, opts: &ReadOptions) -> Result<ReadReport> {
+    read_records(path, opts, false)
+}
+
+/// Reads prompts to answer (for `generate`): like [`read_samples`], but a record's response
+/// may be missing or empty, so the bodies' responses may be "". Besides the four formats'
+/// usual keys, a record with only `instruction` reads as alpaca and one with only `prompt`
+/// as prompt_completion; a `messages` list may end with a user turn (a final assistant turn
+/// is the existing response). A record that [`read_samples`] reads gets the same id here.
+pub fn read_prompts(path: &Path, opts: &ReadOptions) -> Result<ReadReport> {
+    read_records(path, opts, true)
+}
+
+fn read_records(path: &Path, opts: &ReadOptions, prompt_only: bool) -> Result<ReadReport> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
@@ -179,7 +192,7 @@ pub fn read_samples(path: &Path, opts: &ReadOptions) -> Result<ReadReport> {
 
     let mut format = (opts.format != Format::Auto).then_some(opts.format);
     if let (Some(f), Source::Parquet(p)) = (format, &source) {
-        p.check_columns(f)?;
+        p.check_columns(f, prompt_only)?;
     }
     let limit = opts.limit.unwrap_or(usize::MAX);
     let mut samples = Vec::new();
@@ -195,15 +208,16 @@ pub fn read_samples(path: &Path, opts: &ReadOptions) -> Result<ReadReport> {
             let f = match format {
                 Some(f) => f,
                 None => {
-                    let f = detect(path, raw.line, &fields)?;
+                    let f = detect(path, raw.line, &fields, prompt_only)?;
                     if let Source::Parquet(p) = &source {
-                        p.check_columns(f).map_err(Fatal::from)?;
+                        p.check_columns(f, prompt_only).map_err(Fatal::from)?;
                     }
                     format = Some(f);
                     f
                 }
             };
-            record::to_sample(f, raw.row, fields, messages_may_be_text).map_err(Fatal::Record)
+            record::to_sample(f, raw.row, fields, messages_may_be_text, prompt_only)
+                .map_err(Fatal::Record)
         });
         match outcome {
             Ok(sample) => {
@@ -286,9 +300,26 @@ fn detect(
     path: &Path,
     line: usize,
     fields: &Map<String, Value>,
+    prompt_only: bool,
 ) -> std::result::Result<Format, Fatal> {
-    Format::detect(fields.keys().map(String::as_str)).ok_or_else(|| {
+    let keys = fields.keys().map(String::as_str);
+    let found = if prompt_only {
+        Format::detect_prompt(keys)
+    } else {
+        Format::detect(keys)
+    };
+    found.ok_or_else(|| {
         let keys: Vec<&str> = fields.keys().map(String::as_str).collect();
+        if prompt_only {
+            return Fatal::Error(Error::BadInput {
+                path: path.to_path_buf(),
+                line,
+                msg: format!(
+                    "cannot detect the prompt format from keys [{}]: expected messages (chat), instruction (alpaca; output optional), prompt (completion optional) or text; name the format explicitly",
+                    keys.join(", ")
+                ),
+            });
+        }
         Fatal::Error(Error::BadInput {
             path: path.to_path_buf(),
             line,

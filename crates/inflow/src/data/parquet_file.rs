@@ -60,11 +60,16 @@ impl ParquetRecords {
 
     /// Checks that the columns `format` uses exist and have a usable type: a file-level
     /// problem is reported once, not as every row being bad.
-    pub(crate) fn check_columns(&self, format: Format) -> Result<()> {
+    pub(crate) fn check_columns(&self, format: Format, prompt_only: bool) -> Result<()> {
+        let required = if prompt_only {
+            format.required_prompt_fields()
+        } else {
+            format.required_fields()
+        };
         for field in format.fields() {
             let found = self.schema.fields().iter().find(|f| f.name() == field);
             let Some(column) = found else {
-                if format.required_fields().contains(field) {
+                if required.contains(field) {
                     let names: Vec<&str> = self
                         .schema
                         .fields()

@@ -14,28 +14,37 @@ const ROLES: [&str; 3] = ["system", "user", "assistant"];
 /// `messages_may_be_text`: accept a chat `messages` field that is a string holding the
 /// JSON array (Parquet files store it that way). The error is the reason the record is
 /// bad, phrased for a user.
+///
+/// `prompt_only` reads prompts to answer: the response may be missing or empty (`output`,
+/// `completion`; a conversation may end with a user turn, and a final assistant turn is then
+/// the existing response). The id of a record with a response is the same either way.
 pub(crate) fn to_sample(
     format: Format,
     row: usize,
     mut record: Map<String, Value>,
     messages_may_be_text: bool,
+    prompt_only: bool,
 ) -> Result<Sample, String> {
     let mut input_len = 0;
     let (body, used) = match format {
         Format::Auto => return Err("internal: format `auto` was not resolved".to_string()),
         Format::Alpaca => {
-            let (body, used, input) = alpaca(&record)?;
+            let (body, used, input) = alpaca(&record, prompt_only)?;
             input_len = input;
             (body, used)
         }
-        Format::Chat => chat(&record, messages_may_be_text)?,
+        Format::Chat => chat(&record, messages_may_be_text, prompt_only)?,
         Format::PromptCompletion => {
             let prompt = string_field(&record, "prompt", format)?;
-            let completion = non_empty(
-                string_field(&record, "completion", format)?,
-                "completion",
-                format,
-            )?;
+            let completion = if prompt_only {
+                optional_string(&record, "completion", format)?
+            } else {
+                non_empty(
+                    string_field(&record, "completion", format)?,
+                    "completion",
+                    format,
+                )?
+            };
             let used = object([
                 ("prompt", prompt.clone().into()),
                 ("completion", completion.clone().into()),
@@ -75,21 +84,15 @@ pub(crate) fn to_sample(
 
 /// Alpaca: one user message (instruction, then input after a blank line when present), and
 /// the byte length of the `input` part at the end of that message.
-fn alpaca(record: &Map<String, Value>) -> Result<(Body, Value, usize), String> {
+fn alpaca(record: &Map<String, Value>, prompt_only: bool) -> Result<(Body, Value, usize), String> {
     let format = Format::Alpaca;
     let instruction = string_field(record, "instruction", format)?;
-    let input = match record.get("input") {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => {
-            return Err(format!(
-                "field `input` is {}, expected a string; {}",
-                kind(other),
-                format.expectation()
-            ))
-        }
+    let input = optional_string(record, "input", format)?;
+    let output = if prompt_only {
+        optional_string(record, "output", format)?
+    } else {
+        non_empty(string_field(record, "output", format)?, "output", format)?
     };
-    let output = non_empty(string_field(record, "output", format)?, "output", format)?;
     let user = match (instruction.is_empty(), input.is_empty()) {
         (_, true) => instruction.clone(),
         (true, false) => input.clone(),
@@ -123,7 +126,11 @@ fn alpaca(record: &Map<String, Value>) -> Result<(Body, Value, usize), String> {
 }
 
 /// Chat: checks roles, that the last message is the assistant's and that something precedes it.
-fn chat(record: &Map<String, Value>, messages_may_be_text: bool) -> Result<(Body, Value), String> {
+fn chat(
+    record: &Map<String, Value>,
+    messages_may_be_text: bool,
+    prompt_only: bool,
+) -> Result<(Body, Value), String> {
     let format = Format::Chat;
     let expect = format.expectation();
     let decoded;
@@ -177,6 +184,29 @@ fn chat(record: &Map<String, Value>, messages_may_be_text: bool) -> Result<(Body
         }
         messages.push(Message { role, content });
     }
+    if prompt_only && messages.last().is_some_and(|m| m.role != "assistant") {
+        let used = object([(
+            "messages",
+            Value::Array(
+                messages
+                    .iter()
+                    .map(|m| {
+                        object([
+                            ("role", m.role.clone().into()),
+                            ("content", m.content.clone().into()),
+                        ])
+                    })
+                    .collect(),
+            ),
+        )]);
+        return Ok((
+            Body::Chat {
+                messages,
+                response: String::new(),
+            },
+            used,
+        ));
+    }
     let Some(last) = messages.pop() else {
         return Err(format!("`messages` is empty; {expect}"));
     };
@@ -191,7 +221,7 @@ fn chat(record: &Map<String, Value>, messages_may_be_text: bool) -> Result<(Body
             "`messages` holds only the assistant's answer; at least one message must come before it; {expect}"
         ));
     }
-    if last.content.trim().is_empty() {
+    if !prompt_only && last.content.trim().is_empty() {
         return Err(format!(
             "the final assistant message is empty (the response must be non-empty); {expect}"
         ));
@@ -224,6 +254,23 @@ fn string_field(record: &Map<String, Value>, key: &str, format: Format) -> Resul
             "missing string field `{key}`; {}",
             format.expectation()
         )),
+        Some(other) => Err(format!(
+            "field `{key}` is {}, expected a string; {}",
+            kind(other),
+            format.expectation()
+        )),
+    }
+}
+
+/// An optional string field: missing or null reads as "".
+fn optional_string(
+    record: &Map<String, Value>,
+    key: &str,
+    format: Format,
+) -> Result<String, String> {
+    match record.get(key) {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
         Some(other) => Err(format!(
             "field `{key}` is {}, expected a string; {}",
             kind(other),

@@ -764,3 +764,90 @@ fn bundled_assets_read() {
         "every probe task is in the bundled train set"
     );
 }
+
+#[test]
+fn prompts_may_lack_a_response() {
+    let dir = scratch("prompts");
+    let read_p = |path: &Path| read_prompts(path, &opts(Format::Auto)).unwrap();
+    // Bare prompts, and prompt + completion: prompt_completion, response "" when missing.
+    let path = write(
+        &dir,
+        "p.jsonl",
+        &lines(&[
+            json!({"prompt": "a"}),
+            json!({"prompt": "b", "completion": "c"}),
+        ]),
+    );
+    let r = read_p(&path);
+    assert_eq!(r.format, Format::PromptCompletion);
+    assert_eq!(
+        r.samples[0].body,
+        Body::Plain {
+            prompt: "a".into(),
+            response: String::new()
+        }
+    );
+    assert_eq!(r.samples[1].body.response(), "c");
+    assert!(read_samples(&path, &opts(Format::Auto)).is_err());
+    // Instructions without output; conversations ending with a user turn or an answer.
+    let path = write(
+        &dir,
+        "a.jsonl",
+        &lines(&[
+            json!({"instruction": "Say hi.", "task": "t"}),
+            json!({"instruction": "x", "input": "y", "output": ""}),
+        ]),
+    );
+    let r = read_p(&path);
+    assert_eq!(r.format, Format::Alpaca);
+    assert_eq!(
+        r.samples[1].body,
+        Body::Chat {
+            messages: vec![user("x\n\ny")],
+            response: String::new()
+        }
+    );
+    assert_eq!(r.samples[0].meta["task"], "t");
+    let path = write(
+        &dir,
+        "c.jsonl",
+        &lines(&[
+            json!({"messages": [{"role": "user", "content": "q"}]}),
+            json!({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}),
+        ]),
+    );
+    let r = read_p(&path);
+    assert_eq!(
+        r.samples[0].body,
+        Body::Chat {
+            messages: vec![user("q")],
+            response: String::new()
+        }
+    );
+    assert_eq!(r.samples[1].body.response(), "a");
+    // A record that read_samples reads gets the same id and body.
+    let full = write(&dir, "full.jsonl", &lines(&alpaca_records()));
+    assert_eq!(read_p(&full).samples, read(&full, Format::Auto).samples);
+    // Bad records still name the file and line; unknown keys are an error for the file.
+    let path = write(
+        &dir,
+        "bad.jsonl",
+        &lines(&[json!({"prompt": "a"}), json!({"prompt": 3})]),
+    );
+    let e = read_prompts(&path, &opts(Format::Auto))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bad.jsonl:2"), "{e}");
+    let path = write(&dir, "k.jsonl", &lines(&[json!({"question": "a"})]));
+    let e = read_prompts(&path, &opts(Format::Auto))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("prompt format"), "{e}");
+    // Parquet with an instruction column only.
+    let pq = dir.join("i.parquet");
+    write_parquet(&pq, vec![("instruction", strings(&[Some("Say hi.")]))]);
+    let r = read_p(&pq);
+    assert_eq!(r.format, Format::Alpaca);
+    assert_eq!(r.samples[0].body.prompt_text(), "Say hi.");
+    assert!(read_samples(&pq, &opts(Format::Alpaca)).is_err());
+}

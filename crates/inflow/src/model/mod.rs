@@ -3,6 +3,7 @@
 
 pub mod capture;
 pub mod config;
+pub mod generate;
 pub mod gguf;
 pub mod hf;
 pub mod linear;

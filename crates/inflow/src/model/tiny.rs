@@ -114,6 +114,10 @@ pub fn random(cfg: &LlamaConfig, seed: u64, dtype: DType) -> Result<LoadedModel>
         )?;
     }
     mat("model.norm.weight".into(), (1, h), 0.1, 1.0)?;
+    if !cfg.tie_word_embeddings {
+        // Drawn last, so tied models keep their weights.
+        mat("lm_head.weight".into(), (v, h), 0.3, 0.0)?;
+    }
     let llama = Llama::from_tensors(cfg.clone(), t, "tiny-random".into(), dtype)?;
     Ok(LoadedModel {
         llama,
@@ -133,5 +137,22 @@ pub fn random(cfg: &LlamaConfig, seed: u64, dtype: DType) -> Result<LoadedModel>
 /// Writes a tiny random model as a Hugging Face folder (for CLI tests).
 pub fn write_random(dir: &Path, hidden: usize, layers: usize, seed: u64) -> Result<()> {
     let m = random(&config(hidden, layers), seed, DType::F32)?;
+    hf::save_dir(&m, dir)
+}
+
+/// [`config`] with an output head of its own (N(0, 0.3²)) instead of the tied embedding.
+/// Greedy decoding on a tied random model mostly repeats the last token (the residual stream
+/// carries its embedding, and the tied head scores it highest), so every answer is the same;
+/// with its own head, a random model's answers depend on the prompt, as decoding tests need.
+pub fn config_untied(hidden: usize, layers: usize) -> LlamaConfig {
+    LlamaConfig {
+        tie_word_embeddings: false,
+        ..config(hidden, layers)
+    }
+}
+
+/// Writes a tiny random model with [`config_untied`] as a Hugging Face folder.
+pub fn write_random_untied(dir: &Path, hidden: usize, layers: usize, seed: u64) -> Result<()> {
+    let m = random(&config_untied(hidden, layers), seed, DType::F32)?;
     hf::save_dir(&m, dir)
 }

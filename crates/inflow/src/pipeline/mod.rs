@@ -4,6 +4,7 @@
 //! prints the results.
 
 pub mod fit;
+pub mod generate;
 pub mod index;
 pub mod lds;
 pub mod report;
