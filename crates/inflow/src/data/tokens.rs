@@ -574,7 +574,7 @@ mod tests {
         let serde_json::Value::Object(rec) = rec else {
             unreachable!()
         };
-        crate::data::record::to_sample(Format::Alpaca, 0, rec, false).unwrap()
+        crate::data::record::to_sample(Format::Alpaca, 0, rec, false, false).unwrap()
     }
 
     fn chat(messages: &[(&str, &str)], response: &str) -> Sample {
