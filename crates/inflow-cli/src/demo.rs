@@ -72,6 +72,7 @@ pub(crate) fn run(
             damping: 0.1,
             lissa_iters: 300,
             lissa_batch: 64,
+            lissa_tol: 1e-2,
             show: 8,
         },
         threads,

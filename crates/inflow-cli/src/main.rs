@@ -298,9 +298,13 @@ struct ScoreArgs {
     /// Damping, relative: λ_l = damping × the mean eigenvalue of layer l's (approximate) Fisher.
     #[arg(long, default_value_t = 0.1)]
     damping: f64,
-    /// LiSSA iterations.
+    /// LiSSA's maximum iterations per query.
     #[arg(long, default_value_t = 300)]
     lissa_iters: usize,
+    /// LiSSA's tolerance: a query stops once its relative change guarantees (full batch) a
+    /// relative error ≤ tol, and counts as converged if also ‖(H+λI)x−g‖/‖g‖ ≤ tol.
+    #[arg(long, default_value_t = 1e-2)]
+    lissa_tol: f64,
     /// LiSSA mini-batch (training rows per Hessian-vector product).
     #[arg(long, default_value_t = 64)]
     lissa_batch: usize,
@@ -652,6 +656,7 @@ pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<ScoreOut
                 damping: a.damping,
                 lissa_iters: a.lissa_iters,
                 lissa_batch: a.lissa_batch,
+                lissa_tol: a.lissa_tol,
                 seed: 0,
             },
             ..Default::default()

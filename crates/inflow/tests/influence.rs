@@ -537,6 +537,7 @@ fn datainf_equals_its_closed_form_and_lissa_converges_to_exact() {
         damping: 50.0,
         lissa_iters: 4000,
         lissa_batch: 1000,
+        lissa_tol: 1e-4,
         seed: 1,
     };
     let lissa = curvature::lissa::Lissa::new(&store, &opts).unwrap();
@@ -552,9 +553,48 @@ fn datainf_equals_its_closed_form_and_lissa_converges_to_exact() {
         .sqrt()
         / x.iter().map(|b| b * b).sum::<f64>().sqrt();
     let rep = lissa.report();
+    eprintln!("{}", rep.summary);
     assert!(err < 1e-3, "LiSSA vs exact: {err}, report {rep:?}");
-    assert!(rep.residual < 1e-3, "{rep:?}");
-    assert!(rep.relative_change.last().unwrap() < rep.relative_change.first().unwrap());
+    // Converged means what it says: stopped by the rule before the maximum, with the
+    // guaranteed error (≤ tol) and the residual on the full Fisher both small.
+    assert!(rep.converged && rep.iterations < 4000, "{rep:?}");
+    assert!(
+        err <= opts.lissa_tol * 1.01,
+        "the rule's bound holds: {err}"
+    );
+    assert!(rep.residual <= 1e-4, "{rep:?}");
+    assert!(
+        rep.summary.starts_with("LiSSA: ")
+            && rep.summary.contains(": converged;")
+            && rep.summary.contains("tolerance"),
+        "{}",
+        rep.summary
+    );
+    let t = &rep.trace[0];
+    assert_eq!((rep.trace.len(), t.iterations), (1, rep.iterations));
+    assert!(t.final_relative_change <= rep.change_tolerance);
+    assert!(t.relative_change.last().unwrap() < t.relative_change.first().unwrap());
+    // The report the influence estimator hands on carries the summary and the trace.
+    let v = curvature::Preconditioner::report(&lissa).unwrap();
+    assert_eq!(v["summary"], rep.summary.as_str());
+    assert!(v["trace"][0]["relative_change"].is_array());
+
+    // Too few iterations: not converged, and the residual says the system is not solved.
+    let short = curvature::lissa::Lissa::new(
+        &store,
+        &Options {
+            lissa_iters: 5,
+            ..opts.clone()
+        },
+    )
+    .unwrap();
+    let mut got = q.to_vec();
+    short.apply(&mut got, dim).unwrap();
+    let rep = short.report();
+    eprintln!("{}", rep.summary);
+    assert!(!rep.converged && rep.iterations == 5, "{rep:?}");
+    assert!(rep.summary.contains(": not converged;"), "{}", rep.summary);
+    assert!(rep.residual > 1e-2, "{rep:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -190,8 +190,12 @@ pub const NAMES: [&str; 6] = ["identity", "kfac", "ekfac", "datainf", "lissa", "
 #[derive(Debug, Clone)]
 pub struct Options {
     pub damping: f64,
+    /// LiSSA's maximum iterations per query.
     pub lissa_iters: usize,
     pub lissa_batch: usize,
+    /// LiSSA's tolerance: the relative error its stopping rule guarantees (full batch) and the
+    /// largest residual it calls converged (see [`lissa`]).
+    pub lissa_tol: f64,
     pub seed: u64,
 }
 
@@ -201,6 +205,7 @@ impl Default for Options {
             damping: 0.1,
             lissa_iters: 300,
             lissa_batch: 64,
+            lissa_tol: 1e-2,
             seed: 0,
         }
     }
