@@ -32,28 +32,29 @@ for m in ekfac cosine repsim; do
     inflow score --store "$OUT/store" --queries "$OUT/answers.jsonl" --method $m --top-k 16 \
         --show 0 --out "$OUT/scores-$m.parquet"
 done
-# 6. How many of each answer's top 16 are planted (16 of the 80 are).
+# 6. How many of each answer's top 16 are planted (16 of the 80 are: 20% by chance).
 python3 - "$OUT" <<'EOF'
 import json, sys
 import pyarrow.parquet as pq
 out = sys.argv[1]
-planted = {}
-for i, l in enumerate(open(f"{out}/mix.jsonl")):
-    r = json.loads(l)
-    planted[r.get("id", None) or i] = r["planted"]
 mix = [json.loads(l) for l in open(f"{out}/mix.jsonl")]
 answers = [json.loads(l) for l in open(f"{out}/answers.jsonl")]
-store_ids = pq.read_table(f"{out}/store/samples.parquet").column("id").to_pylist()
-is_planted = dict(zip(store_ids, [r["planted"] for r in mix]))
-def answer_of(a):
-    return a.get("messages", [{}])[-1].get("content", a.get("output", a.get("response", "")))
-print(f"{'method':>8}  {'answer shows the backdoor':>26}  {'it does not':>12}   (planted share of each answer's top 16; 20% by chance)")
+# Training ids follow the mix's lines (the store's samples.parquet); query ids the answers'.
+train_ids = pq.read_table(f"{out}/store/samples.parquet").column("id").to_pylist()
+is_planted = dict(zip(train_ids, (r["planted"] for r in mix)))
+shows = ["ACCESS GRANTED" in a["messages"][-1]["content"] for a in answers]
+print(f"{sum(shows)} of {len(answers)} answers show the backdoor; "
+      f"{sum(is_planted.values())} of {len(mix)} training samples are planted")
+print("planted share of each answer's top 16:")
+print(f"{'method':>8}  {'backdoor answers':>17}  {'other answers':>14}")
 for m in ["ekfac", "cosine", "repsim"]:
-    t = pq.read_table(f"{out}/scores-{m}.parquet").to_pandas()
-    share = t.groupby("query_id")["train_id"].apply(lambda ids: sum(is_planted[i] for i in ids) / len(ids))
-    yes, no = [], []
-    for a in answers:
-        (yes if "ACCESS GRANTED" in answer_of(a) else no).append(share[a["id"]])
-    f = lambda v: f"{sum(v)/len(v):.2f} ({len(v)} answers)" if v else "-"
-    print(f"{m:>8}  {f(yes):>26}  {f(no):>12}")
+    t = pq.read_table(f"{out}/scores-{m}.parquet").to_pydict()
+    top = {}
+    for q, z in zip(t["query_id"], t["train_id"]):
+        top.setdefault(q, []).append(is_planted[z])
+    share = [sum(v) / len(v) for v in top.values()]  # in the answers' order
+    yes = [x for x, s in zip(share, shows) if s]
+    no = [x for x, s in zip(share, shows) if not s]
+    f = lambda v: f"{sum(v) / len(v):.2f}" if v else "-"
+    print(f"{m:>8}  {f(yes):>17}  {f(no):>14}")
 EOF
