@@ -322,7 +322,7 @@ pub(crate) fn export(a: ExportArgs, json: bool) -> Result<()> {
     }
     let mut m = crate::load_model(&a.model)?;
     let ck = features::attach(&mut m, &a.adapter)?;
-    let merged = match m.llama.adapters().cloned() {
+    let merged = match m.llama.adapters() {
         Some(ad) => ad.merge(&m)?,
         None => m,
     };
@@ -357,7 +357,7 @@ fn export_unmerged(a: ExportArgs, json: bool) -> Result<()> {
         .unwrap_or_else(|| inflow::model::lora::AdapterBase::of(&m));
     let ck = features::attach(&mut m, &a.adapter)
         .with_context(|| format!("loading the adapter {}", a.adapter.display()))?;
-    let Some(ad) = m.llama.adapters().cloned() else {
+    let Some(ad) = m.llama.adapters() else {
         bail!(
             "--unmerged: {} is a full fine-tuning checkpoint, not a LoRA adapter; export it merged",
             a.adapter.display()

@@ -33,6 +33,16 @@ struct Block {
     linears: [Tensor; 7],
 }
 
+/// An extra branch added to the outputs of the model's Linears: the hook through which
+/// `model::lora` adds (α/r)·B·A·x without this module knowing its types (so `lora` depends on
+/// `llama`, never the reverse).
+pub trait LinearBranch: std::any::Any + Send + Sync {
+    /// y plus the branch's output for Linear `flat` (layer · 7 + j) with input x.
+    fn add_branch(&self, flat: usize, x: &Tensor, y: Tensor) -> Result<Tensor>;
+    /// The branch as `Any`, to recover its concrete type.
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
+}
+
 /// A loaded Llama-family causal LM.
 pub struct Llama {
     pub config: LlamaConfig,
@@ -45,8 +55,9 @@ pub struct Llama {
     /// Block Linear weights are `Var`s and go through the stock matmul, so autograd yields dW
     /// (training and reference gradients); otherwise the frozen custom op is used.
     trainable: bool,
-    /// LoRA adapters whose branch (α/r)·B·A·x is added to the outputs of the Linears they adapt.
-    adapters: Option<Arc<super::lora::Adapters>>,
+    /// A branch added to the outputs of the Linears (LoRA's (α/r)·B·A·x, attached by
+    /// `lora`'s `Llama::set_adapters`).
+    branch: Option<Arc<dyn LinearBranch>>,
     /// Block Linear weights transposed to (d_in, d_out), contiguous, by flat index: made on the
     /// first [`Llama::forward_padded`] call. A few rows times Wᵀ stored this way is several
     /// times faster on the CPU than against W's transposed view (which the matrix product
@@ -197,7 +208,7 @@ impl Llama {
             device,
             dtype,
             trainable: false,
-            adapters: None,
+            branch: None,
             decode_weights: Default::default(),
         })
     }
@@ -243,15 +254,15 @@ impl Llama {
         Ok((losses, grads, hs.detach()))
     }
 
-    /// Attaches (or with `None` detaches) LoRA adapters; every forward pass then adds their
-    /// branch to the adapted Linears' outputs.
-    pub fn set_adapters(&mut self, adapters: Option<Arc<super::lora::Adapters>>) {
-        self.adapters = adapters;
+    /// Attaches (or with `None` detaches) a branch; every forward pass then adds it to the
+    /// Linears' outputs. LoRA adapters attach through `Llama::set_adapters` (model::lora).
+    pub fn set_branch(&mut self, branch: Option<Arc<dyn LinearBranch>>) {
+        self.branch = branch;
     }
 
-    /// The attached LoRA adapters, if any.
-    pub fn adapters(&self) -> Option<&Arc<super::lora::Adapters>> {
-        self.adapters.as_ref()
+    /// The attached branch, if any.
+    pub fn branch(&self) -> Option<&Arc<dyn LinearBranch>> {
+        self.branch.as_ref()
     }
 
     /// The tensors in Hugging Face naming (for `convert`); the LM head is left out when tied.
@@ -582,7 +593,7 @@ impl Llama {
                 } else {
                     linear::apply(x, &block.linears[j], slot)?
                 };
-                match &self.adapters {
+                match &self.branch {
                     Some(a) => a.add_branch(flat, x, y),
                     None => Ok(y),
                 }
@@ -709,7 +720,7 @@ impl Llama {
             device: self.device.clone(),
             dtype: self.dtype,
             trainable: false,
-            adapters: self.adapters.clone(),
+            branch: self.branch.clone(),
             decode_weights: Default::default(),
         })
     }

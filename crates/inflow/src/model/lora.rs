@@ -15,7 +15,7 @@
 //! gradients, but keeps those of `Var`s).
 
 use super::capture::{Captured, LayerCapture, LinearInfo};
-use super::llama::{Llama, TokenSeq};
+use super::llama::{LinearBranch, Llama, TokenSeq};
 use super::modules::select_modules;
 use super::LoadedModel;
 use crate::random::Stream;
@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// File names of PEFT's adapter layout.
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
@@ -644,4 +645,30 @@ fn dropout_mask(seed: u64, flat: usize, dims: &[usize], p: f64) -> Result<Tensor
         .map(|_| if s.uniform() < p { 0.0 } else { keep })
         .collect();
     Ok(Tensor::from_vec(v, dims, &Device::Cpu)?)
+}
+
+impl LinearBranch for Adapters {
+    fn add_branch(&self, flat: usize, x: &Tensor, y: Tensor) -> Result<Tensor> {
+        Adapters::add_branch(self, flat, x, y)
+    }
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
+}
+
+impl Llama {
+    /// Attaches (or with `None` detaches) LoRA adapters; every forward pass then adds their
+    /// branch to the adapted Linears' outputs.
+    pub fn set_adapters(&mut self, adapters: Option<Arc<Adapters>>) {
+        self.set_branch(adapters.map(|a| a as Arc<dyn LinearBranch>));
+    }
+
+    /// The attached LoRA adapters, if any (None also when another kind of branch is attached).
+    pub fn adapters(&self) -> Option<Arc<Adapters>> {
+        self.branch()
+            .cloned()?
+            .into_any()
+            .downcast::<Adapters>()
+            .ok()
+    }
 }

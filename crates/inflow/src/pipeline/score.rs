@@ -7,7 +7,6 @@ use super::report::{watch, Reporter};
 use crate::data::{self, Format, ReadOptions, Sample};
 use crate::index::{self, Progress};
 use crate::methods::{self, Context, Need, PerTrain, TrainSet};
-use crate::model::LoadedModel;
 use crate::scores::{self, ScoreResult};
 use crate::store::{SampleRow, Store};
 use crate::{Error, Result};
@@ -76,18 +75,7 @@ pub struct ScoreOutput {
     pub full: Option<PathBuf>,
 }
 
-/// Loads a model, noting where from and how long it took.
-pub fn load_model(path: &Path, reporter: &dyn Reporter) -> Result<LoadedModel> {
-    let t = std::time::Instant::now();
-    let m = LoadedModel::load(path, candle_core::DType::F32)?;
-    reporter.note(&format!(
-        "loaded {} ({:.1} M parameters) in {:.1} s",
-        path.display(),
-        m.llama.n_params() as f64 / 1e6,
-        t.elapsed().as_secs_f64()
-    ));
-    Ok(m)
-}
+pub use super::store_model::load_model;
 
 /// Reads a query file (at least one query).
 pub fn read_queries(path: &Path, format: Format, limit: Option<usize>) -> Result<Vec<Sample>> {

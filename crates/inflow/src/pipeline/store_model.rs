@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 
 use super::report::Reporter;
-use super::score::load_model;
 use crate::index::RunInfo;
 use crate::model::LoadedModel;
 use crate::store::Store;
@@ -21,6 +20,19 @@ pub struct StoreModel {
     pub checkpoint: Option<CheckpointInfo>,
     /// Whether the features are gradients of the LoRA parameters (`index --lora-grads`).
     pub lora_grads: bool,
+}
+
+/// Loads a model, noting where from and how long it took.
+pub fn load_model(path: &Path, reporter: &dyn Reporter) -> Result<LoadedModel> {
+    let t = std::time::Instant::now();
+    let m = LoadedModel::load(path, candle_core::DType::F32)?;
+    reporter.note(&format!(
+        "loaded {} ({:.1} M parameters) in {:.1} s",
+        path.display(),
+        m.llama.n_params() as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    ));
+    Ok(m)
 }
 
 /// Loads `store`'s model (or `base`, a copy of the same base model elsewhere) with the

@@ -213,7 +213,7 @@ impl<'a> LoraFeaturizer<'a> {
         gradient: &LoraGradient,
         checkpoint: Option<&Path>,
     ) -> Result<Self> {
-        let adapters = model.llama.adapters().cloned().ok_or_else(|| {
+        let adapters = model.llama.adapters().ok_or_else(|| {
             Error::Msg("--lora-grads needs LoRA adapters: pass --adapter DIR".into())
         })?;
         let spec = FeatureSpec {
