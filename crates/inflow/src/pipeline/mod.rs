@@ -7,6 +7,7 @@ pub mod fit;
 pub mod generate;
 pub mod index;
 pub mod lds;
+pub mod planted;
 pub mod report;
 pub mod score;
 pub mod store_model;
