@@ -10,6 +10,7 @@ pub mod lds;
 pub mod planted;
 pub mod report;
 pub mod score;
+pub mod selection;
 pub mod store_model;
 
 pub use report::{watch, Reporter, Silent};
