@@ -56,3 +56,12 @@ impl TruncateArgs {
         Ok(self.truncate.parse::<Truncate>()?)
     }
 }
+
+/// The items of a comma-separated flag (`--methods a,b`), trimmed, empty ones dropped.
+pub(crate) fn list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(String::from)
+        .collect()
+}

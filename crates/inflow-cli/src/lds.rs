@@ -100,13 +100,7 @@ pub(crate) fn run(a: LdsArgs, threads: usize, json_out: bool) -> Result<()> {
         limit: a.limit,
         subsets: a.subsets,
         ratio: a.ratio,
-        methods: a
-            .methods
-            .split(',')
-            .map(str::trim)
-            .filter(|m| !m.is_empty())
-            .map(String::from)
-            .collect(),
+        methods: crate::args::list(&a.methods),
         scores,
         epochs: a.epochs,
         lr: a.lr,

@@ -6,7 +6,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use inflow::data::tokens::{Cuts, Renderer, Template, Truncate};
 use inflow::data::{read_samples, Format, ReadOptions};
-use inflow::index::{IndexOptions, Progress};
+use inflow::index::IndexOptions;
 use inflow::model::lora::LoraConfig;
 use inflow::model::LoadedModel;
 use inflow::store::Dtype;
@@ -471,27 +471,15 @@ pub(crate) fn index_checkpoint(
     out: &Path,
     what: &str,
 ) -> Result<(features::CheckpointInfo, inflow::index::IndexSummary)> {
-    let mut m = crate::load_model(model)?;
-    let ck = features::attach(&mut m, checkpoint)
-        .with_context(|| format!("loading the checkpoint {}", checkpoint.display()))?;
-    let pb = crate::bar(0, what);
-    let progress = Progress::default();
-    let summary = crate::with_progress(&pb, &progress, || {
-        features::run_checkpoint_index::<Option<inflow::curvature::kfac_stats::KfacStats>>(
-            &m,
-            opts,
-            Some(&ck),
-            source,
-            out,
-            &progress,
-            &mut |done, total| {
-                pb.set_length(total as u64);
-                pb.set_position(done as u64);
-            },
-        )
-    });
-    pb.finish_and_clear();
-    Ok((ck, summary?))
+    Ok(inflow::pipeline::index::at_checkpoint(
+        model,
+        checkpoint,
+        opts,
+        source,
+        out,
+        what,
+        &crate::progress::Bars::default(),
+    )?)
 }
 
 /// `inflow bench train`.

@@ -82,6 +82,16 @@ impl std::str::FromStr for FactorSource {
     }
 }
 
+impl std::fmt::Display for FactorSource {
+    /// The name `from_str` reads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tokens => "tokens",
+            Self::Samples => "samples",
+        })
+    }
+}
+
 /// Sums the Kronecker factors, eigendecomposes A and S per layer, and refits the EK-FAC
 /// eigenvalues over the stored per-sample features (the empirical Fisher). Writes
 /// `curvature/kfac.safetensors` and records the Fisher.

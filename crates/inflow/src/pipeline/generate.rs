@@ -155,18 +155,21 @@ const OWN_KEYS: [&str; 11] = [
 
 /// Token ids that end an answer: the model's eos, `<|im_end|>` and `<|endoftext|>`.
 pub fn stop_tokens(m: &LoadedModel) -> Vec<u32> {
-    let mut stop: Vec<u32> = [
-        m.eos_token.as_deref(),
-        Some("<|im_end|>"),
-        Some("<|endoftext|>"),
-    ]
-    .into_iter()
-    .flatten()
-    .filter_map(|t| m.token_id(t))
-    .collect();
+    let mut stop = turn_stops(m);
+    stop.extend(m.token_id("<|endoftext|>"));
     stop.sort_unstable();
     stop.dedup();
     stop
+}
+
+/// The model's eos and `<|im_end|>` ids, in that order and not deduplicated: the stops of the
+/// greedy answers of `eval planted` and `eval selection` (recorded in selection's report).
+pub fn turn_stops(m: &LoadedModel) -> Vec<u32> {
+    [m.eos_token.as_deref(), Some("<|im_end|>")]
+        .into_iter()
+        .flatten()
+        .filter_map(|t| m.token_id(t))
+        .collect()
 }
 
 /// Runs a generate job (see the module doc).

@@ -7,8 +7,10 @@ pub mod fit;
 pub mod generate;
 pub mod index;
 pub mod lds;
+pub mod planted;
 pub mod report;
 pub mod score;
+pub mod selection;
 pub mod store_model;
 
 pub use report::{watch, Reporter, Silent};
