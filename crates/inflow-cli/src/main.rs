@@ -588,12 +588,8 @@ fn fit(a: FitArgs, threads: usize, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn index(
-    a: IndexArgs,
-    threads: usize,
-    json: bool,
-) -> Result<inflow::index::IndexSummary> {
-    let model = load_model(&a.model)?;
+/// The library's options of an `index` run.
+pub(crate) fn index_options(a: &IndexArgs, threads: usize) -> Result<IndexOptions> {
     let dtype = match a.dtype.as_str() {
         "f16" => Dtype::F16,
         "f32" => Dtype::F32,
@@ -602,7 +598,7 @@ pub(crate) fn index(
     if a.shard_size == 0 || a.batch_size == 0 {
         bail!("--shard-size and --batch-size must be positive");
     }
-    let opts = IndexOptions {
+    Ok(IndexOptions {
         data: a.input.data.clone(),
         read: a.input.read_options()?,
         features: a.features.options()?,
@@ -610,7 +606,16 @@ pub(crate) fn index(
         shard_size: a.shard_size,
         batch_size: a.batch_size,
         threads,
-    };
+    })
+}
+
+pub(crate) fn index(
+    a: IndexArgs,
+    threads: usize,
+    json: bool,
+) -> Result<inflow::index::IndexSummary> {
+    let model = load_model(&a.model)?;
+    let opts = index_options(&a, threads)?;
     let t = Instant::now();
     let summary =
         inflow::pipeline::index::index(&model, &opts, &a.out, "index", &progress::Bars::default())?;

@@ -1,20 +1,21 @@
 //! `inflow train`, `inflow eval-loss`, `inflow export` and the checkpoint modes of
-//! `inflow index` (`--adapter`, `--lora-grads`, `--adam`, `--checkpoints`).
+//! `inflow index` (`--adapter`, `--lora-grads`, `--adam`, `--checkpoints`): arguments into
+//! the options of `inflow::pipeline::{train, index}`, and their results printed.
 
-use anyhow::{bail, Context, Result};
+use crate::progress::Bars;
+use anyhow::{bail, Result};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
-use inflow::data::tokens::{Cuts, Renderer, Template, Truncate};
-use inflow::data::{read_samples, Format, ReadOptions};
-use inflow::index::IndexOptions;
+use inflow::data::tokens::{Template, Truncate};
+use inflow::data::{Format, ReadOptions};
 use inflow::model::lora::LoraConfig;
-use inflow::model::LoadedModel;
-use inflow::store::Dtype;
+use inflow::pipeline;
+use inflow::pipeline::index::CheckpointsOptions;
+use inflow::pipeline::train::{
+    EvalLossOptions, ExportOptions, Exported, Resume, TokenizeOptions, TrainRunOptions,
+};
 use inflow::train::adamw::AdamWConfig;
-use inflow::train::features::{self, FeatureSource, LoraGradient};
-use inflow::train::{Method, TrainData, TrainOptions};
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use inflow::train::{Method, TrainOptions};
+use std::path::PathBuf;
 
 /// Fine-tune a model with LoRA (default) or fully, with checkpoints that resume bit for bit.
 #[derive(Args)]
@@ -133,51 +134,24 @@ pub(crate) struct ExportArgs {
     unmerged: bool,
 }
 
-fn read_opts(format: &str, skip_bad: bool, limit: Option<usize>) -> Result<ReadOptions> {
-    Ok(ReadOptions {
-        format: format.parse::<Format>()?,
-        skip_bad,
-        limit,
+/// How `train` and `eval-loss` tokenize their data.
+fn tokenize_options(
+    input: &crate::args::DataArgs,
+    template: &str,
+    max_tokens: usize,
+    truncate: &crate::args::TruncateArgs,
+) -> Result<TokenizeOptions> {
+    Ok(TokenizeOptions {
+        data: input.data.clone(),
+        read: input.read_options()?,
+        template: template.parse::<Template>()?,
+        max_tokens,
+        truncate: truncate.policy()?,
     })
 }
 
-/// Token sequences of a data file, with what the limit cut. The data identity (checked when a
-/// run resumes) records the truncation policy unless it is `left` (see `Truncate::record`), so
-/// runs started before the option resume with `--truncate left`.
-pub(crate) fn tokenize(
-    m: &LoadedModel,
-    data: &Path,
-    read: &ReadOptions,
-    template: &str,
-    max_tokens: usize,
-    truncate: Truncate,
-) -> Result<(TrainData, Cuts)> {
-    let report = read_samples(data, read)?;
-    if report.samples.is_empty() {
-        bail!("{}: no samples", data.display());
-    }
-    let r = Renderer::new(m, template.parse::<Template>()?, max_tokens)?.with_truncate(truncate);
-    let (seqs, cuts) = r.tokenize_all(&report.samples)?;
-    let mut identity = serde_json::json!({
-        "sha256": report.sha256, "format": report.format.to_string(), "limit": read.limit,
-        "skip_bad": read.skip_bad, "template": r.template(), "max_tokens": max_tokens,
-    });
-    truncate.record(&mut identity);
-    Ok((TrainData { seqs, identity }, cuts))
-}
-
 pub(crate) fn train(a: TrainArgs, threads: usize, json: bool) -> Result<()> {
-    let mut m = crate::load_model(&a.model)?;
-    let truncate = a.truncate.policy()?;
-    let (data, cuts) = tokenize(
-        &m,
-        &a.input.data,
-        &a.input.read_options()?,
-        &a.template,
-        a.max_tokens,
-        truncate,
-    )?;
-    let cut_line = cuts.describe(data.seqs.len(), a.max_tokens, truncate);
+    let input = tokenize_options(&a.input, &a.template, a.max_tokens, &a.truncate)?;
     let method = if a.full {
         Method::Full {
             modules: a.modules.clone(),
@@ -190,7 +164,7 @@ pub(crate) fn train(a: TrainArgs, threads: usize, json: bool) -> Result<()> {
             modules: a.modules.clone(),
         })
     };
-    let opts = TrainOptions {
+    let train = TrainOptions {
         method,
         epochs: a.epochs,
         max_steps: a.max_steps,
@@ -211,59 +185,38 @@ pub(crate) fn train(a: TrainArgs, threads: usize, json: bool) -> Result<()> {
         threads,
         stop_after: a.stop_after,
     };
-    let (out, resume) = match &a.resume {
-        Some(Some(dir)) => (dir.clone(), true),
-        Some(None) => (a.out.clone(), true),
-        None => (a.out.clone(), false),
+    let resume = match a.resume {
+        Some(Some(dir)) => Resume::In(dir),
+        Some(None) => Resume::Latest,
+        None => Resume::No,
     };
-    let pb = ProgressBar::new(0);
-    pb.set_style(
-        ProgressStyle::with_template("train {bar:30} {pos}/{len} steps  {msg}  ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let t = Instant::now();
-    let (mut tokens, mut first) = (0usize, true);
-    let summary = inflow::train::train(&mut m, &data, &opts, &out, resume, &mut |r, total| {
-        if first {
-            pb.set_length(total as u64);
-            pb.set_position(r.step as u64 - 1);
-            pb.reset_eta();
-            first = false;
-        }
-        tokens += r.tokens;
-        pb.set_position(r.step as u64);
-        pb.set_message(format!(
-            "loss {:.4}  lr {:.2e}  {:.0} tok/s",
-            r.loss,
-            r.lr,
-            tokens as f64 / t.elapsed().as_secs_f64().max(1e-9)
-        ));
-    });
-    pb.finish_and_clear();
-    let summary = summary?;
+    let o = TrainRunOptions {
+        model: a.model,
+        input,
+        train,
+        out: a.out,
+        resume,
+    };
+    let t = pipeline::train::train(&o, &Bars::default())?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "summary": summary, "n_truncated": cuts.samples, "truncate": truncate,
-                "cuts": cuts,
-            }))?
-        );
+        println!("{}", serde_json::to_string_pretty(&t)?);
     } else {
+        let s = &t.summary;
         println!(
-            "trained {} ({} parameters) for steps {}..{} of {} on {} samples in {:.1} s ({:.0} tokens/s): loss {} → {}; {cut_line}",
-            summary.method,
-            summary.trainable_params,
-            summary.resumed_from + 1,
-            summary.resumed_from + summary.steps_run,
-            summary.total_steps,
-            summary.n_samples,
-            summary.seconds,
-            summary.tokens_per_s,
-            summary.first_loss.map_or("-".into(), |l| format!("{l:.4}")),
-            summary.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
+            "trained {} ({} parameters) for steps {}..{} of {} on {} samples in {:.1} s ({:.0} tokens/s): loss {} → {}; {}",
+            s.method,
+            s.trainable_params,
+            s.resumed_from + 1,
+            s.resumed_from + s.steps_run,
+            s.total_steps,
+            s.n_samples,
+            s.seconds,
+            s.tokens_per_s,
+            s.first_loss.map_or("-".into(), |l| format!("{l:.4}")),
+            s.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
+            t.cut_line,
         );
-        for c in &summary.checkpoints {
+        for c in &s.checkpoints {
             println!("  wrote {}", c.display());
         }
     }
@@ -271,120 +224,73 @@ pub(crate) fn train(a: TrainArgs, threads: usize, json: bool) -> Result<()> {
 }
 
 pub(crate) fn eval_loss(a: EvalLossArgs, threads: usize, json: bool) -> Result<()> {
-    let mut m = crate::load_model(&a.model)?;
-    let ck = match &a.adapter {
-        Some(dir) => Some(
-            features::attach(&mut m, dir)
-                .with_context(|| format!("loading the adapter {}", dir.display()))?,
-        ),
-        None => None,
+    let o = EvalLossOptions {
+        input: tokenize_options(&a.input, &a.template, a.max_tokens, &a.truncate)?,
+        model: a.model,
+        adapter: a.adapter,
+        batch_size: a.batch_size,
+        threads,
     };
-    let truncate = a.truncate.policy()?;
-    let (data, cuts) = tokenize(
-        &m,
-        &a.input.data,
-        &a.input.read_options()?,
-        &a.template,
-        a.max_tokens,
-        truncate,
-    )?;
-    let cut_line = cuts.describe(data.seqs.len(), a.max_tokens, truncate);
-    let t = Instant::now();
-    let e = inflow::train::eval_loss(&m, &data.seqs, a.batch_size, threads)?;
-    let secs = t.elapsed().as_secs_f64();
+    let e = pipeline::train::eval_loss(&o, &Bars::default())?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "model": a.model, "adapter": a.adapter, "checkpoint": ck, "data": a.input.data,
-                "n_samples": e.n_samples, "mean_loss": e.mean_loss,
-                "token_mean_loss": e.token_mean_loss, "n_loss_tokens": e.n_loss_tokens,
-                "n_truncated": cuts.samples, "truncate": truncate, "cuts": cuts,
-                "seconds": secs,
-            }))?
-        );
+        println!("{}", serde_json::to_string_pretty(&e)?);
     } else {
         println!(
-            "{} samples: mean loss {:.4} (per-token {:.4} over {} response tokens, perplexity {:.2}); {cut_line}; {secs:.1} s",
+            "{} samples: mean loss {:.4} (per-token {:.4} over {} response tokens, perplexity {:.2}); {}; {:.1} s",
             e.n_samples,
             e.mean_loss,
             e.token_mean_loss,
             e.n_loss_tokens,
-            e.token_mean_loss.exp()
+            e.token_mean_loss.exp(),
+            e.cut_line,
+            e.seconds
         );
     }
     Ok(())
 }
 
 pub(crate) fn export(a: ExportArgs, json: bool) -> Result<()> {
-    if a.unmerged {
-        return export_unmerged(a, json);
-    }
-    let mut m = crate::load_model(&a.model)?;
-    let ck = features::attach(&mut m, &a.adapter)?;
-    let merged = match m.llama.adapters() {
-        Some(ad) => ad.merge(&m)?,
-        None => m,
+    let o = ExportOptions {
+        model: a.model,
+        adapter: a.adapter,
+        out: a.out,
+        unmerged: a.unmerged,
     };
-    inflow::model::hf::save_dir(&merged, &a.out)?;
-    if json {
-        println!(
+    match pipeline::train::export(&o, &Bars::default())? {
+        Exported::Merged { out, checkpoint } if json => println!(
             "{}",
-            serde_json::json!({"out": a.out, "checkpoint": ck, "kind": ck.kind})
-        );
-    } else {
-        println!(
+            serde_json::json!({"out": out, "kind": checkpoint.kind, "checkpoint": checkpoint})
+        ),
+        Exported::Merged { out, checkpoint } => println!(
             "wrote {} ({} checkpoint {} merged into {})",
-            a.out.display(),
-            ck.kind,
-            a.adapter.display(),
-            a.model.display()
-        );
-    }
-    Ok(())
-}
-
-/// `export --unmerged`: OUT/base, the base model as a Hugging Face folder (a GGUF file is
-/// dequantized: the weights the adapter was trained against), and OUT/adapter, the adapter
-/// with PEFT's `base_model_name_or_path` set to OUT/base's absolute path (its sidecar still
-/// names the model it was trained on).
-fn export_unmerged(a: ExportArgs, json: bool) -> Result<()> {
-    let mut m = crate::load_model(&a.model)?;
-    let (base, adapter) = (a.out.join("base"), a.out.join("adapter"));
-    inflow::model::hf::save_dir(&m, &base)?;
-    let trained_on = inflow::model::lora::AdapterSidecar::read(&a.adapter)?
-        .map(|s| s.base_model)
-        .unwrap_or_else(|| inflow::model::lora::AdapterBase::of(&m));
-    let ck = features::attach(&mut m, &a.adapter)
-        .with_context(|| format!("loading the adapter {}", a.adapter.display()))?;
-    let Some(ad) = m.llama.adapters() else {
-        bail!(
-            "--unmerged: {} is a full fine-tuning checkpoint, not a LoRA adapter; export it merged",
-            a.adapter.display()
-        );
-    };
-    let base_abs = std::fs::canonicalize(&base).unwrap_or_else(|_| base.clone());
-    ad.save(
-        &adapter,
-        &inflow::model::lora::AdapterBase {
-            name_or_path: base_abs.display().to_string(),
-            ..trained_on
-        },
-    )?;
-    if json {
-        println!(
+            out.display(),
+            checkpoint.kind,
+            o.adapter.display(),
+            o.model.display()
+        ),
+        Exported::Unmerged {
+            out,
+            base,
+            adapter,
+            checkpoint,
+            ..
+        } if json => println!(
             "{}",
-            serde_json::json!({"out": a.out, "base": base, "adapter": adapter, "checkpoint": ck})
-        );
-    } else {
-        println!(
+            serde_json::json!({"out": out, "base": base, "adapter": adapter, "checkpoint": checkpoint})
+        ),
+        Exported::Unmerged {
+            base,
+            adapter,
+            base_abs,
+            ..
+        } => println!(
             "wrote {} (the base model) and {} (the adapter, base_model_name_or_path = {}); in Python: \
              peft.AutoPeftModelForCausalLM.from_pretrained(\"{}\")",
             base.display(),
             adapter.display(),
             base_abs.display(),
             adapter.display()
-        );
+        ),
     }
     Ok(())
 }
@@ -392,94 +298,34 @@ fn export_unmerged(a: ExportArgs, json: bool) -> Result<()> {
 /// `index` with `--adapter`, `--lora-grads`, `--adam` or `--checkpoints`: one store per
 /// checkpoint (`--out` itself for one, `--out/{checkpoint name}` for several).
 pub(crate) fn index_checkpoints(a: crate::IndexArgs, threads: usize, json: bool) -> Result<()> {
-    let mut dirs: Vec<PathBuf> = a.checkpoints.clone();
-    if let Some(ad) = &a.adapter {
-        if !dirs.is_empty() {
-            bail!("give either --adapter or --checkpoints, not both");
-        }
-        dirs.push(ad.clone());
-    }
-    if dirs.is_empty() {
-        bail!("--lora-grads and --adam need --adapter DIR or --checkpoints DIR…");
-    }
-    if a.adam && !a.lora_grads {
-        bail!("--adam (LESS's Adam-update features) needs --lora-grads");
-    }
-    let dtype = match a.dtype.as_str() {
-        "f16" => Dtype::F16,
-        "f32" => Dtype::F32,
-        d => bail!("unknown --dtype `{d}`; expected f16 or f32"),
+    pipeline::index::check_checkpoints(a.adapter.as_deref(), &a.checkpoints, a.lora_grads, a.adam)?;
+    let o = CheckpointsOptions {
+        index: crate::index_options(&a, threads)?,
+        model: a.model,
+        adapter: a.adapter,
+        checkpoints: a.checkpoints,
+        lora_grads: a.lora_grads,
+        adam: a.adam,
+        out: a.out,
     };
-    if a.shard_size == 0 || a.batch_size == 0 {
-        bail!("--shard-size and --batch-size must be positive");
-    }
-    let opts = IndexOptions {
-        data: a.input.data.clone(),
-        read: a.input.read_options()?,
-        features: a.features.options()?,
-        dtype,
-        shard_size: a.shard_size,
-        batch_size: a.batch_size,
-        threads,
-    };
-    let source = match (a.lora_grads, a.adam) {
-        (false, _) => FeatureSource::Base,
-        (true, false) => FeatureSource::Lora(LoraGradient::Sgd),
-        (true, true) => FeatureSource::Lora(LoraGradient::Adam(AdamWConfig::default())),
-    };
-    let mut results = Vec::new();
-    for dir in &dirs {
-        let out = if dirs.len() == 1 {
-            a.out.clone()
-        } else {
-            let name = dir
-                .file_name()
-                .with_context(|| format!("{}: no folder name", dir.display()))?;
-            a.out.join(name)
-        };
-        let t = Instant::now();
-        let (ck, summary) = index_checkpoint(&a.model, dir, &opts, &source, &out, "index")?;
-        let secs = t.elapsed().as_secs_f64();
-        if !json {
-            println!(
-                "indexed {} samples into {} from {} (step {}, lr {}) in {secs:.1} s: dim {}",
-                summary.n_samples,
-                out.display(),
-                dir.display(),
-                ck.step.map_or("?".into(), |s| s.to_string()),
-                ck.lr.map_or("?".into(), |l| format!("{l:.3e}")),
-                summary.dim
-            );
-        }
-        results.push(serde_json::json!({
-            "out": out, "checkpoint": ck, "summary": summary, "seconds": secs,
-        }));
-    }
+    let results = pipeline::index::checkpoints(&o, &Bars::default())?;
     if json {
         println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        for r in &results {
+            println!(
+                "indexed {} samples into {} from {} (step {}, lr {}) in {:.1} s: dim {}",
+                r.summary.n_samples,
+                r.out.display(),
+                r.dir.display(),
+                r.checkpoint.step.map_or("?".into(), |s| s.to_string()),
+                r.checkpoint.lr.map_or("?".into(), |l| format!("{l:.3e}")),
+                r.seconds,
+                r.summary.dim
+            );
+        }
     }
     Ok(())
-}
-
-/// Loads the model, attaches one checkpoint and indexes `opts.data` with its features into
-/// `out`, with a progress bar (shared by `index --checkpoints` and `eval planted`'s LESS).
-pub(crate) fn index_checkpoint(
-    model: &Path,
-    checkpoint: &Path,
-    opts: &IndexOptions,
-    source: &FeatureSource,
-    out: &Path,
-    what: &str,
-) -> Result<(features::CheckpointInfo, inflow::index::IndexSummary)> {
-    Ok(inflow::pipeline::index::at_checkpoint(
-        model,
-        checkpoint,
-        opts,
-        source,
-        out,
-        what,
-        &crate::progress::Bars::default(),
-    )?)
 }
 
 /// `inflow bench train`.
@@ -519,13 +365,19 @@ pub(crate) fn bench(a: BenchTrainArgs, threads: usize, json: bool) -> Result<()>
     for method in methods {
         let mut m = crate::load_model(&model_path)?;
         let n_params = m.llama.n_params() as f64;
-        let (td, _) = tokenize(
+        let (td, _) = pipeline::train::tokenize(
             &m,
-            &data,
-            &read_opts("alpaca", false, Some(a.batch_size * (a.steps + 2)))?,
-            "auto",
-            a.max_tokens,
-            Truncate::default(),
+            &TokenizeOptions {
+                data: data.clone(),
+                read: ReadOptions {
+                    format: Format::Alpaca,
+                    skip_bad: false,
+                    limit: Some(a.batch_size * (a.steps + 2)),
+                },
+                template: Template::Auto,
+                max_tokens: a.max_tokens,
+                truncate: Truncate::default(),
+            },
         )?;
         let opts = TrainOptions {
             method: match method {

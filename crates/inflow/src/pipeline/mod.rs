@@ -12,5 +12,6 @@ pub mod report;
 pub mod score;
 pub mod selection;
 pub mod store_model;
+pub mod train;
 
 pub use report::{watch, Reporter, Silent};
