@@ -3,14 +3,10 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use inflow::data::ReadOptions;
 use inflow::eval::compare::{compare, ScoreFile};
-use inflow::index::Progress;
-use inflow::probe::icp::{DemoTemplate, Icp};
-use inflow::probe::one_step::OneStep;
-use inflow::probe::{ProbeMethod, ProbeRun, Probes};
+use inflow::pipeline::probe::{ProbeKind, ProbeOptions};
+use inflow::probe::icp::DemoTemplate;
 use std::path::PathBuf;
-use std::time::Instant;
 
 #[derive(Args)]
 pub(crate) struct ProbeArgs {
@@ -59,128 +55,45 @@ pub(crate) struct ProbeArgs {
 }
 
 pub(crate) fn probe(a: ProbeArgs, threads: usize, json: bool) -> Result<()> {
-    let model = crate::load_model(&a.model)?;
-    let probes = Probes::read(&a.probes, a.probes_per_task, a.probe_tasks)?;
-    eprintln!(
-        "{} probes from {} tasks",
-        probes.samples.len(),
-        probes.groups().len()
-    );
-    let t0 = Instant::now();
-    let method: Box<dyn ProbeMethod> = match a.method.as_str() {
-        "icp" => Box::new(Icp::new(
-            &model,
-            &probes,
-            a.demo_template.parse::<DemoTemplate>()?,
-            a.max_tokens,
-            a.probe_batch,
-        )?),
-        "one-step" => Box::new(OneStep::new(
-            &model,
-            &probes,
-            a.lr,
-            &a.modules,
-            a.max_tokens,
-            a.probe_batch,
-        )?),
+    let kind = match a.method.as_str() {
+        "icp" => ProbeKind::Icp(a.demo_template.parse::<DemoTemplate>()?),
+        "one-step" => ProbeKind::OneStep {
+            lr: a.lr,
+            modules: a.modules,
+        },
         m => bail!("unknown --method `{m}`; expected icp or one-step"),
     };
-    let setup = t0.elapsed().as_secs_f64();
-    let run = ProbeRun {
-        model: &model,
+    let o = ProbeOptions {
+        model: a.model,
         data: a.input.data.clone(),
         read: a.input.read_options()?,
-        probes: &probes,
-        shard_size: a.shard_size.max(1),
+        probes: a.probes,
+        probes_per_task: a.probes_per_task,
+        probe_tasks: a.probe_tasks,
+        kind,
+        max_tokens: a.max_tokens,
+        probe_batch: a.probe_batch,
+        shard_size: a.shard_size,
+        out: a.out,
+        bench_naive: a.bench_naive,
         threads,
     };
-    let pb = crate::bar(0, a.method.as_str());
-    let progress = Progress::default();
-    let t = Instant::now();
-    let res = crate::with_progress(&pb, &progress, || {
-        inflow::probe::run(&run, method.as_ref(), &a.out, &progress)
-    });
-    pb.finish_and_clear();
-    let scores = res?;
-    let secs = t.elapsed().as_secs_f64();
-    let mut out = serde_json::json!({
-        "out": a.out, "scores": scores, "method": a.method,
-        "n_probes": probes.samples.len(), "seconds": secs, "setup_seconds": setup,
-    });
-    if a.bench_naive > 0 && a.method == "icp" {
-        out["naive_check"] = naive_check(&model, &probes, &a, threads)?;
-    }
+    let out = inflow::pipeline::probe::run(&o, &crate::progress::Bars::default())?;
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!(
             "{} scores for the training samples in {:.1} s ({} probes): {}",
-            a.method,
-            secs,
-            probes.samples.len(),
-            scores.display()
+            out.method,
+            out.seconds,
+            out.n_probes,
+            out.scores.display()
         );
-        if let Some(n) = out.get("naive_check") {
-            println!("naive vs cached ICP: {n}");
+        if let Some(n) = &out.naive_check {
+            println!("naive vs cached ICP: {}", serde_json::to_string(n)?);
         }
     }
     Ok(())
-}
-
-/// Times cached vs naive ICP on the first samples (one thread each) and checks equality.
-fn naive_check(
-    model: &inflow::model::LoadedModel,
-    probes: &Probes,
-    a: &ProbeArgs,
-    _threads: usize,
-) -> Result<serde_json::Value> {
-    let icp = Icp::new(
-        model,
-        probes,
-        a.demo_template.parse::<DemoTemplate>()?,
-        a.max_tokens,
-        a.probe_batch,
-    )?;
-    let samples = inflow::data::read_samples(
-        &a.input.data,
-        &ReadOptions {
-            limit: Some(a.bench_naive),
-            ..a.input.read_options()?
-        },
-    )?
-    .samples;
-    let base = icp.baselines();
-    let t = Instant::now();
-    let fast: Vec<Vec<f64>> = samples
-        .iter()
-        .map(|z| icp.conditional_logprobs(z).map(|r| r.0))
-        .collect::<inflow::Result<_>>()?;
-    let t_fast = t.elapsed().as_secs_f64();
-    // The naive way recomputes the baseline log p(a_j | q_j) for every z too.
-    let t = Instant::now();
-    let mut max_diff: f64 = 0.0;
-    for (z, f) in samples.iter().zip(&fast) {
-        let slow = icp.conditional_logprobs_naive(z)?;
-        for (x, y) in f.iter().zip(&slow) {
-            max_diff = max_diff.max((x - y).abs());
-        }
-    }
-    let t_slow_cond = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let _ = Icp::new(
-        model,
-        probes,
-        a.demo_template.parse::<DemoTemplate>()?,
-        a.max_tokens,
-        1,
-    )?;
-    let t_base = t.elapsed().as_secs_f64();
-    let t_slow = t_slow_cond + t_base * samples.len() as f64;
-    Ok(serde_json::json!({
-        "samples": samples.len(), "probes": base.len(),
-        "cached_seconds": t_fast, "naive_seconds": t_slow,
-        "speedup": t_slow / t_fast, "max_abs_logprob_difference": max_diff,
-    }))
 }
 
 #[derive(Args)]
