@@ -5,13 +5,13 @@
 use crate::progress::Bars;
 use anyhow::{bail, Result};
 use clap::Args;
-use inflow::data::tokens::{Template, Truncate};
-use inflow::data::{Format, ReadOptions};
+use inflow::data::tokens::Template;
 use inflow::model::lora::LoraConfig;
 use inflow::pipeline;
 use inflow::pipeline::index::CheckpointsOptions;
 use inflow::pipeline::train::{
-    EvalLossOptions, ExportOptions, Exported, Resume, TokenizeOptions, TrainRunOptions,
+    EvalLossOptions, ExportOptions, Exported, Resume, StepBenchOptions, TokenizeOptions,
+    TrainRunOptions,
 };
 use inflow::train::adamw::AdamWConfig;
 use inflow::train::{Method, TrainOptions};
@@ -363,69 +363,19 @@ pub(crate) fn bench(a: BenchTrainArgs, threads: usize, json: bool) -> Result<()>
         m => bail!("unknown --methods `{m}`; expected lora, full or both"),
     };
     for method in methods {
-        let mut m = crate::load_model(&model_path)?;
-        let n_params = m.llama.n_params() as f64;
-        let (td, _) = pipeline::train::tokenize(
-            &m,
-            &TokenizeOptions {
-                data: data.clone(),
-                read: ReadOptions {
-                    format: Format::Alpaca,
-                    skip_bad: false,
-                    limit: Some(a.batch_size * (a.steps + 2)),
-                },
-                template: Template::Auto,
-                max_tokens: a.max_tokens,
-                truncate: Truncate::default(),
-            },
-        )?;
-        let opts = TrainOptions {
-            method: match method {
-                "lora" => Method::Lora(LoraConfig {
-                    rank: 8,
-                    alpha: 16.0,
-                    dropout: 0.05,
-                    modules: "q,v".into(),
-                }),
-                _ => Method::Full {
-                    modules: "all".into(),
-                },
-            },
+        let o = StepBenchOptions {
+            model: model_path.clone(),
+            data: data.clone(),
+            method: method.into(),
             batch_size: a.batch_size,
+            steps: a.steps,
+            max_tokens: a.max_tokens,
             threads,
-            // Stopping before the last step skips the final checkpoint (a GB for full).
-            max_steps: Some(a.steps + 2),
-            stop_after: Some(a.steps + 1),
-            ..TrainOptions::lora(8, 16.0, "q,v")
         };
-        let out = std::env::temp_dir().join(format!(
-            "inflow-bench-train-{method}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&out);
-        eprintln!(
-            "{method}: {} steps of {} samples…",
-            a.steps + 1,
-            a.batch_size
-        );
-        let mut recs = Vec::new();
-        inflow::train::train(&mut m, &td, &opts, &out, false, &mut |r, _| {
-            recs.push(r.clone())
-        })?;
-        let _ = std::fs::remove_dir_all(&out);
-        let timed = &recs[1.min(recs.len() - 1)..];
-        let secs: f64 = timed.iter().map(|r| r.seconds).sum();
-        let tokens: usize = timed.iter().map(|r| r.tokens).sum();
-        let tps = tokens as f64 / secs;
-        // Forward 2·P·T plus backward: 2·P·T for dX, and 2·P·T more for dW when the weights
-        // train (full); LoRA's own FLOPs are negligible.
-        let flops_per_token = if method == "full" { 6.0 } else { 4.0 } * n_params;
-        rows.push(serde_json::json!({
-            "method": method, "steps_timed": timed.len(), "tokens": tokens, "seconds": secs,
-            "tokens_per_s": tps, "gflops": flops_per_token * tps / 1e9,
-            "flops_per_token": flops_per_token,
-            "fraction_of_gemm": flops_per_token * tps / 1e9 / gemm_n,
-        }));
+        let r = pipeline::train::bench_steps(&o, &Bars::default())?;
+        let mut row = serde_json::to_value(&r)?;
+        row["fraction_of_gemm"] = (r.gflops / gemm_n).into();
+        rows.push(row);
     }
     let out = serde_json::json!({
         "model": model_path, "threads": threads, "batch_size": a.batch_size,

@@ -83,7 +83,12 @@ pub struct CheckpointsOptions {
 impl CheckpointsOptions {
     /// The checkpoint folders, or why the combination of settings cannot run.
     pub fn dirs(&self) -> Result<Vec<PathBuf>> {
-        check_checkpoints(self.adapter.as_deref(), &self.checkpoints, self.lora_grads, self.adam)
+        check_checkpoints(
+            self.adapter.as_deref(),
+            &self.checkpoints,
+            self.lora_grads,
+            self.adam,
+        )
     }
 }
 

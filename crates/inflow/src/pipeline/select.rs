@@ -172,7 +172,11 @@ pub fn run(o: &SelectOptions, reporter: &dyn Reporter) -> Result<SelectOutput> {
     })
 }
 
-fn gdig_select(o: &SelectOptions, settings: &mut Value, reporter: &dyn Reporter) -> Result<Selection> {
+fn gdig_select(
+    o: &SelectOptions,
+    settings: &mut Value,
+    reporter: &dyn Reporter,
+) -> Result<Selection> {
     let store_dir = o.store.as_deref().ok_or_else(|| {
         Error::Msg("--method gdig needs --store (gradient features to cluster)".into())
     })?;

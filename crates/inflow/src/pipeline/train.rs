@@ -214,7 +214,10 @@ pub struct ExportOptions {
 #[derive(Debug, Clone)]
 pub enum Exported {
     /// The adapter merged into the weights, as a Hugging Face folder `out`.
-    Merged { out: PathBuf, checkpoint: CheckpointInfo },
+    Merged {
+        out: PathBuf,
+        checkpoint: CheckpointInfo,
+    },
     /// The base model as a Hugging Face folder and the adapter naming it as its base.
     Unmerged {
         out: PathBuf,
@@ -271,5 +274,119 @@ pub fn export(o: &ExportOptions, reporter: &dyn Reporter) -> Result<Exported> {
         adapter,
         base_abs,
         checkpoint,
+    })
+}
+
+/// Throughput of training steps of one method. Fields in alphabetical order: the JSON the
+/// CLI prints (beside its GEMM rate).
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRate {
+    /// Forward 2·P·T plus backward: 2·P·T for dX, and 2·P·T more for dW when the weights
+    /// train (full); LoRA's own FLOPs are negligible. Per token, as FLOPs.
+    pub flops_per_token: f64,
+    pub gflops: f64,
+    /// `lora` or `full`.
+    pub method: String,
+    pub seconds: f64,
+    pub steps_timed: usize,
+    pub tokens: usize,
+    pub tokens_per_s: f64,
+}
+
+/// Settings of [`bench_steps`].
+#[derive(Debug, Clone)]
+pub struct StepBenchOptions {
+    pub model: PathBuf,
+    /// Alpaca data; the first samples are trained on.
+    pub data: PathBuf,
+    /// `lora` (rank 8 on q,v) or `full` (every Linear).
+    pub method: String,
+    /// Samples per step.
+    pub batch_size: usize,
+    /// Timed steps (after one warm-up step).
+    pub steps: usize,
+    pub max_tokens: usize,
+    pub threads: usize,
+}
+
+/// Times training steps of one method, from the trainer's log (the warm-up step left out).
+pub fn bench_steps(o: &StepBenchOptions, reporter: &dyn Reporter) -> Result<StepRate> {
+    let StepBenchOptions {
+        model,
+        data,
+        method,
+        batch_size,
+        steps,
+        max_tokens,
+        threads,
+    } = o;
+    let (batch_size, steps, max_tokens, threads) = (*batch_size, *steps, *max_tokens, *threads);
+    let mut m = load_model(model, reporter)?;
+    let n_params = m.llama.n_params() as f64;
+    let (td, _) = tokenize(
+        &m,
+        &TokenizeOptions {
+            data: data.clone(),
+            read: ReadOptions {
+                format: crate::data::Format::Alpaca,
+                skip_bad: false,
+                limit: Some(batch_size * (steps + 2)),
+            },
+            template: Template::Auto,
+            max_tokens,
+            truncate: Truncate::default(),
+        },
+    )?;
+    let full = method.as_str() == "full";
+    let opts = TrainOptions {
+        method: if full {
+            crate::train::Method::Full {
+                modules: "all".into(),
+            }
+        } else {
+            crate::train::Method::Lora(crate::model::lora::LoraConfig {
+                rank: 8,
+                alpha: 16.0,
+                dropout: 0.05,
+                modules: "q,v".into(),
+            })
+        },
+        batch_size,
+        threads,
+        // Stopping before the last step skips the final checkpoint (a GB for full).
+        max_steps: Some(steps + 2),
+        stop_after: Some(steps + 1),
+        ..TrainOptions::lora(8, 16.0, "q,v")
+    };
+    let out = std::env::temp_dir().join(format!(
+        "inflow-bench-train-{method}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&out);
+    reporter.note(&format!(
+        "{method}: {} steps of {batch_size} samples…",
+        steps + 1
+    ));
+    let mut recs = Vec::new();
+    crate::train::train(&mut m, &td, &opts, &out, false, &mut |r, _| {
+        recs.push(r.clone())
+    })?;
+    let _ = std::fs::remove_dir_all(&out);
+    if recs.is_empty() {
+        return Err(Error::Msg(format!("{method}: no training step ran")));
+    }
+    let timed = &recs[1.min(recs.len() - 1)..];
+    let seconds: f64 = timed.iter().map(|r| r.seconds).sum();
+    let tokens: usize = timed.iter().map(|r| r.tokens).sum();
+    let tokens_per_s = tokens as f64 / seconds;
+    let flops_per_token = if full { 6.0 } else { 4.0 } * n_params;
+    Ok(StepRate {
+        flops_per_token,
+        gflops: flops_per_token * tokens_per_s / 1e9,
+        method: method.clone(),
+        seconds,
+        steps_timed: timed.len(),
+        tokens,
+        tokens_per_s,
     })
 }
