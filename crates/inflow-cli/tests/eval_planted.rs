@@ -1,28 +1,14 @@
 //! `inflow eval planted` end to end on a tiny random model: the planted set, fine-tuning,
 //! features, every method's scores and the report, for a backdoor and for flipped labels.
 
+mod common;
+
+use common::{argv, json, run_ok, tmp};
 use std::path::PathBuf;
-use std::process::Command;
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("inflow-planted-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
+/// `inflow args…` (which must succeed): its JSON output.
 fn run(args: &[&str]) -> serde_json::Value {
-    let o = Command::new(env!("CARGO_BIN_EXE_inflow"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{args:?}\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).unwrap()
+    json(&run_ok(args))
 }
 
 /// A pool of classification-like records: three tasks with two labels each.
@@ -47,44 +33,22 @@ fn pool(dir: &std::path::Path) -> PathBuf {
 
 #[test]
 fn planted_backdoor_and_mislabel_reports_are_complete() {
-    let dir = tmp("run");
+    let dir = tmp("planted");
     let model = dir.join("model");
     inflow::model::tiny::write_random(&model, 32, 2, 3).unwrap();
     let data = pool(&dir);
     let (m, d) = (model.to_str().unwrap(), data.to_str().unwrap());
     let out = dir.join("backdoor");
-    let common = [
-        "--model",
-        m,
-        "--data",
-        d,
-        "--n-train",
-        "40",
-        "--queries",
-        "4",
-        "--epochs",
-        "2",
-        "--lr",
-        "1e-2",
-        "--rank",
-        "2",
-        "--max-tokens",
-        "48",
-        "--generate",
-        "1",
-        "--threads",
-        "1",
-        "--json",
-    ];
-    let mut args = vec![
-        "eval",
-        "planted",
-        "--kind",
-        "backdoor",
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend(common);
+    let shared = argv(
+        "--model {} --data {} --n-train 40 --queries 4 --epochs 2 --lr 1e-2 --rank 2 \
+         --max-tokens 48 --generate 1 --threads 1 --json",
+        &[m, d],
+    );
+    let mut args = argv(
+        "eval planted --kind backdoor --out {}",
+        &[out.to_str().unwrap()],
+    );
+    args.extend(&shared);
     let r = run(&args);
     assert_eq!(r["n_planted"], 4);
     assert_eq!(r["n_queries"], 4);
@@ -112,17 +76,11 @@ fn planted_backdoor_and_mislabel_reports_are_complete() {
     assert_eq!(r["metrics"], again["metrics"]);
 
     let out = dir.join("mislabel");
-    let mut args = vec![
-        "eval",
-        "planted",
-        "--kind",
-        "mislabel",
-        "--methods",
-        "dot,ekfac",
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend(common);
+    let mut args = argv(
+        "eval planted --kind mislabel --methods dot,ekfac --out {}",
+        &[out.to_str().unwrap()],
+    );
+    args.extend(&shared);
     let r = run(&args);
     assert_eq!(r["n_planted"], 4);
     for m in ["dot", "ekfac", "loss"] {

@@ -189,8 +189,8 @@ impl Cuts {
     }
 }
 
-/// `3210` → `3,210`.
-fn thousands(n: usize) -> String {
+/// `3210` → `3,210`: counts as inflow prints them.
+pub fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
