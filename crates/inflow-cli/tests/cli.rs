@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::{arg, argv, asset, bin, json, manifest, read_json, run_ok, smollm2, tiny_model, tmp};
+use common::{
+    arg, argv, asset, bin, json, manifest, read_json, run_ok, smollm2, tiny_model, tiny_scratch,
+    tmp,
+};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,16 +23,15 @@ fn index_args<'a>(model: &'a str, out: &'a str, data: &'a str, limit: &'a str) -
 
 #[test]
 fn killed_index_resumes_to_the_same_store_as_an_uninterrupted_run() {
-    let dir = tmp("resume");
-    let model = tiny_model(&dir.join("model"), 128, 4, 1);
+    let (dir, model) = tiny_scratch("resume", 128, 4, 1);
     let data = asset("train.jsonl");
 
     // Reference: one uninterrupted run.
-    let full = dir.join("full").display().to_string();
+    let full = dir.arg("full");
     run_ok(&index_args(&model, &full, &data, "80"));
 
     // Kill the run several times at different points, then let it finish.
-    let out = dir.join("killed").display().to_string();
+    let out = dir.arg("killed");
     let mut kills = 0;
     for target_shards in [1usize, 6, 12] {
         let mut child = bin()
@@ -83,7 +85,6 @@ fn killed_index_resumes_to_the_same_store_as_an_uninterrupted_run() {
     let rows_b = inflow::store::read_samples(&Path::new(&out).join("samples.parquet")).unwrap();
     assert_eq!(rows_a.len(), 80);
     assert_eq!(rows_a, rows_b, "no duplicate and no missing row");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -91,7 +92,7 @@ fn store_refuses_other_model_or_projection() {
     let dir = tmp("refuse");
     let m1 = tiny_model(&dir.join("m1"), 32, 1, 1);
     let m2 = tiny_model(&dir.join("m2"), 32, 1, 2);
-    let out = dir.join("store").display().to_string();
+    let out = dir.arg("store");
     let data = asset("train.jsonl");
     run_ok(&index_args(&m1, &out, &data, "8"));
 
@@ -121,7 +122,6 @@ fn store_refuses_other_model_or_projection() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(err.contains("model.sha256"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `--truncate`: a middle store records its policy (manifest and run.json) and reports what it
@@ -129,11 +129,10 @@ fn store_refuses_other_model_or_projection() {
 /// with `--truncate left` but not with the new default.
 #[test]
 fn truncation_policy_is_recorded_reported_and_old_stores_still_score() {
-    let dir = tmp("truncate");
-    let model = tiny_model(&dir.join("m"), 32, 1, 1);
+    let (dir, model) = tiny_scratch("truncate", 32, 1, 1);
     let data = asset("train.jsonl");
     let probe = asset("probe.jsonl");
-    let mid = dir.join("middle").display().to_string();
+    let mid = dir.arg("middle");
     let out = run_ok(&index_args(&model, &mid, &data, "8"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     // One token per byte: every bundled NI sample is over 256 tokens.
@@ -181,7 +180,7 @@ fn truncation_policy_is_recorded_reported_and_old_stores_still_score() {
     );
 
     // `left` writes no field: its specs are those of stores made before the option.
-    let left = dir.join("left").display().to_string();
+    let left = dir.arg("left");
     let mut args = index_args(&model, &left, &data, "8");
     args.extend(["--truncate", "left"]);
     let out = run_ok(&args);
@@ -214,13 +213,11 @@ fn truncation_policy_is_recorded_reported_and_old_stores_still_score() {
     std::fs::write(&run_path, serde_json::to_string_pretty(&run).unwrap()).unwrap();
     score(&mid);
     score(&left);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn malformed_line_is_named_and_skip_bad_counts_it() {
-    let dir = tmp("bad");
-    let model = tiny_model(&dir.join("m"), 32, 1, 1);
+    let (dir, model) = tiny_scratch("bad", 32, 1, 1);
     let data = dir.join("d.jsonl");
     std::fs::write(
         &data,
@@ -228,7 +225,7 @@ fn malformed_line_is_named_and_skip_bad_counts_it() {
     )
     .unwrap();
     let data = data.display().to_string();
-    let out = dir.join("s").display().to_string();
+    let out = dir.arg("s");
     let o = bin()
         .args(index_args(&model, &out, &data, "10"))
         .output()
@@ -250,7 +247,6 @@ fn malformed_line_is_named_and_skip_bad_counts_it() {
     let v = json(&run_ok(&args));
     assert_eq!(v["summary"]["n_samples"], 2);
     assert_eq!(v["summary"]["n_skipped_bad"], 1);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn python_has(module: &str) -> bool {
@@ -275,13 +271,13 @@ fn reference_model_cosine_finds_each_sample_itself() {
     let queries: Vec<&str> = (0..20).map(|i| lines[i * 10 + 3].as_str()).collect();
     let qpath = dir.join("queries.jsonl");
     std::fs::write(&qpath, queries.join("\n") + "\n").unwrap();
-    let out = dir.join("store").display().to_string();
+    let out = dir.arg("store");
     run_ok(&argv(
         "index --model {} --data {} --limit 200 --out {} --rank 8 --max-tokens 128 \
          --shard-size 50",
         &[&model, &asset("train.jsonl"), &out],
     ));
-    let scores = dir.join("top.parquet").display().to_string();
+    let scores = dir.arg("top.parquet");
     let v = json(&run_ok(&argv(
         "score --store {} --queries {} --method cosine --top-k 5 --out {} --json",
         &[&out, &arg(&qpath), &scores],
@@ -322,7 +318,6 @@ fn reference_model_cosine_finds_each_sample_itself() {
     } else {
         eprintln!("numpy/pyarrow absent: skipped the Python read check");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -340,12 +335,11 @@ fn help_explains_every_verb() {
 
 #[test]
 fn probe_compare_and_repsim_on_a_tiny_model() {
-    let dir = tmp("probe");
-    let model = tiny_model(&dir.join("m"), 32, 2, 4);
+    let (dir, model) = tiny_scratch("probe", 32, 2, 4);
     let probes = asset("probe-tasks.jsonl");
     let data = asset("train.jsonl");
-    let icp = dir.join("icp").display().to_string();
-    let one = dir.join("one").display().to_string();
+    let icp = dir.arg("icp");
+    let one = dir.arg("one");
     let probe = |method: &str, out: &str| {
         run_ok(&argv(
             "probe --model {} --data {} --limit 6 --probes {} --probe-tasks 2 --method {} \
@@ -402,7 +396,7 @@ fn probe_compare_and_repsim_on_a_tiny_model() {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 
     // RepSim: identical text has identical hidden states, so each sample retrieves itself.
-    let store = dir.join("store").display().to_string();
+    let store = dir.arg("store");
     run_ok(&index_args(&model, &store, &data, "12"));
     let q = dir.join("q.jsonl");
     let lines: Vec<String> = std::fs::read_to_string(&data)
@@ -427,7 +421,6 @@ fn probe_compare_and_repsim_on_a_tiny_model() {
             assert!((qv["top"][0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-3);
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `fit --fisher true` indexes sampled-label draws beside the store, records them, and every
@@ -435,8 +428,7 @@ fn probe_compare_and_repsim_on_a_tiny_model() {
 /// output says which Fisher it used, and a rerun reuses the draws.
 #[test]
 fn fit_true_fisher_indexes_draws_that_the_preconditioners_use() {
-    let dir = tmp("fisher");
-    let model = tiny_model(&dir.join("m"), 16, 2, 4);
+    let (dir, model) = tiny_scratch("fisher", 16, 2, 4);
     let store = dir.join("s");
     let s = store.display().to_string();
     let data = asset("train.jsonl");
@@ -508,5 +500,4 @@ fn fit_true_fisher_indexes_draws_that_the_preconditioners_use() {
     // Back to the empirical Fisher: the record follows the last fit.
     run_ok(&["fit", "--store", &s, "--fisher", "empirical"]);
     assert_eq!(score("empirical-again").0, empirical);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -12,13 +12,13 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
-use common::{arg, argv, asset, jsonl as lines, run, run_ok, tmp};
+use common::{arg, argv, asset, jsonl as lines, run, run_ok, tmp, Scratch};
 
 const MAX_NEW: usize = 12;
 
 /// A scratch folder with a tiny random model (with its own output head) in `model/`: the
 /// folder, the model's folder and the model as an argument.
-fn scratch_with_model(name: &str) -> (PathBuf, PathBuf, String) {
+fn scratch_with_model(name: &str) -> (Scratch, PathBuf, String) {
     let dir = tmp(&format!("gen-{name}"));
     let model_dir = dir.join("model");
     inflow::model::tiny::write_random_untied(&model_dir, 32, 2, 2).unwrap();
@@ -34,6 +34,14 @@ fn generate<'a>(model: &'a str, prompts: &'a str, out: &'a str, extra: &[&'a str
     );
     a.extend_from_slice(extra);
     a
+}
+
+/// [`chat_prompts`] written to `dir/q.jsonl`: the file, and it as an argument.
+fn chat_prompts_file(dir: &Path) -> (PathBuf, String) {
+    let q = dir.join("q.jsonl");
+    write_lines(&q, &chat_prompts());
+    let qs = arg(&q);
+    (q, qs)
 }
 
 fn write_lines(path: &Path, rows: &[Value]) {
@@ -116,10 +124,8 @@ fn check_against(out: &Path, inputs: &[Sample], want: &[(Vec<u32>, String)]) {
 #[test]
 fn batched_greedy_matches_the_uncached_loop_at_base_and_adapter() {
     let (dir, model_dir, model) = scratch_with_model("greedy");
-    let q = dir.join("q.jsonl");
-    write_lines(&q, &chat_prompts());
-    let qs = arg(&q);
-    let p = |name: &str| dir.join(name).display().to_string();
+    let (q, qs) = chat_prompts_file(&dir);
+    let p = |name: &str| dir.arg(name);
     let max_new = MAX_NEW.to_string();
     let gen = |out: &str, extra: &[&str]| {
         let mut a = generate(&model, &qs, out, &["--max-new", &max_new, "--json"]);
@@ -286,9 +292,7 @@ fn answers_read_back_as_queries_with_the_same_prompt() {
 #[test]
 fn seeded_sampling_repeats_and_resume_completes_the_file() {
     let (dir, _, model) = scratch_with_model("sample");
-    let q = dir.join("q.jsonl");
-    write_lines(&q, &chat_prompts());
-    let qs = arg(&q);
+    let (_, qs) = chat_prompts_file(&dir);
     let max_new = MAX_NEW.to_string();
     let sample = |name: &str, temperature: &str, seed: &str, batch: &str| -> String {
         let out = dir.join(name);

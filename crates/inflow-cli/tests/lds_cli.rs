@@ -4,12 +4,11 @@
 
 mod common;
 
-use common::{argv, asset, read_json, run, tiny_model, tmp};
+use common::{argv, asset, read_json, run, tiny_scratch};
 
 #[test]
 fn lds_report_is_complete_and_a_rerun_reuses_finished_work() {
-    let dir = tmp("lds");
-    let model = tiny_model(&dir.join("model"), 16, 2, 1);
+    let (dir, model) = tiny_scratch("lds", 16, 2, 1);
     let data = asset("train.jsonl");
     let queries = asset("probe.jsonl");
     let out = dir.join("lds");
@@ -88,5 +87,4 @@ fn lds_report_is_complete_and_a_rerun_reuses_finished_work() {
     let mut other = args(methods);
     other.extend(["--seed", "5"]);
     assert!(!run(&other).status.success());
-    let _ = std::fs::remove_dir_all(&dir);
 }

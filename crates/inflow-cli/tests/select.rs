@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{argv, asset, f64_column, json, read_json, run, run_ok, tiny_model, tmp};
+use common::{argv, asset, f64_column, json, read_json, run, run_ok, tiny_scratch};
 
 /// The non-blank lines of a JSONL file, with their terminators.
 fn records(text: &str) -> Vec<String> {
@@ -16,8 +16,7 @@ fn records(text: &str) -> Vec<String> {
 
 #[test]
 fn select_gdig_top_and_id_check_on_bundled_data() {
-    let dir = tmp("select");
-    let model = tiny_model(&dir.join("model"), 32, 1, 1);
+    let (dir, model) = tiny_scratch("select", 32, 1, 1);
     let store = dir.join("store");
     let store_s = store.display().to_string();
     let data = common::root().join("assets/data/train.jsonl");
@@ -54,19 +53,16 @@ fn select_gdig_top_and_id_check_on_bundled_data() {
     for (line, r) in got.iter().zip(&rows) {
         assert_eq!(line, &input_lines[*r]);
     }
-    let per: Vec<u64> = man["details"]["picks_per_cluster"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap())
-        .collect();
+    let counts = |v: &serde_json::Value| -> Vec<u64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect()
+    };
+    let per = counts(&man["details"]["picks_per_cluster"]);
     assert_eq!(per.iter().sum::<u64>(), 10);
-    let sizes: Vec<u64> = man["details"]["cluster_sizes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap())
-        .collect();
+    let sizes = counts(&man["details"]["cluster_sizes"]);
     // Even spread: a cluster gets fewer than its share only when it has no more samples.
     let hi = per.iter().max().unwrap();
     for (p, s) in per.iter().zip(&sizes) {
@@ -82,12 +78,12 @@ fn select_gdig_top_and_id_check_on_bundled_data() {
     assert_eq!(std::fs::read(&out).unwrap(), first);
 
     // Top 25% from a per-train score file.
-    let scores = dir.join("mean.parquet").display().to_string();
+    let scores = dir.arg("mean.parquet");
     let score = "score --store {} --queries {} --out {} --threads 1";
     let mut a = argv(score, &[&store_s, &probes, &scores]);
     a.extend(["--aggregate", "mean"]);
     run_ok(&a);
-    let top = dir.join("top.jsonl").display().to_string();
+    let top = dir.arg("top.jsonl");
     let select = "select --scores {} --size {} --data {} --out {}";
     run_ok(&argv(select, &[&scores, "25%", &data_s, &top]));
     assert_eq!(records(&std::fs::read_to_string(&top).unwrap()).len(), 10);
@@ -104,7 +100,7 @@ fn select_gdig_top_and_id_check_on_bundled_data() {
         "{err}"
     );
     // A top-k file is refused with a hint.
-    let topk = dir.join("topk.parquet").display().to_string();
+    let topk = dir.arg("topk.parquet");
     run_ok(&argv(score, &[&store_s, &probes, &topk]));
     let o = run(&argv(select, &[&topk, "5", &data_s, &top]));
     assert!(String::from_utf8_lossy(&o.stderr).contains("top-k file"));

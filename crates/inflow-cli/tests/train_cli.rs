@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{argv, asset, json, jsonl, manifest, read_json, run, run_ok, tiny_model, tmp};
+use common::{argv, asset, json, jsonl, manifest, read_json, run, run_ok, tiny_scratch};
 use std::path::Path;
 
 /// The log without wall-clock times.
@@ -24,10 +24,9 @@ fn losses(dir: &Path) -> Vec<(u64, String, String)> {
 
 #[test]
 fn train_resume_eval_export_and_checkpoint_features() {
-    let dir = tmp("train");
-    let model = tiny_model(&dir.join("model"), 32, 2, 1);
+    let (dir, model) = tiny_scratch("train", 32, 2, 1);
     let data = asset("train.jsonl");
-    let p = |name: &str| dir.join(name).display().to_string();
+    let p = |name: &str| dir.arg(name);
     // The first 24 samples, 3 steps an epoch, a checkpoint every 2.
     let train_line = "train --model {} --data {} --limit 24 --max-tokens 64 --lora-rank 4 \
         --modules q,v,down --lora-dropout 0.1 --lr 5e-3 --batch-size 4 --grad-accum 2 \
@@ -225,5 +224,4 @@ fn train_resume_eval_export_and_checkpoint_features() {
         );
     }
     assert!(both.values().any(|s| s.abs() > 0.0));
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -33,12 +33,38 @@ pub fn arg(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// A fresh, empty scratch folder, unique to this test binary (its pid) and `name`.
-pub fn tmp(name: &str) -> PathBuf {
+/// A test's scratch folder: fresh and empty, unique to this test binary (its pid) and the
+/// name; removed when the test passes, kept for a look when it fails.
+pub struct Scratch(PathBuf);
+
+/// A fresh [`Scratch`] folder.
+pub fn tmp(name: &str) -> Scratch {
     let d = std::env::temp_dir().join(format!("inflow-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Scratch(d)
+}
+
+impl Scratch {
+    /// `name` in the folder, as an argument.
+    pub fn arg(&self, name: &str) -> String {
+        arg(&self.0.join(name))
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// Writes a tiny random model (`tiny::write_random`: tied embeddings) at `path`; its path as
@@ -46,6 +72,14 @@ pub fn tmp(name: &str) -> PathBuf {
 pub fn tiny_model(path: &Path, hidden: usize, layers: usize, seed: u64) -> String {
     inflow::model::tiny::write_random(path, hidden, layers, seed).unwrap();
     arg(path)
+}
+
+/// A [`Scratch`] folder holding a tiny random model in `model/` ([`tiny_model`]), and the
+/// model as an argument: where most tests start.
+pub fn tiny_scratch(name: &str, hidden: usize, layers: usize, seed: u64) -> (Scratch, String) {
+    let dir = tmp(name);
+    let model = tiny_model(&dir.join("model"), hidden, layers, seed);
+    (dir, model)
 }
 
 /// A command line's words: `line` split at white space, each `{}` replaced by the next of
