@@ -177,60 +177,25 @@ pub(crate) fn influence(
     json: bool,
 ) -> Result<()> {
     use inflow::features::{FeatureSpec, Projection};
-    use inflow::model::LinearInfo;
-    use inflow::store::{Dtype, SampleRow, Store, StoreSpec};
-    let layers: Vec<LinearInfo> = (0..210)
-        .map(|i| LinearInfo {
-            name: format!("layer{i}"),
-            d_out: 576,
-            d_in: 576,
-        })
-        .collect();
-    let fspec = FeatureSpec {
-        projection: Projection::Logra {
+    use inflow::store::{Dtype, Store, StoreSpec};
+    let fspec = FeatureSpec::synthetic(
+        210,
+        576,
+        Projection::Logra {
             rank_in: rank,
             rank_out: rank,
         },
-        seed: 0,
-        loss: "synthetic".into(),
-        layers,
-    };
+    );
     let dim = fspec.dim();
-    let shard = 1000;
     let _ = std::fs::remove_dir_all(out);
-    let spec = StoreSpec {
-        model: serde_json::json!({"synthetic": true}),
-        data: serde_json::json!({"rows": n}),
-        features: serde_json::to_value(&fspec)?,
-        dtype: Dtype::F16,
-        dim,
-        shard_size: shard,
-    };
+    let spec = StoreSpec::synthetic(serde_json::to_value(&fspec)?, Dtype::F16, dim, 1000);
     eprintln!("writing a synthetic store: {n} × {dim} (f16)…");
-    let mut store = Store::create_or_resume(out, spec, n)?;
     let mut rng = inflow::features::random::Stream::new(1, "bench-influence");
-    for i in 0..store.n_shards() {
-        let r = store.shard_range(i);
-        let rows = r.len();
-        let feats: Vec<f32> = (0..rows * dim).map(|_| rng.normal() as f32 * 0.1).collect();
-        let meta: Vec<SampleRow> = r
-            .map(|k| SampleRow {
-                id: format!("{k}"),
-                row: k as u64,
-                n_tokens: 0,
-                n_loss_tokens: 0,
-                loss: 0.0,
-                truncated: false,
-                prompt_tokens_cut: 0,
-                response_tokens_cut: 0,
-                prompt: String::new(),
-                response: String::new(),
-            })
-            .collect();
-        store.write_shard(i, &feats, &meta)?;
-    }
-    store.finish()?;
-    let store = Store::open(out)?;
+    let store = Store::write_synthetic(out, spec, n, |rows| {
+        (0..rows.len() * dim)
+            .map(|_| rng.normal() as f32 * 0.1)
+            .collect()
+    })?;
     let gemm = gemm_gflops(threads, 1024, 8)?;
     let rss0 = peak_rss();
     let t = Instant::now();

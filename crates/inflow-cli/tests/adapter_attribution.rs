@@ -7,7 +7,8 @@
 
 mod common;
 
-use common::{argv, asset, fails, run_ok, smollm2, tmp};
+use common::{argv, asset, fails, run_ok};
+use inflow_testkit::{scratch, smollm2};
 use std::path::Path;
 
 fn matrix(path: &Path) -> (Vec<usize>, Vec<f32>) {
@@ -32,7 +33,7 @@ struct Sizes {
 }
 
 fn user_path(name: &str, model: &str, z: Sizes) {
-    let dir = tmp(&format!("adapter-{name}"));
+    let dir = scratch(&format!("adapter-{name}"));
     let p = |n: &str| dir.arg(n);
     let data = asset("train.jsonl");
     let probes = asset("probe.jsonl");
@@ -150,7 +151,7 @@ fn user_path(name: &str, model: &str, z: Sizes) {
 
 #[test]
 fn tiny_model_adapter_scores_equal_merged_scores() {
-    let dir = tmp("adapter-model");
+    let dir = scratch("adapter-model");
     // Untied head: a tied random model answers every prompt with the same (often empty) text.
     inflow::model::tiny::write_random_untied(&dir, 32, 2, 1).unwrap();
     user_path(

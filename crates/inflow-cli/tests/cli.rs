@@ -3,12 +3,10 @@
 
 mod common;
 
-use common::{
-    arg, argv, asset, bin, json, manifest, read_json, run_ok, smollm2, tiny_model, tiny_scratch,
-    tmp,
-};
+use common::{arg, argv, asset, bin, json, manifest, read_json, run_ok, tiny_model, tiny_scratch};
+use inflow_testkit::{python, python_has, scratch, smollm2};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// `inflow index` of the first `limit` samples: shards of 4, LoGra rank 4 (word 12), 256
@@ -89,7 +87,7 @@ fn killed_index_resumes_to_the_same_store_as_an_uninterrupted_run() {
 
 #[test]
 fn store_refuses_other_model_or_projection() {
-    let dir = tmp("refuse");
+    let dir = scratch("refuse");
     let m1 = tiny_model(&dir.join("m1"), 32, 1, 1);
     let m2 = tiny_model(&dir.join("m2"), 32, 1, 2);
     let out = dir.arg("store");
@@ -249,20 +247,12 @@ fn malformed_line_is_named_and_skip_bad_counts_it() {
     assert_eq!(v["summary"]["n_skipped_bad"], 1);
 }
 
-fn python_has(module: &str) -> bool {
-    Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
 /// The issue's end-to-end check, on the reference model: 200 training samples indexed, 20 of
 /// them used as queries; cosine top-1 must be the sample itself for at least 19 of 20.
 #[test]
 fn reference_model_cosine_finds_each_sample_itself() {
     let model = arg(&smollm2());
-    let dir = tmp("selfret");
+    let dir = scratch("selfret");
     let lines: Vec<String> = std::fs::read_to_string(asset("train.jsonl"))
         .unwrap()
         .lines()
@@ -306,15 +296,7 @@ fn reference_model_cosine_finds_each_sample_itself() {
              s = pq.read_table('{out}/samples.parquet')\n\
              assert s.num_rows == 200\n"
         );
-        let o = Command::new("python3")
-            .args(["-c", &script])
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "python check failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        python(&script, &[]);
     } else {
         eprintln!("numpy/pyarrow absent: skipped the Python read check");
     }

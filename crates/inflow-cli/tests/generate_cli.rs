@@ -12,14 +12,15 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
-use common::{arg, argv, asset, jsonl as lines, run, run_ok, tmp, Scratch};
+use common::{arg, argv, asset, jsonl as lines, run, run_ok};
+use inflow_testkit::{scratch, Scratch};
 
 const MAX_NEW: usize = 12;
 
 /// A scratch folder with a tiny random model (with its own output head) in `model/`: the
 /// folder, the model's folder and the model as an argument.
 fn scratch_with_model(name: &str) -> (Scratch, PathBuf, String) {
-    let dir = tmp(&format!("gen-{name}"));
+    let dir = scratch(&format!("gen-{name}"));
     let model_dir = dir.join("model");
     inflow::model::tiny::write_random_untied(&model_dir, 32, 2, 2).unwrap();
     let model = arg(&model_dir);

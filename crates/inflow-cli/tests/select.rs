@@ -19,7 +19,7 @@ fn select_gdig_top_and_id_check_on_bundled_data() {
     let (dir, model) = tiny_scratch("select", 32, 1, 1);
     let store = dir.join("store");
     let store_s = store.display().to_string();
-    let data = common::root().join("assets/data/train.jsonl");
+    let data = inflow_testkit::asset("train.jsonl");
     let data_s = data.display().to_string();
     let probes = asset("probe.jsonl");
     run_ok(&argv(

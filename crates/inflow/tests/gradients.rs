@@ -8,33 +8,27 @@ use inflow::features::{
 use inflow::model::{tiny, Llama, LoadedModel, TokenSeq};
 use std::collections::HashMap;
 
+mod common;
+
+use common::{to_f64, token_seqs};
+
 fn seqs(m: &LoadedModel) -> Vec<TokenSeq> {
-    let texts = [
-        ("Question: 2+2?", " Answer: four."),
-        ("Translate 'chat' to English.", " cat"),
-        ("Say hello", " Hello there, friend! How are you today?"),
-        ("x", " y"),
-        (
-            "A longer prompt about the weather in the mountains",
-            " It is cold.",
-        ),
-        ("Name a colour", " Blue."),
-        ("Count", " one two three four five"),
-        ("Empty-ish", " ok"),
-    ];
-    texts
-        .iter()
-        .map(|(p, r)| {
-            let pi = m.encode(p).unwrap();
-            let ri = m.encode(r).unwrap();
-            let mut loss_mask = vec![false; pi.len()];
-            loss_mask.extend(std::iter::repeat_n(true, ri.len()));
-            TokenSeq {
-                ids: [pi, ri].concat(),
-                loss_mask,
-            }
-        })
-        .collect()
+    token_seqs(
+        m,
+        &[
+            ("Question: 2+2?", " Answer: four."),
+            ("Translate 'chat' to English.", " cat"),
+            ("Say hello", " Hello there, friend! How are you today?"),
+            ("x", " y"),
+            (
+                "A longer prompt about the weather in the mountains",
+                " It is cold.",
+            ),
+            ("Name a colour", " Blue."),
+            ("Count", " one two three four five"),
+            ("Empty-ish", " ok"),
+        ],
+    )
 }
 
 fn rel_err(a: &[f64], b: &[f64]) -> f64 {
@@ -46,15 +40,6 @@ fn rel_err(a: &[f64], b: &[f64]) -> f64 {
         .sqrt();
     let den: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
     num / den.max(1e-300)
-}
-
-fn to_f64(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 #[test]

@@ -1,70 +1,23 @@
 //! Plumbing shared by the end-to-end tests of the `inflow` binary: running it from the
-//! repository root, command lines, scratch folders, bundled data, tiny models and JSON output.
+//! repository root, command lines, tiny models and JSON output (paths and scratch folders
+//! from `inflow-testkit`).
 //! Each test file uses what it needs (`mod common;`), hence `dead_code` is allowed.
 #![allow(dead_code)]
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-/// The repository root; the binary runs there.
-pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use inflow_testkit::{root, scratch, Scratch};
 
 /// A bundled data file, `assets/data/{name}`, as an argument.
 pub fn asset(name: &str) -> String {
-    root().join("assets/data").join(name).display().to_string()
-}
-
-/// The reference model (SmolLM2-135M-Instruct, Q4_1), which `./scripts/fetch-model.sh` fetches.
-pub fn smollm2() -> PathBuf {
-    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.exists(),
-        "{} is missing: run ./scripts/fetch-model.sh",
-        p.display()
-    );
-    p
+    arg(&inflow_testkit::asset(name))
 }
 
 /// A path as an argument.
 pub fn arg(p: &Path) -> String {
     p.display().to_string()
-}
-
-/// A test's scratch folder: fresh and empty, unique to this test binary (its pid) and the
-/// name; removed when the test passes, kept for a look when it fails.
-pub struct Scratch(PathBuf);
-
-/// A fresh [`Scratch`] folder.
-pub fn tmp(name: &str) -> Scratch {
-    let d = std::env::temp_dir().join(format!("inflow-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    Scratch(d)
-}
-
-impl Scratch {
-    /// `name` in the folder, as an argument.
-    pub fn arg(&self, name: &str) -> String {
-        arg(&self.0.join(name))
-    }
-}
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 /// Writes a tiny random model (`tiny::write_random`: tied embeddings) at `path`; its path as
@@ -77,7 +30,7 @@ pub fn tiny_model(path: &Path, hidden: usize, layers: usize, seed: u64) -> Strin
 /// A [`Scratch`] folder holding a tiny random model in `model/` ([`tiny_model`]), and the
 /// model as an argument: where most tests start.
 pub fn tiny_scratch(name: &str, hidden: usize, layers: usize, seed: u64) -> (Scratch, String) {
-    let dir = tmp(name);
+    let dir = scratch(name);
     let model = tiny_model(&dir.join("model"), hidden, layers, seed);
     (dir, model)
 }

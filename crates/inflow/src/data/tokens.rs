@@ -391,11 +391,8 @@ impl<'a> Renderer<'a> {
             }
         }
         let (prompt_cut, response_cut) = (np - p.len(), nr - r.len());
-        let mut loss_mask = vec![false; p.len()];
-        loss_mask.extend(std::iter::repeat_n(true, r.len()));
-        p.extend(r);
         Ok(Tokenized {
-            seq: TokenSeq { ids: p, loss_mask },
+            seq: TokenSeq::prompt_response(p, &r),
             truncated: prompt_cut + response_cut > 0,
             prompt_cut,
             response_cut,

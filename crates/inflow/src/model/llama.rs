@@ -63,6 +63,17 @@ pub struct TokenSeq {
 }
 
 impl TokenSeq {
+    /// `prompt` then `response`, the loss on the response tokens only.
+    pub fn prompt_response(mut prompt: Vec<u32>, response: &[u32]) -> TokenSeq {
+        let mut loss_mask = vec![false; prompt.len()];
+        loss_mask.extend(std::iter::repeat_n(true, response.len()));
+        prompt.extend_from_slice(response);
+        TokenSeq {
+            ids: prompt,
+            loss_mask,
+        }
+    }
+
     /// Number of predicted tokens that enter the loss.
     pub fn n_loss_tokens(&self) -> usize {
         self.loss_mask.iter().skip(1).filter(|m| **m).count()

@@ -243,11 +243,7 @@ impl<'a> Icp<'a> {
 }
 
 fn seq(prompt: &[u32], answer: &[u32]) -> TokenSeq {
-    let mut ids = prompt.to_vec();
-    ids.extend_from_slice(answer);
-    let mut loss_mask = vec![false; prompt.len()];
-    loss_mask.extend(std::iter::repeat_n(true, answer.len()));
-    TokenSeq { ids, loss_mask }
+    TokenSeq::prompt_response(prompt.to_vec(), answer)
 }
 
 impl ProbeMethod for Icp<'_> {
