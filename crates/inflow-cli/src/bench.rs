@@ -52,10 +52,7 @@ pub(crate) fn features(
     threads: usize,
     json: bool,
 ) -> Result<()> {
-    let model_path = match model {
-        Some(m) => m,
-        None => crate::default_model()?,
-    };
+    let model_path = crate::model_or_default(model)?;
     let m = crate::load_model(&model_path)?;
     let data = crate::assets_dir()?.join("train.jsonl");
     let report = read_samples(

@@ -12,10 +12,7 @@ pub(crate) fn run(
     threads: usize,
     json: bool,
 ) -> Result<()> {
-    let model = match model {
-        Some(m) => m,
-        None => crate::default_model()?,
-    };
+    let model = crate::model_or_default(model)?;
     let assets = crate::assets_dir()?;
     eprintln!(
         "demo: indexing {limit} Natural Instructions training samples with {} ({} threads), then scoring the bundled probes",
@@ -24,7 +21,10 @@ pub(crate) fn run(
     );
     let summary = crate::index(
         IndexArgs {
-            model: model.clone(),
+            model: crate::args::ModelArgs {
+                path: model.clone(),
+                adapter: None,
+            },
             input: crate::args::DataArgs {
                 data: assets.join("train.jsonl"),
                 format: "alpaca".into(),
@@ -44,10 +44,11 @@ pub(crate) fn run(
                     truncate: "middle".into(),
                 },
             },
-            dtype: "f16".into(),
-            shard_size: 32,
-            batch_size: 1,
-            adapter: None,
+            store: crate::args::StoreArgs {
+                dtype: "f16".into(),
+                shard_size: 32,
+                batch_size: 1,
+            },
             lora_grads: false,
             adam: false,
             checkpoints: Vec::new(),

@@ -19,9 +19,8 @@ use clap::{Args, Parser, Subcommand};
 use inflow::data::tokens::Template;
 use inflow::data::Format;
 use inflow::features::Projection;
-use inflow::index::{FeatureOptions, IndexOptions};
+use inflow::index::FeatureOptions;
 use inflow::model::LoadedModel;
-use inflow::store::Dtype;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -229,8 +228,8 @@ impl FeatureArgs {
 
 #[derive(Args)]
 struct IndexArgs {
-    #[arg(long)]
-    model: PathBuf,
+    #[command(flatten)]
+    model: crate::args::ModelArgs,
     #[command(flatten)]
     input: crate::args::DataArgs,
     /// Store folder; rerunning the same command resumes it.
@@ -238,18 +237,8 @@ struct IndexArgs {
     out: PathBuf,
     #[command(flatten)]
     features: FeatureArgs,
-    /// Stored element type: f16 (default, half the bytes) or f32.
-    #[arg(long, default_value = "f16")]
-    dtype: String,
-    /// Samples per shard (the unit of atomic writes and of resumption).
-    #[arg(long, default_value_t = 64)]
-    shard_size: usize,
-    /// Samples per forward/backward micro-batch (1 avoids padding; CPU gains little from more).
-    #[arg(long, default_value_t = 1)]
-    batch_size: usize,
-    /// LoRA adapter folder or `inflow train` checkpoint applied to the model first.
-    #[arg(long)]
-    adapter: Option<PathBuf>,
+    #[command(flatten)]
+    store: crate::args::StoreArgs,
     /// Features of the LoRA parameters (A and B of every adapter) instead of the base Linears.
     #[arg(long)]
     lora_grads: bool,
@@ -377,7 +366,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             Ok(())
         }
         Cmd::Index(a)
-            if a.adapter.is_some() || a.lora_grads || a.adam || !a.checkpoints.is_empty() =>
+            if a.model.adapter.is_some() || a.lora_grads || a.adam || !a.checkpoints.is_empty() =>
         {
             train::index_checkpoints(a, threads, json)
         }
@@ -593,24 +582,10 @@ pub(crate) fn index(
     threads: usize,
     json: bool,
 ) -> Result<inflow::index::IndexSummary> {
-    let model = load_model(&a.model)?;
-    let dtype = match a.dtype.as_str() {
-        "f16" => Dtype::F16,
-        "f32" => Dtype::F32,
-        d => bail!("unknown --dtype `{d}`; expected f16 or f32"),
-    };
-    if a.shard_size == 0 || a.batch_size == 0 {
-        bail!("--shard-size and --batch-size must be positive");
-    }
-    let opts = IndexOptions {
-        data: a.input.data.clone(),
-        read: a.input.read_options()?,
-        features: a.features.options()?,
-        dtype,
-        shard_size: a.shard_size,
-        batch_size: a.batch_size,
-        threads,
-    };
+    let model = load_model(&a.model.path)?;
+    let opts = a
+        .store
+        .index_options(&a.input, a.features.options()?, threads)?;
     let t = Instant::now();
     let summary =
         inflow::pipeline::index::index(&model, &opts, &a.out, "index", &progress::Bars::default())?;
@@ -715,6 +690,11 @@ pub(crate) fn assets_dir() -> Result<PathBuf> {
     Err(anyhow!(
         "assets/data/train.jsonl not found: run inflow from the repository root"
     ))
+}
+
+/// `model`, or the default reference model when none is given.
+pub(crate) fn model_or_default(model: Option<PathBuf>) -> Result<PathBuf> {
+    model.map_or_else(default_model, Ok)
 }
 
 /// The default reference model path.

@@ -9,7 +9,6 @@ use inflow::data::{read_samples, Format, ReadOptions};
 use inflow::index::{IndexOptions, Progress};
 use inflow::model::lora::LoraConfig;
 use inflow::model::LoadedModel;
-use inflow::store::Dtype;
 use inflow::train::adamw::AdamWConfig;
 use inflow::train::features::{self, FeatureSource, LoraGradient};
 use inflow::train::{Method, TrainData, TrainOptions};
@@ -23,14 +22,8 @@ pub(crate) struct TrainArgs {
     model: PathBuf,
     #[command(flatten)]
     input: crate::args::DataArgs,
-    /// Conversation rendering: auto, chat, plain.
-    #[arg(long, default_value = "auto")]
-    template: String,
-    /// Longest sample in tokens; longer ones are cut (counted).
-    #[arg(long, default_value_t = 512)]
-    max_tokens: usize,
     #[command(flatten)]
-    truncate: crate::args::TruncateArgs,
+    tokens: crate::args::TokenArgs,
     /// LoRA rank r (LoRA is the default method).
     #[arg(long, default_value_t = 8)]
     lora_rank: usize,
@@ -98,19 +91,12 @@ pub(crate) struct TrainArgs {
 /// Held-out loss of a model, optionally with an adapter or checkpoint.
 #[derive(Args)]
 pub(crate) struct EvalLossArgs {
-    #[arg(long)]
-    model: PathBuf,
-    /// LoRA adapter folder (PEFT layout) or checkpoint of `inflow train`.
-    #[arg(long)]
-    adapter: Option<PathBuf>,
+    #[command(flatten)]
+    model: crate::args::ModelArgs,
     #[command(flatten)]
     input: crate::args::DataArgs,
-    #[arg(long, default_value = "auto")]
-    template: String,
-    #[arg(long, default_value_t = 512)]
-    max_tokens: usize,
     #[command(flatten)]
-    truncate: crate::args::TruncateArgs,
+    tokens: crate::args::TokenArgs,
     /// Samples per forward pass.
     #[arg(long, default_value_t = 4)]
     batch_size: usize,
@@ -141,6 +127,20 @@ fn read_opts(format: &str, skip_bad: bool, limit: Option<usize>) -> Result<ReadO
     })
 }
 
+/// [`tokenize`] of a verb's data with its token options: the sequences, what the limit cut
+/// (as a report line too) and the truncation policy.
+fn tokenize_input(
+    m: &LoadedModel,
+    input: &crate::args::DataArgs,
+    t: &crate::args::TokenArgs,
+) -> Result<(TrainData, Cuts, String, Truncate)> {
+    let truncate = t.truncate.policy()?;
+    let read = input.read_options()?;
+    let (data, cuts) = tokenize(m, &input.data, &read, &t.template, t.max_tokens, truncate)?;
+    let cut_line = cuts.describe(data.seqs.len(), t.max_tokens, truncate);
+    Ok((data, cuts, cut_line, truncate))
+}
+
 /// Token sequences of a data file, with what the limit cut. The data identity (checked when a
 /// run resumes) records the truncation policy unless it is `left` (see `Truncate::record`), so
 /// runs started before the option resume with `--truncate left`.
@@ -168,16 +168,7 @@ pub(crate) fn tokenize(
 
 pub(crate) fn train(a: TrainArgs, threads: usize, json: bool) -> Result<()> {
     let mut m = crate::load_model(&a.model)?;
-    let truncate = a.truncate.policy()?;
-    let (data, cuts) = tokenize(
-        &m,
-        &a.input.data,
-        &a.input.read_options()?,
-        &a.template,
-        a.max_tokens,
-        truncate,
-    )?;
-    let cut_line = cuts.describe(data.seqs.len(), a.max_tokens, truncate);
+    let (data, cuts, cut_line, truncate) = tokenize_input(&m, &a.input, &a.tokens)?;
     let method = if a.full {
         Method::Full {
             modules: a.modules.clone(),
@@ -271,24 +262,15 @@ pub(crate) fn train(a: TrainArgs, threads: usize, json: bool) -> Result<()> {
 }
 
 pub(crate) fn eval_loss(a: EvalLossArgs, threads: usize, json: bool) -> Result<()> {
-    let mut m = crate::load_model(&a.model)?;
-    let ck = match &a.adapter {
+    let mut m = crate::load_model(&a.model.path)?;
+    let ck = match &a.model.adapter {
         Some(dir) => Some(
             features::attach(&mut m, dir)
                 .with_context(|| format!("loading the adapter {}", dir.display()))?,
         ),
         None => None,
     };
-    let truncate = a.truncate.policy()?;
-    let (data, cuts) = tokenize(
-        &m,
-        &a.input.data,
-        &a.input.read_options()?,
-        &a.template,
-        a.max_tokens,
-        truncate,
-    )?;
-    let cut_line = cuts.describe(data.seqs.len(), a.max_tokens, truncate);
+    let (data, cuts, cut_line, truncate) = tokenize_input(&m, &a.input, &a.tokens)?;
     let t = Instant::now();
     let e = inflow::train::eval_loss(&m, &data.seqs, a.batch_size, threads)?;
     let secs = t.elapsed().as_secs_f64();
@@ -296,7 +278,8 @@ pub(crate) fn eval_loss(a: EvalLossArgs, threads: usize, json: bool) -> Result<(
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "model": a.model, "adapter": a.adapter, "checkpoint": ck, "data": a.input.data,
+                "model": a.model.path, "adapter": a.model.adapter, "checkpoint": ck,
+                "data": a.input.data,
                 "n_samples": e.n_samples, "mean_loss": e.mean_loss,
                 "token_mean_loss": e.token_mean_loss, "n_loss_tokens": e.n_loss_tokens,
                 "n_truncated": cuts.samples, "truncate": truncate, "cuts": cuts,
@@ -393,7 +376,7 @@ fn export_unmerged(a: ExportArgs, json: bool) -> Result<()> {
 /// checkpoint (`--out` itself for one, `--out/{checkpoint name}` for several).
 pub(crate) fn index_checkpoints(a: crate::IndexArgs, threads: usize, json: bool) -> Result<()> {
     let mut dirs: Vec<PathBuf> = a.checkpoints.clone();
-    if let Some(ad) = &a.adapter {
+    if let Some(ad) = &a.model.adapter {
         if !dirs.is_empty() {
             bail!("give either --adapter or --checkpoints, not both");
         }
@@ -405,23 +388,9 @@ pub(crate) fn index_checkpoints(a: crate::IndexArgs, threads: usize, json: bool)
     if a.adam && !a.lora_grads {
         bail!("--adam (LESS's Adam-update features) needs --lora-grads");
     }
-    let dtype = match a.dtype.as_str() {
-        "f16" => Dtype::F16,
-        "f32" => Dtype::F32,
-        d => bail!("unknown --dtype `{d}`; expected f16 or f32"),
-    };
-    if a.shard_size == 0 || a.batch_size == 0 {
-        bail!("--shard-size and --batch-size must be positive");
-    }
-    let opts = IndexOptions {
-        data: a.input.data.clone(),
-        read: a.input.read_options()?,
-        features: a.features.options()?,
-        dtype,
-        shard_size: a.shard_size,
-        batch_size: a.batch_size,
-        threads,
-    };
+    let opts = a
+        .store
+        .index_options(&a.input, a.features.options()?, threads)?;
     let source = match (a.lora_grads, a.adam) {
         (false, _) => FeatureSource::Base,
         (true, false) => FeatureSource::Lora(LoraGradient::Sgd),
@@ -438,7 +407,7 @@ pub(crate) fn index_checkpoints(a: crate::IndexArgs, threads: usize, json: bool)
             a.out.join(name)
         };
         let t = Instant::now();
-        let (ck, summary) = index_checkpoint(&a.model, dir, &opts, &source, &out, "index")?;
+        let (ck, summary) = index_checkpoint(&a.model.path, dir, &opts, &source, &out, "index")?;
         let secs = t.elapsed().as_secs_f64();
         if !json {
             println!(
@@ -514,10 +483,7 @@ pub(crate) struct BenchTrainArgs {
 
 /// Tokens/s of training steps: the per-step times of the trainer's log, warm-up step left out.
 pub(crate) fn bench(a: BenchTrainArgs, threads: usize, json: bool) -> Result<()> {
-    let model_path = match a.model {
-        Some(m) => m,
-        None => crate::default_model()?,
-    };
+    let model_path = crate::model_or_default(a.model)?;
     let data = crate::assets_dir()?.join("train.jsonl");
     eprintln!("measuring GEMM (1024³ f32) with 1 and {threads} threads…");
     let gemm1 = crate::bench::gemm_gflops(1, 1024, 8)?;
