@@ -19,19 +19,7 @@ pub enum Template {
     Plain,
 }
 
-impl std::str::FromStr for Template {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "auto" => Ok(Template::Auto),
-            "chat" => Ok(Template::Chat),
-            "plain" => Ok(Template::Plain),
-            _ => Err(Error::Msg(format!(
-                "unknown template `{s}`; expected auto, chat or plain"
-            ))),
-        }
-    }
-}
+crate::error::names!(Template: "template", Auto = "auto", Chat = "chat", Plain = "plain");
 
 /// Which tokens go when a sample is longer than `--max-tokens` B. A sample is rendered as
 /// prompt tokens (P of them, no loss) followed by response tokens (R, the loss is on them);
@@ -77,31 +65,10 @@ pub enum Truncate {
     Right,
 }
 
-impl std::str::FromStr for Truncate {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "left" => Ok(Truncate::Left),
-            "middle" => Ok(Truncate::Middle),
-            "right" => Ok(Truncate::Right),
-            _ => Err(Error::Msg(format!(
-                "unknown truncation `{s}`; expected left (cut the prompt's start, the old \
-                 behaviour), middle (keep the template head, the instruction and the \
-                 response; cut the middle of the prompt) or right (cut the end)"
-            ))),
-        }
-    }
-}
-
-impl std::fmt::Display for Truncate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Truncate::Left => "left",
-            Truncate::Middle => "middle",
-            Truncate::Right => "right",
-        })
-    }
-}
+crate::error::names!(Truncate: "truncation", Left = "left", Middle = "middle", Right = "right";
+    expected "left (cut the prompt's start, the old behaviour), middle (keep the template head, \
+              the instruction and the response; cut the middle of the prompt) or right (cut \
+              the end)");
 
 impl Truncate {
     /// The policy of stores and runs that record none: `left`, the only one before the option.

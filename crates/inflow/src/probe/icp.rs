@@ -27,18 +27,7 @@ pub enum DemoTemplate {
     Plain,
 }
 
-impl std::str::FromStr for DemoTemplate {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "chat" => Ok(Self::Chat),
-            "plain" => Ok(Self::Plain),
-            _ => Err(Error::Msg(format!(
-                "unknown demonstration template `{s}`; expected chat or plain"
-            ))),
-        }
-    }
-}
+crate::error::names!(DemoTemplate: "demonstration template", Chat = "chat", Plain = "plain");
 
 /// A probe prepared once: its prompt text, answer tokens, and baseline log p(a | q).
 struct PreparedProbe {
