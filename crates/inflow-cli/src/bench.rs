@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use inflow::data::{read_samples, Format, ReadOptions};
 use inflow::features::Projection;
-use inflow::index::{FeatureOptions, Featurizer, Progress};
+use inflow::index::{FeatureOptions, FeaturePass, Featurizer, Progress};
 use std::path::PathBuf;
 use std::time::Instant;
 

@@ -9,7 +9,7 @@ use inflow::data::tokens::{Template, Truncate};
 use inflow::estimators::influence::Influence;
 use inflow::eval::rank::spearman;
 use inflow::features::Projection;
-use inflow::index::{FeatureOptions, Featurizer, IndexOptions, Progress};
+use inflow::index::{FeatureOptions, FeaturePass, Featurizer, IndexOptions, Progress};
 use inflow::model::{tiny, LoadedModel};
 use inflow::store::{Dtype, Store};
 use std::path::{Path, PathBuf};

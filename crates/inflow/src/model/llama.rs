@@ -151,16 +151,7 @@ impl Llama {
                 path: source.clone(),
                 msg: format!("missing tensor `{name}`"),
             })?;
-            if t.dims() != shape {
-                return Err(Error::Model {
-                    path: source.clone(),
-                    msg: format!(
-                        "tensor `{name}` has shape {:?}, expected {:?}",
-                        t.dims(),
-                        shape
-                    ),
-                });
-            }
+            super::check_shape(&source, name, t.dims(), shape)?;
             Ok(t.to_dtype(dtype)?.to_device(&device)?.contiguous()?)
         };
         let embed = take("model.embed_tokens.weight", &[v, h])?;
