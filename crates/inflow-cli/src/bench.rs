@@ -4,6 +4,7 @@
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
+use clap::Args;
 use inflow::data::{read_samples, Format, ReadOptions};
 use inflow::features::Projection;
 use inflow::index::{FeatureOptions, FeaturePass, Featurizer, Progress};
@@ -44,15 +45,24 @@ pub(crate) fn gemm_gflops(threads: usize, n: usize, reps: usize) -> Result<f64> 
     Ok(2.0 * (n * n * n * reps * threads) as f64 / t.elapsed().as_secs_f64() / 1e9)
 }
 
-pub(crate) fn features(
+/// `inflow bench features`' arguments (its help is the `Features` variant's).
+#[derive(Args)]
+pub(crate) struct FeaturesArgs {
+    #[arg(long)]
     model: Option<PathBuf>,
-    n: usize,
+    /// Samples from the bundled Natural Instructions data.
+    #[arg(long, default_value_t = 64)]
+    samples: usize,
+    #[arg(long, default_value_t = 256)]
     max_tokens: usize,
+    /// LoGra rank per side.
+    #[arg(long, default_value_t = 16)]
     rank: usize,
-    threads: usize,
-    json: bool,
-) -> Result<()> {
-    let model_path = crate::model_or_default(model)?;
+}
+
+pub(crate) fn features(a: FeaturesArgs, threads: usize, json: bool) -> Result<()> {
+    let (n, max_tokens, rank) = (a.samples, a.max_tokens, a.rank);
+    let model_path = crate::model_or_default(a.model)?;
     let m = crate::load_model(&model_path)?;
     let data = crate::assets_dir()?.join("train.jsonl");
     let report = read_samples(

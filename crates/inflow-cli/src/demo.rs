@@ -3,15 +3,25 @@
 
 use crate::{FeatureArgs, IndexArgs, ScoreArgs};
 use anyhow::Result;
+use clap::Args;
 use std::path::PathBuf;
 
-pub(crate) fn run(
+/// `inflow demo`'s arguments (its help is the `Demo` variant's).
+#[derive(Args)]
+pub(crate) struct DemoArgs {
+    /// Model (default: models/SmolLM2-135M-Instruct.Q4_1.gguf, fetched by scripts/fetch-model.sh).
+    #[arg(long)]
     model: Option<PathBuf>,
+    /// Training samples to index from assets/data/train.jsonl.
+    #[arg(long, default_value_t = 120)]
     limit: usize,
+    /// Store folder.
+    #[arg(long, default_value = "runs/demo")]
     out: PathBuf,
-    threads: usize,
-    json: bool,
-) -> Result<()> {
+}
+
+pub(crate) fn run(a: DemoArgs, threads: usize, json: bool) -> Result<()> {
+    let DemoArgs { model, limit, out } = a;
     let model = crate::model_or_default(model)?;
     let assets = crate::assets_dir()?;
     eprintln!(

@@ -87,17 +87,7 @@ enum Cmd {
     /// List every scoring method: its name, what it needs, what it computes.
     Methods,
     /// Index the bundled Natural Instructions sample and score the bundled probes.
-    Demo {
-        /// Model (default: models/SmolLM2-135M-Instruct.Q4_1.gguf, fetched by scripts/fetch-model.sh).
-        #[arg(long)]
-        model: Option<PathBuf>,
-        /// Training samples to index from assets/data/train.jsonl.
-        #[arg(long, default_value_t = 120)]
-        limit: usize,
-        /// Store folder.
-        #[arg(long, default_value = "runs/demo")]
-        out: PathBuf,
-    },
+    Demo(demo::DemoArgs),
     /// Select training samples: top-k / top-p% by score (LESS per-task max from a full
     /// matrix), G-DIG (seed-set quality + k-means diversity) or an ICP threshold; writes them
     /// in the input's format plus a manifest.
@@ -156,18 +146,7 @@ enum BenchWhat {
     },
     /// Per-sample gradient features on the reference model: tokens/s, samples/s, GFLOP/s
     /// beside this machine's measured GEMM GFLOP/s, peak RSS, bytes per sample.
-    Features {
-        #[arg(long)]
-        model: Option<PathBuf>,
-        /// Samples from the bundled Natural Instructions data.
-        #[arg(long, default_value_t = 64)]
-        samples: usize,
-        #[arg(long, default_value_t = 256)]
-        max_tokens: usize,
-        /// LoGra rank per side.
-        #[arg(long, default_value_t = 16)]
-        rank: usize,
-    },
+    Features(bench::FeaturesArgs),
 }
 
 /// Options that define a feature vector; a store remembers them.
@@ -388,7 +367,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Demo { model, limit, out } => demo::run(model, limit, out, threads, json),
+        Cmd::Demo(a) => demo::run(a, threads, json),
         Cmd::Select(a) => select::select(a, threads, json),
         Cmd::Train(a) => train::train(a, threads, json),
         Cmd::EvalLoss(a) => train::eval_loss(a, threads, json),
@@ -399,12 +378,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             EvalWhat::Lds(a) => lds::run(a, threads, json),
         },
         Cmd::Bench { what } => match what {
-            BenchWhat::Features {
-                model,
-                samples,
-                max_tokens,
-                rank,
-            } => bench::features(model, samples, max_tokens, rank, threads, json),
+            BenchWhat::Features(a) => bench::features(a, threads, json),
             BenchWhat::Train(a) => train::bench(a, threads, json),
             BenchWhat::Influence {
                 samples,
