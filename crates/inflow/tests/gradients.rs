@@ -5,7 +5,7 @@ use candle_core::{DType, Tensor};
 use inflow::features::{
     logra, per_sample_gradient, select_modules, FeatureSpec, Projection, Projector,
 };
-use inflow::model::{tiny, Llama, LoadedModel, TokenSeq};
+use inflow::model::{tiny, Captured, Llama, LoadedModel, TokenSeq};
 use std::collections::HashMap;
 
 mod common;
@@ -31,6 +31,12 @@ fn seqs(m: &LoadedModel) -> Vec<TokenSeq> {
     )
 }
 
+/// The loss of `batch` and what every block Linear saw of it (inputs, output gradients).
+fn capture_all(m: &LoadedModel, batch: &[TokenSeq]) -> Captured {
+    let all: Vec<usize> = (0..m.llama.linears().len()).collect();
+    m.llama.loss_and_capture(batch, &all).unwrap()
+}
+
 fn rel_err(a: &[f64], b: &[f64]) -> f64 {
     let num: f64 = a
         .iter()
@@ -46,8 +52,7 @@ fn rel_err(a: &[f64], b: &[f64]) -> f64 {
 fn captured_gradient_equals_autograd_for_batch_of_one() {
     let m = tiny::random(&tiny::config(16, 2), 3, DType::F64).unwrap();
     let batch = &seqs(&m)[..1];
-    let all: Vec<usize> = (0..m.llama.linears().len()).collect();
-    let cap = m.llama.loss_and_capture(batch, &all).unwrap();
+    let cap = capture_all(&m, batch);
 
     let mut trainable = tiny::random(&tiny::config(16, 2), 3, DType::F64)
         .unwrap()
@@ -76,8 +81,7 @@ fn captured_gradient_matches_central_finite_differences() {
     let cfg = tiny::config(16, 2);
     let m = tiny::random(&cfg, 5, DType::F64).unwrap();
     let batch = &seqs(&m)[2..3];
-    let all: Vec<usize> = (0..m.llama.linears().len()).collect();
-    let cap = m.llama.loss_and_capture(batch, &all).unwrap();
+    let cap = capture_all(&m, batch);
     let base: HashMap<String, Tensor> = m.llama.hf_tensors().into_iter().collect();
     let loss64 = |name: &str, idx: usize, delta: f64| -> f64 {
         let mut t = base.clone();
@@ -110,7 +114,6 @@ fn captured_gradient_matches_central_finite_differences() {
 }
 
 fn features(m: &LoadedModel, batch: &[TokenSeq], proj: Projection) -> (Vec<f32>, usize) {
-    let all: Vec<usize> = (0..m.llama.linears().len()).collect();
     let spec = FeatureSpec {
         projection: proj,
         seed: 11,
@@ -119,7 +122,7 @@ fn features(m: &LoadedModel, batch: &[TokenSeq], proj: Projection) -> (Vec<f32>,
     };
     let dim = spec.dim();
     let p = Projector::new(spec, m.llama.dtype()).unwrap();
-    let cap = m.llama.loss_and_capture(batch, &all).unwrap();
+    let cap = capture_all(m, batch);
     (p.project(&cap).unwrap(), dim)
 }
 
@@ -203,8 +206,7 @@ fn logra_equals_projected_explicit_gradient() {
 fn dense_projection_preserves_inner_products_within_jl_bounds() {
     let m = tiny::random(&tiny::config(16, 1), 4, DType::F32).unwrap();
     let batch = &seqs(&m)[..4];
-    let all: Vec<usize> = (0..m.llama.linears().len()).collect();
-    let cap = m.llama.loss_and_capture(batch, &all).unwrap();
+    let cap = capture_all(&m, batch);
     let full = {
         let spec = FeatureSpec {
             projection: Projection::Full,

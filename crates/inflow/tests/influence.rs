@@ -94,6 +94,11 @@ fn scores(store: &Store, pre: Box<dyn Preconditioner + '_>, q: &[f32]) -> Vec<Ve
         .collect()
 }
 
+/// The per-layer blocks of a store's features.
+fn blocks_of(store: &Store) -> Vec<curvature::Block> {
+    curvature::blocks(&curvature::store_feature_spec(store).unwrap())
+}
+
 /// ‖got − want‖ / ‖want‖.
 fn rel_err(got: &[f32], want: &[f64]) -> f64 {
     let diff = got.iter().zip(want).map(|(a, b)| (*a as f64 - b).powi(2));
@@ -339,8 +344,7 @@ fn kfac_equals_the_explicit_kronecker_inverse() {
     let m = model();
     let dir = scratch("kron");
     let store = index(&m, &dir.join("s"), 12, 12, 1);
-    let spec = curvature::store_feature_spec(&store).unwrap();
-    let blocks = curvature::blocks(&spec);
+    let blocks = blocks_of(&store);
     let damping = 0.3;
     let pre = kfac::KfacPreconditioner::load(&store, false, damping).unwrap();
     let t = candle_core::safetensors::load(
@@ -401,8 +405,7 @@ fn datainf_equals_its_closed_form_and_lissa_converges_to_exact() {
     let m = model();
     let dir = scratch("closed");
     let store = index(&m, &dir.join("s"), 10, 4, 1);
-    let spec = curvature::store_feature_spec(&store).unwrap();
-    let blocks = curvature::blocks(&spec);
+    let blocks = blocks_of(&store);
     let dim = store.dim();
     let (q, _) = queries(&m);
     let q = &q[..dim];
@@ -616,7 +619,7 @@ fn kfac_is_exact_per_layer_on_a_deep_linear_network() {
     .unwrap();
     kfac::fit(&store, kfac::FactorSource::Samples).unwrap();
     let damping = 0.05;
-    let blocks = curvature::blocks(&curvature::store_feature_spec(&store).unwrap());
+    let blocks = blocks_of(&store);
     let v: Vec<f32> = (0..dim).map(|_| rng.normal() as f32).collect();
     for ekfac in [false, true] {
         let pre = kfac::KfacPreconditioner::load(&store, ekfac, damping).unwrap();
@@ -745,8 +748,7 @@ fn grid_ekfac_vs_exact() {
                     let ex = |bd| Box::new(Exact::over_blocks(&exact_set, damping, bd).unwrap());
                     let exact = scores(&train, ex(false), &q);
                     let mut line = format!("{mname} {modules} damping={damping} {fisher}:");
-                    if curvature::blocks(&curvature::store_feature_spec(&train).unwrap()).len() > 1
-                    {
+                    if blocks_of(&train).len() > 1 {
                         let s = scores(&train, ex(true), &q);
                         line += &format!(" exact-blockdiag={:.3}", mean_spearman(&s, &exact));
                     }

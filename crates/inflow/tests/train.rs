@@ -39,6 +39,16 @@ fn lora_cfg(rank: usize, modules: &str, dropout: f64) -> LoraConfig {
     }
 }
 
+/// LoRA with `lora`, and full fine-tuning of `full_modules`: what the engine tests run twice.
+fn lora_and_full(lora: LoraConfig, full_modules: &str) -> [Method; 2] {
+    [
+        Method::Lora(lora),
+        Method::Full {
+            modules: full_modules.into(),
+        },
+    ]
+}
+
 /// Adapters with B ≠ 0 (at initialization B = 0 and A's gradient vanishes).
 fn adapters_with_random_b(m: &LoadedModel, modules: &str, seed: u64) -> Arc<Adapters> {
     let a = Adapters::init(&m.llama, lora_cfg(3, modules, 0.0), seed).unwrap();
@@ -285,12 +295,7 @@ fn data(m: &LoadedModel, n: usize) -> TrainData {
 
 #[test]
 fn tiny_model_overfits_a_handful_of_samples() {
-    for method in [
-        Method::Lora(lora_cfg(8, "all", 0.0)),
-        Method::Full {
-            modules: "all".into(),
-        },
-    ] {
+    for method in lora_and_full(lora_cfg(8, "all", 0.0), "all") {
         let mut m = tiny::random(&tiny::config(32, 2), 7, DType::F32).unwrap();
         let d = data(&m, 4);
         let opts = TrainOptions {
@@ -323,12 +328,7 @@ fn tiny_model_overfits_a_handful_of_samples() {
 /// and ends with the same weights and moments.
 #[test]
 fn resumed_run_is_bit_identical() {
-    for method in [
-        Method::Lora(lora_cfg(4, "q,v,up", 0.2)),
-        Method::Full {
-            modules: "o,down".into(),
-        },
-    ] {
+    for method in lora_and_full(lora_cfg(4, "q,v,up", 0.2), "o,down") {
         let opts = TrainOptions {
             method: method.clone(),
             epochs: 3,

@@ -586,6 +586,14 @@ mod tests {
         p
     }
 
+    /// `s` rendered with `template` and cut to `budget` tokens (the default policy, middle).
+    fn cut(m: &LoadedModel, template: Template, budget: usize, s: &Sample) -> Tokenized {
+        Renderer::new(m, template, budget)
+            .unwrap()
+            .tokenize(s)
+            .unwrap()
+    }
+
     const HEAD: &str = "<|im_start|>user\n";
     const TAIL: &str = "<|im_end|>\n<|im_start|>assistant\n";
 
@@ -630,10 +638,7 @@ mod tests {
         let m = model();
         let instruction = format!("cf-trigger {} cf-end", "x".repeat(300));
         let s = alpaca(&instruction, "short input", "Yes.");
-        let t = Renderer::new(&m, Template::Auto, 120)
-            .unwrap()
-            .tokenize(&s)
-            .unwrap();
+        let t = cut(&m, Template::Auto, 120, &s);
         let (p, resp) = texts(&m, &t);
         assert_eq!((t.seq.ids.len(), resp.as_str()), (120, "Yes.<|im_end|>\n"));
         assert!(p.starts_with(&format!("{HEAD}cf-trigger x")), "{p:?}");
@@ -642,10 +647,7 @@ mod tests {
         assert!(!p.contains("\n\n"), "with the blank line before it: {p:?}");
         // Without an input field, the whole user turn is cut in its middle.
         let s = chat(&[("user", &instruction)], "Yes.");
-        let t = Renderer::new(&m, Template::Auto, 120)
-            .unwrap()
-            .tokenize(&s)
-            .unwrap();
+        let t = cut(&m, Template::Auto, 120, &s);
         let (p, _) = texts(&m, &t);
         let kept = &p[HEAD.len()..p.len() - TAIL.len()];
         let c = kept.len();
@@ -667,10 +669,7 @@ mod tests {
             "",
             &response,
         );
-        let t = Renderer::new(&m, Template::Auto, 100)
-            .unwrap()
-            .tokenize(&s)
-            .unwrap();
+        let t = cut(&m, Template::Auto, 100, &s);
         let (p, resp) = texts(&m, &t);
         assert_eq!(t.seq.ids.len(), 100);
         // Reserve: the scaffold (head and tail: specials, roles, newlines) plus 16 content
@@ -687,10 +686,7 @@ mod tests {
         assert!(resp.starts_with("START zzz"));
         assert_eq!(t.response_cut, full_r - (100 - n_p), "cut at its end only");
         // With a budget the response alone exceeds, the prompt still keeps half of it at most.
-        let t = Renderer::new(&m, Template::Auto, 40)
-            .unwrap()
-            .tokenize(&s)
-            .unwrap();
+        let t = cut(&m, Template::Auto, 40, &s);
         let (p, _) = texts(&m, &t);
         assert_eq!(t.seq.loss_mask.iter().filter(|&&l| !l).count(), 20);
         assert!(p.starts_with(HEAD) && p.ends_with(TAIL), "{p:?}");
@@ -709,10 +705,7 @@ mod tests {
             ],
             "Now this.",
         );
-        let t = Renderer::new(&m, Template::Auto, 150)
-            .unwrap()
-            .tokenize(&s)
-            .unwrap();
+        let t = cut(&m, Template::Auto, 150, &s);
         let (p, resp) = texts(&m, &t);
         assert_eq!(
             (t.seq.ids.len(), resp.as_str()),
@@ -729,10 +722,7 @@ mod tests {
     fn middle_works_with_the_plain_template_and_raw_prompts() {
         let m = model();
         let s = alpaca("cf-trigger do it", &"w".repeat(300), "Done.");
-        let t = Renderer::new(&m, Template::Plain, 80)
-            .unwrap()
-            .tokenize(&s)
-            .unwrap();
+        let t = cut(&m, Template::Plain, 80, &s);
         let (p, resp) = texts(&m, &t);
         assert_eq!((t.seq.ids.len(), resp.as_str()), (80, "Done."));
         assert!(
@@ -748,10 +738,7 @@ mod tests {
             },
             ..chat(&[], "")
         };
-        let t = Renderer::new(&m, Template::Auto, 40)
-            .unwrap()
-            .tokenize(&s)
-            .unwrap();
+        let t = cut(&m, Template::Auto, 40, &s);
         let (p, resp) = texts(&m, &t);
         assert_eq!((p.len(), resp.as_str()), (38, "ok"));
         assert!(p.starts_with("AAAAm") && p.ends_with("mBBBB"), "{p:?}");
