@@ -1,7 +1,8 @@
 //! `inflow demo`: index the bundled Natural Instructions sample with the reference model and
 //! show, for each bundled probe, the training samples most similar in gradient space.
 
-use crate::{FeatureArgs, IndexArgs, ScoreArgs};
+use crate::args::FeatureArgs;
+use crate::{IndexArgs, ScoreArgs};
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -48,10 +49,12 @@ pub(crate) fn run(a: DemoArgs, threads: usize, json: bool) -> Result<()> {
                 dim: 8192,
                 seed: 0,
                 modules: "all".into(),
-                template: "auto".into(),
-                max_tokens: 256,
-                truncate: crate::args::TruncateArgs {
-                    truncate: "middle".into(),
+                tokens: crate::args::TokenArgs {
+                    template: "auto".into(),
+                    max_tokens: 256,
+                    truncate: crate::args::TruncateArgs {
+                        truncate: "middle".into(),
+                    },
                 },
             },
             store: crate::args::StoreArgs {

@@ -16,10 +16,7 @@ mod train;
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Parser, Subcommand};
-use inflow::data::tokens::Template;
 use inflow::data::Format;
-use inflow::features::Projection;
-use inflow::index::FeatureOptions;
 use inflow::model::LoadedModel;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -149,62 +146,6 @@ enum BenchWhat {
     Features(bench::FeaturesArgs),
 }
 
-/// Options that define a feature vector; a store remembers them.
-#[derive(Args, Clone)]
-struct FeatureArgs {
-    /// Projection: `logra` (factorized, default: P_outᵀ G P_in per layer), `dense` (Rademacher
-    /// JL over the whole gradient; slow beyond small models) or `full` (exact; tiny models).
-    #[arg(long, default_value = "logra")]
-    projection: String,
-    /// LoGra rank per side: each tracked layer gives rank² features.
-    #[arg(long, default_value_t = 16)]
-    rank: usize,
-    /// Output dimension of the dense projection.
-    #[arg(long, default_value_t = 8192)]
-    dim: usize,
-    /// Seed of the projection matrices.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Tracked Linear layers: comma-separated short names (q,k,v,o,gate,up,down) or parts of
-    /// layer names (`layers.29.`, `mlp`); `all` for every block Linear.
-    #[arg(long, default_value = "all")]
-    modules: String,
-    /// Conversation rendering: `auto` (the model's chat template if it has one), `chat`, `plain`.
-    #[arg(long, default_value = "auto")]
-    template: String,
-    /// Longest sample in tokens; longer ones are cut (counted and reported, never silently).
-    #[arg(long, default_value_t = 512)]
-    max_tokens: usize,
-    #[command(flatten)]
-    truncate: crate::args::TruncateArgs,
-}
-
-impl FeatureArgs {
-    fn options(&self) -> Result<FeatureOptions> {
-        let projection = match self.projection.as_str() {
-            "logra" => Projection::Logra {
-                rank_in: self.rank,
-                rank_out: self.rank,
-            },
-            "dense" => Projection::Dense { dim: self.dim },
-            "full" => Projection::Full,
-            p => bail!("unknown --projection `{p}`; expected logra, dense or full"),
-        };
-        if self.rank == 0 || self.dim == 0 {
-            bail!("--rank and --dim must be positive");
-        }
-        Ok(FeatureOptions {
-            projection,
-            seed: self.seed,
-            modules: self.modules.clone(),
-            template: self.template.parse::<Template>()?,
-            max_tokens: self.max_tokens,
-            truncate: self.truncate.policy()?,
-            labels: Default::default(),
-        })
-    }
-}
-
 #[derive(Args)]
 struct IndexArgs {
     #[command(flatten)]
@@ -215,7 +156,7 @@ struct IndexArgs {
     #[arg(long)]
     out: PathBuf,
     #[command(flatten)]
-    features: FeatureArgs,
+    features: crate::args::FeatureArgs,
     #[command(flatten)]
     store: crate::args::StoreArgs,
     /// Features of the LoRA parameters (A and B of every adapter) instead of the base Linears.
@@ -557,9 +498,7 @@ pub(crate) fn index(
     json: bool,
 ) -> Result<inflow::index::IndexSummary> {
     let model = load_model(&a.model.path)?;
-    let opts = a
-        .store
-        .index_options(&a.input, a.features.options()?, threads)?;
+    let opts = a.store.index_options(&a.input, &a.features, threads)?;
     let t = Instant::now();
     let summary =
         inflow::pipeline::index::index(&model, &opts, &a.out, "index", &progress::Bars::default())?;
@@ -577,9 +516,11 @@ pub(crate) fn index(
         );
         println!(
             "  {}{}",
-            summary
-                .cuts
-                .describe(summary.n_written, a.features.max_tokens, summary.truncate),
+            summary.cuts.describe(
+                summary.n_written,
+                a.features.tokens.max_tokens,
+                summary.truncate
+            ),
             if summary.shards_reused > 0 {
                 " (in the shards written now)"
             } else {

@@ -388,9 +388,7 @@ pub(crate) fn index_checkpoints(a: crate::IndexArgs, threads: usize, json: bool)
     if a.adam && !a.lora_grads {
         bail!("--adam (LESS's Adam-update features) needs --lora-grads");
     }
-    let opts = a
-        .store
-        .index_options(&a.input, a.features.options()?, threads)?;
+    let opts = a.store.index_options(&a.input, &a.features, threads)?;
     let source = match (a.lora_grads, a.adam) {
         (false, _) => FeatureSource::Base,
         (true, false) => FeatureSource::Lora(LoraGradient::Sgd),
