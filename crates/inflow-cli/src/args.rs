@@ -1,11 +1,25 @@
 //! Argument groups shared by several verbs (`#[command(flatten)]`), so a flag means the same
 //! everywhere and is written once.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
-use inflow::data::tokens::Truncate;
+use inflow::data::tokens::{Template, Truncate};
 use inflow::data::{Format, ReadOptions};
+use inflow::features::Projection;
+use inflow::index::{FeatureOptions, IndexOptions};
+use inflow::store::Dtype;
 use std::path::PathBuf;
+
+/// The model a verb runs, and the adapter or checkpoint applied to it first.
+#[derive(Args, Clone)]
+pub(crate) struct ModelArgs {
+    /// A .gguf file or a Hugging Face folder.
+    #[arg(long = "model", value_name = "MODEL")]
+    pub path: PathBuf,
+    /// LoRA adapter folder (PEFT layout) or `inflow train` checkpoint applied to the model first.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+}
 
 /// The data a verb reads: file, format, how many samples, and what to do with bad records.
 #[derive(Args, Clone)]
@@ -64,4 +78,111 @@ pub(crate) fn list(s: &str) -> Vec<String> {
         .filter(|m| !m.is_empty())
         .map(String::from)
         .collect()
+}
+
+/// How samples become token sequences (for features, training, evaluation): rendering, the
+/// length limit and what goes over it.
+#[derive(Args, Clone)]
+pub(crate) struct TokenArgs {
+    /// Conversation rendering: `auto` (the model's chat template if it has one), `chat`, `plain`.
+    #[arg(long, default_value = "auto")]
+    pub template: String,
+    /// Longest sample in tokens; longer ones are cut (counted and reported, never silently).
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: usize,
+    #[command(flatten)]
+    pub truncate: TruncateArgs,
+}
+
+/// How an index pass writes its store: element type, shard size, micro-batch size.
+#[derive(Args, Clone)]
+pub(crate) struct StoreArgs {
+    /// Stored element type: f16 (default, half the bytes) or f32.
+    #[arg(long, default_value = "f16")]
+    pub dtype: String,
+    /// Samples per shard (the unit of atomic writes and of resumption).
+    #[arg(long, default_value_t = 64)]
+    pub shard_size: usize,
+    /// Samples per forward/backward micro-batch (1 avoids padding; CPU gains little from more).
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+}
+
+impl StoreArgs {
+    /// The library's options for indexing `input` with `features` on `threads` workers.
+    pub fn index_options(
+        &self,
+        input: &DataArgs,
+        features: &FeatureArgs,
+        threads: usize,
+    ) -> Result<IndexOptions> {
+        let dtype = match self.dtype.as_str() {
+            "f16" => Dtype::F16,
+            "f32" => Dtype::F32,
+            d => bail!("unknown --dtype `{d}`; expected f16 or f32"),
+        };
+        if self.shard_size == 0 || self.batch_size == 0 {
+            bail!("--shard-size and --batch-size must be positive");
+        }
+        Ok(IndexOptions {
+            data: input.data.clone(),
+            read: input.read_options()?,
+            features: features.options()?,
+            dtype,
+            shard_size: self.shard_size,
+            batch_size: self.batch_size,
+            threads,
+        })
+    }
+}
+
+/// Options that define a feature vector; a store remembers them.
+#[derive(Args, Clone)]
+pub(crate) struct FeatureArgs {
+    /// Projection: `logra` (factorized, default: P_outᵀ G P_in per layer), `dense` (Rademacher
+    /// JL over the whole gradient; slow beyond small models) or `full` (exact; tiny models).
+    #[arg(long, default_value = "logra")]
+    pub projection: String,
+    /// LoGra rank per side: each tracked layer gives rank² features.
+    #[arg(long, default_value_t = 16)]
+    pub rank: usize,
+    /// Output dimension of the dense projection.
+    #[arg(long, default_value_t = 8192)]
+    pub dim: usize,
+    /// Seed of the projection matrices.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Tracked Linear layers: comma-separated short names (q,k,v,o,gate,up,down) or parts of
+    /// layer names (`layers.29.`, `mlp`); `all` for every block Linear.
+    #[arg(long, default_value = "all")]
+    pub modules: String,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
+}
+
+impl FeatureArgs {
+    /// The library's feature options.
+    pub fn options(&self) -> Result<FeatureOptions> {
+        let projection = match self.projection.as_str() {
+            "logra" => Projection::Logra {
+                rank_in: self.rank,
+                rank_out: self.rank,
+            },
+            "dense" => Projection::Dense { dim: self.dim },
+            "full" => Projection::Full,
+            p => bail!("unknown --projection `{p}`; expected logra, dense or full"),
+        };
+        if self.rank == 0 || self.dim == 0 {
+            bail!("--rank and --dim must be positive");
+        }
+        Ok(FeatureOptions {
+            projection,
+            seed: self.seed,
+            modules: self.modules.clone(),
+            template: self.tokens.template.parse::<Template>()?,
+            max_tokens: self.tokens.max_tokens,
+            truncate: self.tokens.truncate.policy()?,
+            labels: Default::default(),
+        })
+    }
 }

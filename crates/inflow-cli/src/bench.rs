@@ -4,9 +4,10 @@
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
+use clap::Args;
 use inflow::data::{read_samples, Format, ReadOptions};
 use inflow::features::Projection;
-use inflow::index::{FeatureOptions, Featurizer, Progress};
+use inflow::index::{FeatureOptions, FeaturePass, Featurizer, Progress};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -44,18 +45,24 @@ pub(crate) fn gemm_gflops(threads: usize, n: usize, reps: usize) -> Result<f64> 
     Ok(2.0 * (n * n * n * reps * threads) as f64 / t.elapsed().as_secs_f64() / 1e9)
 }
 
-pub(crate) fn features(
+/// `inflow bench features`' arguments (its help is the `Features` variant's).
+#[derive(Args)]
+pub(crate) struct FeaturesArgs {
+    #[arg(long)]
     model: Option<PathBuf>,
-    n: usize,
+    /// Samples from the bundled Natural Instructions data.
+    #[arg(long, default_value_t = 64)]
+    samples: usize,
+    #[arg(long, default_value_t = 256)]
     max_tokens: usize,
+    /// LoGra rank per side.
+    #[arg(long, default_value_t = 16)]
     rank: usize,
-    threads: usize,
-    json: bool,
-) -> Result<()> {
-    let model_path = match model {
-        Some(m) => m,
-        None => crate::default_model()?,
-    };
+}
+
+pub(crate) fn features(a: FeaturesArgs, threads: usize, json: bool) -> Result<()> {
+    let (n, max_tokens, rank) = (a.samples, a.max_tokens, a.rank);
+    let model_path = crate::model_or_default(a.model)?;
     let m = crate::load_model(&model_path)?;
     let data = crate::assets_dir()?.join("train.jsonl");
     let report = read_samples(
@@ -177,60 +184,25 @@ pub(crate) fn influence(
     json: bool,
 ) -> Result<()> {
     use inflow::features::{FeatureSpec, Projection};
-    use inflow::model::LinearInfo;
-    use inflow::store::{Dtype, SampleRow, Store, StoreSpec};
-    let layers: Vec<LinearInfo> = (0..210)
-        .map(|i| LinearInfo {
-            name: format!("layer{i}"),
-            d_out: 576,
-            d_in: 576,
-        })
-        .collect();
-    let fspec = FeatureSpec {
-        projection: Projection::Logra {
+    use inflow::store::{Dtype, Store, StoreSpec};
+    let fspec = FeatureSpec::synthetic(
+        210,
+        576,
+        Projection::Logra {
             rank_in: rank,
             rank_out: rank,
         },
-        seed: 0,
-        loss: "synthetic".into(),
-        layers,
-    };
+    );
     let dim = fspec.dim();
-    let shard = 1000;
     let _ = std::fs::remove_dir_all(out);
-    let spec = StoreSpec {
-        model: serde_json::json!({"synthetic": true}),
-        data: serde_json::json!({"rows": n}),
-        features: serde_json::to_value(&fspec)?,
-        dtype: Dtype::F16,
-        dim,
-        shard_size: shard,
-    };
+    let spec = StoreSpec::synthetic(serde_json::to_value(&fspec)?, Dtype::F16, dim, 1000);
     eprintln!("writing a synthetic store: {n} × {dim} (f16)…");
-    let mut store = Store::create_or_resume(out, spec, n)?;
     let mut rng = inflow::features::random::Stream::new(1, "bench-influence");
-    for i in 0..store.n_shards() {
-        let r = store.shard_range(i);
-        let rows = r.len();
-        let feats: Vec<f32> = (0..rows * dim).map(|_| rng.normal() as f32 * 0.1).collect();
-        let meta: Vec<SampleRow> = r
-            .map(|k| SampleRow {
-                id: format!("{k}"),
-                row: k as u64,
-                n_tokens: 0,
-                n_loss_tokens: 0,
-                loss: 0.0,
-                truncated: false,
-                prompt_tokens_cut: 0,
-                response_tokens_cut: 0,
-                prompt: String::new(),
-                response: String::new(),
-            })
-            .collect();
-        store.write_shard(i, &feats, &meta)?;
-    }
-    store.finish()?;
-    let store = Store::open(out)?;
+    let store = Store::write_synthetic(out, spec, n, |rows| {
+        (0..rows.len() * dim)
+            .map(|_| rng.normal() as f32 * 0.1)
+            .collect()
+    })?;
     let gemm = gemm_gflops(threads, 1024, 8)?;
     let rss0 = peak_rss();
     let t = Instant::now();

@@ -1,21 +1,29 @@
 //! `inflow demo`: index the bundled Natural Instructions sample with the reference model and
 //! show, for each bundled probe, the training samples most similar in gradient space.
 
-use crate::{FeatureArgs, IndexArgs, ScoreArgs};
+use crate::args::FeatureArgs;
+use crate::{IndexArgs, ScoreArgs};
 use anyhow::Result;
+use clap::Args;
 use std::path::PathBuf;
 
-pub(crate) fn run(
+/// `inflow demo`'s arguments (its help is the `Demo` variant's).
+#[derive(Args)]
+pub(crate) struct DemoArgs {
+    /// Model (default: models/SmolLM2-135M-Instruct.Q4_1.gguf, fetched by scripts/fetch-model.sh).
+    #[arg(long)]
     model: Option<PathBuf>,
+    /// Training samples to index from assets/data/train.jsonl.
+    #[arg(long, default_value_t = 120)]
     limit: usize,
+    /// Store folder.
+    #[arg(long, default_value = "runs/demo")]
     out: PathBuf,
-    threads: usize,
-    json: bool,
-) -> Result<()> {
-    let model = match model {
-        Some(m) => m,
-        None => crate::default_model()?,
-    };
+}
+
+pub(crate) fn run(a: DemoArgs, threads: usize, json: bool) -> Result<()> {
+    let DemoArgs { model, limit, out } = a;
+    let model = crate::model_or_default(model)?;
     let assets = crate::assets_dir()?;
     eprintln!(
         "demo: indexing {limit} Natural Instructions training samples with {} ({} threads), then scoring the bundled probes",
@@ -24,7 +32,10 @@ pub(crate) fn run(
     );
     let summary = crate::index(
         IndexArgs {
-            model: model.clone(),
+            model: crate::args::ModelArgs {
+                path: model.clone(),
+                adapter: None,
+            },
             input: crate::args::DataArgs {
                 data: assets.join("train.jsonl"),
                 format: "alpaca".into(),
@@ -38,16 +49,19 @@ pub(crate) fn run(
                 dim: 8192,
                 seed: 0,
                 modules: "all".into(),
-                template: "auto".into(),
-                max_tokens: 256,
-                truncate: crate::args::TruncateArgs {
-                    truncate: "middle".into(),
+                tokens: crate::args::TokenArgs {
+                    template: "auto".into(),
+                    max_tokens: 256,
+                    truncate: crate::args::TruncateArgs {
+                        truncate: "middle".into(),
+                    },
                 },
             },
-            dtype: "f16".into(),
-            shard_size: 32,
-            batch_size: 1,
-            adapter: None,
+            store: crate::args::StoreArgs {
+                dtype: "f16".into(),
+                shard_size: 32,
+                batch_size: 1,
+            },
             lora_grads: false,
             adam: false,
             checkpoints: Vec::new(),

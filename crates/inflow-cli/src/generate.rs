@@ -12,12 +12,8 @@ use std::path::PathBuf;
 /// `inflow generate`'s arguments (its help is the `Generate` variant's).
 #[derive(Args)]
 pub(crate) struct GenerateArgs {
-    /// A .gguf file or a Hugging Face folder.
-    #[arg(long)]
-    model: PathBuf,
-    /// LoRA adapter folder (PEFT layout) or `inflow train` checkpoint applied to the model first.
-    #[arg(long)]
-    adapter: Option<PathBuf>,
+    #[command(flatten)]
+    model: crate::args::ModelArgs,
     /// One user message: its answer goes to stdout (statistics to stderr).
     #[arg(long, conflicts_with = "prompts", required_unless_present = "prompts")]
     prompt: Option<String>,
@@ -75,8 +71,8 @@ pub(crate) fn run(a: GenerateArgs, threads: usize, json: bool) -> Result<()> {
     };
     let single = matches!(prompts, Prompts::Text(_));
     let o = GenerateOptions {
-        model: a.model.clone(),
-        adapter: a.adapter.clone(),
+        model: a.model.path.clone(),
+        adapter: a.model.adapter.clone(),
         prompts,
         out: a.out.clone(),
         resume: a.resume,

@@ -16,12 +16,8 @@ mod train;
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Parser, Subcommand};
-use inflow::data::tokens::Template;
 use inflow::data::Format;
-use inflow::features::Projection;
-use inflow::index::{FeatureOptions, IndexOptions};
 use inflow::model::LoadedModel;
-use inflow::store::Dtype;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -88,17 +84,7 @@ enum Cmd {
     /// List every scoring method: its name, what it needs, what it computes.
     Methods,
     /// Index the bundled Natural Instructions sample and score the bundled probes.
-    Demo {
-        /// Model (default: models/SmolLM2-135M-Instruct.Q4_1.gguf, fetched by scripts/fetch-model.sh).
-        #[arg(long)]
-        model: Option<PathBuf>,
-        /// Training samples to index from assets/data/train.jsonl.
-        #[arg(long, default_value_t = 120)]
-        limit: usize,
-        /// Store folder.
-        #[arg(long, default_value = "runs/demo")]
-        out: PathBuf,
-    },
+    Demo(demo::DemoArgs),
     /// Select training samples: top-k / top-p% by score (LESS per-task max from a full
     /// matrix), G-DIG (seed-set quality + k-means diversity) or an ICP threshold; writes them
     /// in the input's format plus a manifest.
@@ -157,99 +143,22 @@ enum BenchWhat {
     },
     /// Per-sample gradient features on the reference model: tokens/s, samples/s, GFLOP/s
     /// beside this machine's measured GEMM GFLOP/s, peak RSS, bytes per sample.
-    Features {
-        #[arg(long)]
-        model: Option<PathBuf>,
-        /// Samples from the bundled Natural Instructions data.
-        #[arg(long, default_value_t = 64)]
-        samples: usize,
-        #[arg(long, default_value_t = 256)]
-        max_tokens: usize,
-        /// LoGra rank per side.
-        #[arg(long, default_value_t = 16)]
-        rank: usize,
-    },
-}
-
-/// Options that define a feature vector; a store remembers them.
-#[derive(Args, Clone)]
-struct FeatureArgs {
-    /// Projection: `logra` (factorized, default: P_outᵀ G P_in per layer), `dense` (Rademacher
-    /// JL over the whole gradient; slow beyond small models) or `full` (exact; tiny models).
-    #[arg(long, default_value = "logra")]
-    projection: String,
-    /// LoGra rank per side: each tracked layer gives rank² features.
-    #[arg(long, default_value_t = 16)]
-    rank: usize,
-    /// Output dimension of the dense projection.
-    #[arg(long, default_value_t = 8192)]
-    dim: usize,
-    /// Seed of the projection matrices.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Tracked Linear layers: comma-separated short names (q,k,v,o,gate,up,down) or parts of
-    /// layer names (`layers.29.`, `mlp`); `all` for every block Linear.
-    #[arg(long, default_value = "all")]
-    modules: String,
-    /// Conversation rendering: `auto` (the model's chat template if it has one), `chat`, `plain`.
-    #[arg(long, default_value = "auto")]
-    template: String,
-    /// Longest sample in tokens; longer ones are cut (counted and reported, never silently).
-    #[arg(long, default_value_t = 512)]
-    max_tokens: usize,
-    #[command(flatten)]
-    truncate: crate::args::TruncateArgs,
-}
-
-impl FeatureArgs {
-    fn options(&self) -> Result<FeatureOptions> {
-        let projection = match self.projection.as_str() {
-            "logra" => Projection::Logra {
-                rank_in: self.rank,
-                rank_out: self.rank,
-            },
-            "dense" => Projection::Dense { dim: self.dim },
-            "full" => Projection::Full,
-            p => bail!("unknown --projection `{p}`; expected logra, dense or full"),
-        };
-        if self.rank == 0 || self.dim == 0 {
-            bail!("--rank and --dim must be positive");
-        }
-        Ok(FeatureOptions {
-            projection,
-            seed: self.seed,
-            modules: self.modules.clone(),
-            template: self.template.parse::<Template>()?,
-            max_tokens: self.max_tokens,
-            truncate: self.truncate.policy()?,
-            labels: Default::default(),
-        })
-    }
+    Features(bench::FeaturesArgs),
 }
 
 #[derive(Args)]
 struct IndexArgs {
-    #[arg(long)]
-    model: PathBuf,
+    #[command(flatten)]
+    model: crate::args::ModelArgs,
     #[command(flatten)]
     input: crate::args::DataArgs,
     /// Store folder; rerunning the same command resumes it.
     #[arg(long)]
     out: PathBuf,
     #[command(flatten)]
-    features: FeatureArgs,
-    /// Stored element type: f16 (default, half the bytes) or f32.
-    #[arg(long, default_value = "f16")]
-    dtype: String,
-    /// Samples per shard (the unit of atomic writes and of resumption).
-    #[arg(long, default_value_t = 64)]
-    shard_size: usize,
-    /// Samples per forward/backward micro-batch (1 avoids padding; CPU gains little from more).
-    #[arg(long, default_value_t = 1)]
-    batch_size: usize,
-    /// LoRA adapter folder or `inflow train` checkpoint applied to the model first.
-    #[arg(long)]
-    adapter: Option<PathBuf>,
+    features: crate::args::FeatureArgs,
+    #[command(flatten)]
+    store: crate::args::StoreArgs,
     /// Features of the LoRA parameters (A and B of every adapter) instead of the base Linears.
     #[arg(long)]
     lora_grads: bool,
@@ -377,7 +286,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             Ok(())
         }
         Cmd::Index(a)
-            if a.adapter.is_some() || a.lora_grads || a.adam || !a.checkpoints.is_empty() =>
+            if a.model.adapter.is_some() || a.lora_grads || a.adam || !a.checkpoints.is_empty() =>
         {
             train::index_checkpoints(a, threads, json)
         }
@@ -399,7 +308,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Demo { model, limit, out } => demo::run(model, limit, out, threads, json),
+        Cmd::Demo(a) => demo::run(a, threads, json),
         Cmd::Select(a) => select::select(a, threads, json),
         Cmd::Train(a) => train::train(a, threads, json),
         Cmd::EvalLoss(a) => train::eval_loss(a, threads, json),
@@ -410,12 +319,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             EvalWhat::Lds(a) => lds::run(a, threads, json),
         },
         Cmd::Bench { what } => match what {
-            BenchWhat::Features {
-                model,
-                samples,
-                max_tokens,
-                rank,
-            } => bench::features(model, samples, max_tokens, rank, threads, json),
+            BenchWhat::Features(a) => bench::features(a, threads, json),
             BenchWhat::Train(a) => train::bench(a, threads, json),
             BenchWhat::Influence {
                 samples,
@@ -588,34 +492,13 @@ fn fit(a: FitArgs, threads: usize, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// The library's options of an `index` run.
-pub(crate) fn index_options(a: &IndexArgs, threads: usize) -> Result<IndexOptions> {
-    let dtype = match a.dtype.as_str() {
-        "f16" => Dtype::F16,
-        "f32" => Dtype::F32,
-        d => bail!("unknown --dtype `{d}`; expected f16 or f32"),
-    };
-    if a.shard_size == 0 || a.batch_size == 0 {
-        bail!("--shard-size and --batch-size must be positive");
-    }
-    Ok(IndexOptions {
-        data: a.input.data.clone(),
-        read: a.input.read_options()?,
-        features: a.features.options()?,
-        dtype,
-        shard_size: a.shard_size,
-        batch_size: a.batch_size,
-        threads,
-    })
-}
-
 pub(crate) fn index(
     a: IndexArgs,
     threads: usize,
     json: bool,
 ) -> Result<inflow::index::IndexSummary> {
-    let model = load_model(&a.model)?;
-    let opts = index_options(&a, threads)?;
+    let model = load_model(&a.model.path)?;
+    let opts = a.store.index_options(&a.input, &a.features, threads)?;
     let t = Instant::now();
     let summary =
         inflow::pipeline::index::index(&model, &opts, &a.out, "index", &progress::Bars::default())?;
@@ -633,9 +516,11 @@ pub(crate) fn index(
         );
         println!(
             "  {}{}",
-            summary
-                .cuts
-                .describe(summary.n_written, a.features.max_tokens, summary.truncate),
+            summary.cuts.describe(
+                summary.n_written,
+                a.features.tokens.max_tokens,
+                summary.truncate
+            ),
             if summary.shards_reused > 0 {
                 " (in the shards written now)"
             } else {
@@ -720,6 +605,11 @@ pub(crate) fn assets_dir() -> Result<PathBuf> {
     Err(anyhow!(
         "assets/data/train.jsonl not found: run inflow from the repository root"
     ))
+}
+
+/// `model`, or the default reference model when none is given.
+pub(crate) fn model_or_default(model: Option<PathBuf>) -> Result<PathBuf> {
+    model.map_or_else(default_model, Ok)
 }
 
 /// The default reference model path.

@@ -24,14 +24,8 @@ pub(crate) struct TrainArgs {
     model: PathBuf,
     #[command(flatten)]
     input: crate::args::DataArgs,
-    /// Conversation rendering: auto, chat, plain.
-    #[arg(long, default_value = "auto")]
-    template: String,
-    /// Longest sample in tokens; longer ones are cut (counted).
-    #[arg(long, default_value_t = 512)]
-    max_tokens: usize,
     #[command(flatten)]
-    truncate: crate::args::TruncateArgs,
+    tokens: crate::args::TokenArgs,
     /// LoRA rank r (LoRA is the default method).
     #[arg(long, default_value_t = 8)]
     lora_rank: usize,
@@ -99,19 +93,12 @@ pub(crate) struct TrainArgs {
 /// Held-out loss of a model, optionally with an adapter or checkpoint.
 #[derive(Args)]
 pub(crate) struct EvalLossArgs {
-    #[arg(long)]
-    model: PathBuf,
-    /// LoRA adapter folder (PEFT layout) or checkpoint of `inflow train`.
-    #[arg(long)]
-    adapter: Option<PathBuf>,
+    #[command(flatten)]
+    model: crate::args::ModelArgs,
     #[command(flatten)]
     input: crate::args::DataArgs,
-    #[arg(long, default_value = "auto")]
-    template: String,
-    #[arg(long, default_value_t = 512)]
-    max_tokens: usize,
     #[command(flatten)]
-    truncate: crate::args::TruncateArgs,
+    tokens: crate::args::TokenArgs,
     /// Samples per forward pass.
     #[arg(long, default_value_t = 4)]
     batch_size: usize,
@@ -151,7 +138,12 @@ fn tokenize_options(
 }
 
 pub(crate) fn train(a: TrainArgs, threads: usize, json: bool) -> Result<()> {
-    let input = tokenize_options(&a.input, &a.template, a.max_tokens, &a.truncate)?;
+    let input = tokenize_options(
+        &a.input,
+        &a.tokens.template,
+        a.tokens.max_tokens,
+        &a.tokens.truncate,
+    )?;
     let method = if a.full {
         Method::Full {
             modules: a.modules.clone(),
@@ -225,9 +217,14 @@ pub(crate) fn train(a: TrainArgs, threads: usize, json: bool) -> Result<()> {
 
 pub(crate) fn eval_loss(a: EvalLossArgs, threads: usize, json: bool) -> Result<()> {
     let o = EvalLossOptions {
-        input: tokenize_options(&a.input, &a.template, a.max_tokens, &a.truncate)?,
-        model: a.model,
-        adapter: a.adapter,
+        input: tokenize_options(
+            &a.input,
+            &a.tokens.template,
+            a.tokens.max_tokens,
+            &a.tokens.truncate,
+        )?,
+        model: a.model.path,
+        adapter: a.model.adapter,
         batch_size: a.batch_size,
         threads,
     };
@@ -298,11 +295,16 @@ pub(crate) fn export(a: ExportArgs, json: bool) -> Result<()> {
 /// `index` with `--adapter`, `--lora-grads`, `--adam` or `--checkpoints`: one store per
 /// checkpoint (`--out` itself for one, `--out/{checkpoint name}` for several).
 pub(crate) fn index_checkpoints(a: crate::IndexArgs, threads: usize, json: bool) -> Result<()> {
-    pipeline::index::check_checkpoints(a.adapter.as_deref(), &a.checkpoints, a.lora_grads, a.adam)?;
+    pipeline::index::check_checkpoints(
+        a.model.adapter.as_deref(),
+        &a.checkpoints,
+        a.lora_grads,
+        a.adam,
+    )?;
     let o = CheckpointsOptions {
-        index: crate::index_options(&a, threads)?,
-        model: a.model,
-        adapter: a.adapter,
+        index: a.store.index_options(&a.input, &a.features, threads)?,
+        model: a.model.path,
+        adapter: a.model.adapter,
         checkpoints: a.checkpoints,
         lora_grads: a.lora_grads,
         adam: a.adam,
@@ -348,10 +350,7 @@ pub(crate) struct BenchTrainArgs {
 
 /// Tokens/s of training steps: the per-step times of the trainer's log, warm-up step left out.
 pub(crate) fn bench(a: BenchTrainArgs, threads: usize, json: bool) -> Result<()> {
-    let model_path = match a.model {
-        Some(m) => m,
-        None => crate::default_model()?,
-    };
+    let model_path = crate::model_or_default(a.model)?;
     let data = crate::assets_dir()?.join("train.jsonl");
     eprintln!("measuring GEMM (1024³ f32) with 1 and {threads} threads…");
     let gemm1 = crate::bench::gemm_gflops(1, 1024, 8)?;

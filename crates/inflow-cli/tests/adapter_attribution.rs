@@ -5,36 +5,11 @@
 //! score its own training samples as their own nearest neighbours. On the tiny random model
 //! and on SmolLM2.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn run(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_inflow"))
-        .current_dir(root())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "inflow {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_inflow"))
-        .current_dir(root())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "inflow {args:?} should have failed");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use common::{argv, asset, fails, run_ok};
+use inflow_testkit::{scratch, smollm2};
+use std::path::Path;
 
 fn matrix(path: &Path) -> (Vec<usize>, Vec<f32>) {
     let f = inflow::store::npy::NpyFile::open(path).unwrap();
@@ -58,37 +33,17 @@ struct Sizes {
 }
 
 fn user_path(name: &str, model: &str, z: Sizes) {
-    let dir = std::env::temp_dir().join(format!("inflow-adapter-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = |n: &str| dir.join(n).display().to_string();
-    let data = root().join("assets/data/train.jsonl").display().to_string();
-    let probes = root().join("assets/data/probe.jsonl").display().to_string();
+    let dir = scratch(&format!("adapter-{name}"));
+    let p = |n: &str| dir.arg(n);
+    let data = asset("train.jsonl");
+    let probes = asset("probe.jsonl");
 
     // 1. Fine-tune a LoRA adapter.
-    run(&[
-        "train",
-        "--model",
-        model,
-        "--data",
-        &data,
-        "--limit",
-        z.train,
-        "--max-tokens",
-        z.max_tokens,
-        "--lora-rank",
-        z.lora_rank,
-        "--lr",
-        "5e-3",
-        "--batch-size",
-        "4",
-        "--epochs",
-        "1",
-        "--threads",
-        "2",
-        "--out",
-        &p("run"),
-    ]);
+    run_ok(&argv(
+        "train --model {} --data {} --limit {} --max-tokens {} --lora-rank {} --lr 5e-3 \
+         --batch-size 4 --epochs 1 --threads 2 --out {}",
+        &[model, &data, z.train, z.max_tokens, z.lora_rank, &p("run")],
+    ));
     let ck = std::fs::read_dir(p("run"))
         .unwrap()
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -100,55 +55,26 @@ fn user_path(name: &str, model: &str, z: Sizes) {
 
     // 2. The adapted model's own answers to the probes: the queries of attribution.
     let answers = p("answers.jsonl");
-    run(&[
-        "generate",
-        "--model",
-        model,
-        "--adapter",
-        &ck,
-        "--prompts",
-        &probes,
-        "--limit",
-        z.queries,
-        "--max-new",
-        "8",
-        "--out",
-        &answers,
-    ]);
+    run_ok(&argv(
+        "generate --model {} --adapter {} --prompts {} --limit {} --max-new 8 --out {}",
+        &[model, &ck, &probes, z.queries, &answers],
+    ));
     let n_answers = std::fs::read_to_string(&answers).unwrap().lines().count();
     assert_eq!(n_answers.to_string(), z.queries);
 
     // 3. The same training set indexed at the adapter, and on the merged weights.
     let merged = p("merged");
-    run(&[
-        "export",
-        "--model",
-        model,
-        "--adapter",
-        &ck,
-        "--out",
-        &merged,
-    ]);
+    run_ok(&argv(
+        "export --model {} --adapter {} --out {}",
+        &[model, &ck, &merged],
+    ));
     let index = |out: &str, m: &str, extra: &[&str]| {
-        let mut a = vec![
-            "index",
-            "--model",
-            m,
-            "--data",
-            &data,
-            "--limit",
-            z.train,
-            "--max-tokens",
-            z.max_tokens,
-            "--rank",
-            z.rank,
-            "--threads",
-            "2",
-            "--out",
-            out,
-        ];
+        let mut a = argv(
+            "index --model {} --data {} --limit {} --max-tokens {} --rank {} --threads 2 --out {}",
+            &[m, &data, z.train, z.max_tokens, z.rank, out],
+        );
         a.extend_from_slice(extra);
-        run(&a);
+        run_ok(&a);
     };
     let at_adapter = p("store-adapter");
     let at_merged = p("store-merged");
@@ -157,7 +83,7 @@ fn user_path(name: &str, model: &str, z: Sizes) {
     let at_base = p("store-base");
     index(&at_base, model, &[]);
     for s in [&at_adapter, &at_merged] {
-        run(&["fit", "--store", s]);
+        run_ok(&["fit", "--store", s]);
     }
 
     // 4. Every method scores the adapted model's answers at the adapter exactly as on the
@@ -165,19 +91,10 @@ fn user_path(name: &str, model: &str, z: Sizes) {
     for method in ["cosine", "ekfac", "repsim"] {
         let score = |store: &str| {
             let full = format!("{store}/{method}.npy");
-            run(&[
-                "score",
-                "--store",
-                store,
-                "--queries",
-                &answers,
-                "--method",
-                method,
-                "--full",
-                &full,
-                "--threads",
-                "2",
-            ]);
+            run_ok(&argv(
+                "score --store {} --queries {} --method {} --full {} --threads 2",
+                &[store, &answers, method, &full],
+            ));
             matrix(Path::new(&full))
         };
         let (sa, a) = score(&at_adapter);
@@ -201,36 +118,20 @@ fn user_path(name: &str, model: &str, z: Sizes) {
     }
     // Both stores record what they were indexed at: scoring one with the other's weights is
     // refused, with the way out.
-    let err = fails(&[
-        "score",
-        "--store",
-        &at_adapter,
-        "--queries",
-        &answers,
-        "--model",
-        &merged,
-    ]);
+    let err = fails(&argv(
+        "score --store {} --queries {} --model {}",
+        &[&at_adapter, &answers, &merged],
+    ));
     assert!(err.contains("adapter") && err.contains("run.json"), "{err}");
 
     // 5. LoRA-parameter features: each training sample's nearest neighbour is itself.
     let lora = p("store-lora");
     index(&lora, model, &["--adapter", &ck, "--lora-grads"]);
     let full = format!("{lora}/self.npy");
-    run(&[
-        "score",
-        "--store",
-        &lora,
-        "--queries",
-        &data,
-        "--limit",
-        z.train,
-        "--method",
-        "cosine",
-        "--full",
-        &full,
-        "--threads",
-        "2",
-    ]);
+    run_ok(&argv(
+        "score --store {} --queries {} --limit {} --method cosine --full {} --threads 2",
+        &[&lora, &data, z.train, &full],
+    ));
     let (shape, s) = matrix(Path::new(&full));
     let n = shape[1];
     assert_eq!(shape[0], n);
@@ -241,33 +142,16 @@ fn user_path(name: &str, model: &str, z: Sizes) {
             s[i * n + i]
         );
     }
-    run(&[
-        "score",
-        "--store",
-        &lora,
-        "--queries",
-        &answers,
-        "--method",
-        "cosine",
-    ]);
+    let score_answers = "score --store {} --queries {} --method {}";
+    run_ok(&argv(score_answers, &[&lora, &answers, "cosine"]));
     // RepSim needs hidden states, which a LoRA-gradient store lacks: the error says what to do.
-    let err = fails(&[
-        "score",
-        "--store",
-        &lora,
-        "--queries",
-        &answers,
-        "--method",
-        "repsim",
-    ]);
+    let err = fails(&argv(score_answers, &[&lora, &answers, "repsim"]));
     assert!(err.contains("without --lora-grads"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn tiny_model_adapter_scores_equal_merged_scores() {
-    let dir = std::env::temp_dir().join(format!("inflow-adapter-model-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("adapter-model");
     // Untied head: a tied random model answers every prompt with the same (often empty) text.
     inflow::model::tiny::write_random_untied(&dir, 32, 2, 1).unwrap();
     user_path(
@@ -281,17 +165,11 @@ fn tiny_model_adapter_scores_equal_merged_scores() {
             queries: "3",
         },
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn smollm2_adapter_scores_equal_merged_scores() {
-    let model = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        model.exists(),
-        "{} missing: run ./scripts/fetch-model.sh",
-        model.display()
-    );
+    let model = smollm2();
     user_path(
         "smollm2",
         &model.display().to_string(),

@@ -1,89 +1,35 @@
 //! End-to-end tests of the `inflow` binary: resumption after a kill, refusal of mismatched
 //! stores, bad input, and (on the reference model) self-retrieval by gradient cosine.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use common::{arg, argv, asset, bin, json, manifest, read_json, run_ok, tiny_model, tiny_scratch};
+use inflow_testkit::{python, python_has, scratch, smollm2};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_inflow"));
-    c.current_dir(root());
-    c
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("inflow-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn run_ok(args: &[&str]) -> Output {
-    let out = bin().args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "inflow {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn train_jsonl() -> String {
-    root().join("assets/data/train.jsonl").display().to_string()
-}
-
-fn probe_tasks_jsonl() -> String {
-    root()
-        .join("assets/data/probe-tasks.jsonl")
-        .display()
-        .to_string()
-}
-
-fn manifest(dir: &Path) -> Option<serde_json::Value> {
-    let text = std::fs::read_to_string(dir.join("manifest.json")).ok()?;
-    serde_json::from_str(&text).ok()
-}
-
+/// `inflow index` of the first `limit` samples: shards of 4, LoGra rank 4 (word 12), 256
+/// tokens, one thread.
 fn index_args<'a>(model: &'a str, out: &'a str, data: &'a str, limit: &'a str) -> Vec<&'a str> {
-    vec![
-        "index",
-        "--model",
-        model,
-        "--data",
-        data,
-        "--limit",
-        limit,
-        "--out",
-        out,
-        "--shard-size",
-        "4",
-        "--rank",
-        "4",
-        "--max-tokens",
-        "256",
-        "--threads",
-        "1",
-    ]
+    argv(
+        "index --model {} --data {} --limit {} --out {} --shard-size 4 --rank 4 \
+         --max-tokens 256 --threads 1",
+        &[model, data, limit, out],
+    )
 }
 
 #[test]
 fn killed_index_resumes_to_the_same_store_as_an_uninterrupted_run() {
-    let dir = tmp("resume");
-    let model = dir.join("model");
-    inflow::model::tiny::write_random(&model, 128, 4, 1).unwrap();
-    let model = model.display().to_string();
-    let data = train_jsonl();
+    let (dir, model) = tiny_scratch("resume", 128, 4, 1);
+    let data = asset("train.jsonl");
 
     // Reference: one uninterrupted run.
-    let full = dir.join("full").display().to_string();
+    let full = dir.arg("full");
     run_ok(&index_args(&model, &full, &data, "80"));
 
     // Kill the run several times at different points, then let it finish.
-    let out = dir.join("killed").display().to_string();
+    let out = dir.arg("killed");
     let mut kills = 0;
     for target_shards in [1usize, 6, 12] {
         let mut child = bin()
@@ -137,18 +83,15 @@ fn killed_index_resumes_to_the_same_store_as_an_uninterrupted_run() {
     let rows_b = inflow::store::read_samples(&Path::new(&out).join("samples.parquet")).unwrap();
     assert_eq!(rows_a.len(), 80);
     assert_eq!(rows_a, rows_b, "no duplicate and no missing row");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn store_refuses_other_model_or_projection() {
-    let dir = tmp("refuse");
-    let (m1, m2) = (dir.join("m1"), dir.join("m2"));
-    inflow::model::tiny::write_random(&m1, 32, 1, 1).unwrap();
-    inflow::model::tiny::write_random(&m2, 32, 1, 2).unwrap();
-    let (m1, m2) = (m1.display().to_string(), m2.display().to_string());
-    let out = dir.join("store").display().to_string();
-    let data = train_jsonl();
+    let dir = scratch("refuse");
+    let m1 = tiny_model(&dir.join("m1"), 32, 1, 1);
+    let m2 = tiny_model(&dir.join("m2"), 32, 1, 2);
+    let out = dir.arg("store");
+    let data = asset("train.jsonl");
     run_ok(&index_args(&m1, &out, &data, "8"));
 
     let mut args = index_args(&m1, &out, &data, "8");
@@ -166,23 +109,17 @@ fn store_refuses_other_model_or_projection() {
     assert!(!o.status.success());
     assert!(err.contains("model.sha256"), "{err}");
 
-    let probe = root().join("assets/data/probe.jsonl").display().to_string();
+    let probe = asset("probe.jsonl");
     let o = bin()
-        .args([
-            "score",
-            "--store",
-            &out,
-            "--queries",
-            &probe,
-            "--model",
-            &m2,
-        ])
+        .args(argv(
+            "score --store {} --queries {} --model {}",
+            &[&out, &probe, &m2],
+        ))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(err.contains("model.sha256"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `--truncate`: a middle store records its policy (manifest and run.json) and reports what it
@@ -190,13 +127,10 @@ fn store_refuses_other_model_or_projection() {
 /// with `--truncate left` but not with the new default.
 #[test]
 fn truncation_policy_is_recorded_reported_and_old_stores_still_score() {
-    let dir = tmp("truncate");
-    let model = dir.join("m");
-    inflow::model::tiny::write_random(&model, 32, 1, 1).unwrap();
-    let model = model.display().to_string();
-    let data = train_jsonl();
-    let probe = root().join("assets/data/probe.jsonl").display().to_string();
-    let mid = dir.join("middle").display().to_string();
+    let (dir, model) = tiny_scratch("truncate", 32, 1, 1);
+    let data = asset("train.jsonl");
+    let probe = asset("probe.jsonl");
+    let mid = dir.arg("middle");
     let out = run_ok(&index_args(&model, &mid, &data, "8"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     // One token per byte: every bundled NI sample is over 256 tokens.
@@ -206,28 +140,20 @@ fn truncation_policy_is_recorded_reported_and_old_stores_still_score() {
     assert!(
         stdout.contains(&format!(
             "8 of 8 samples over --max-tokens 256: {} prompt tokens cut from the middle (--truncate middle), 0 response tokens",
-            inflow_thousands(cut as usize)
+            inflow::data::tokens::thousands(cut as usize)
         )),
         "{stdout}"
     );
     let m = manifest(Path::new(&mid)).unwrap();
     assert_eq!(m["spec"]["data"]["truncate"], "middle");
     let run_path = Path::new(&mid).join("run.json");
-    let mut run: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&run_path).unwrap()).unwrap();
+    let mut run = read_json(&run_path);
     assert_eq!(run["features"]["truncate"], "middle");
     let score = |store: &str| {
-        run_ok(&[
-            "score",
-            "--store",
-            store,
-            "--queries",
-            &probe,
-            "--top-k",
-            "2",
-            "--threads",
-            "1",
-        ])
+        run_ok(&argv(
+            "score --store {} --queries {} --top-k 2 --threads 1",
+            &[store, &probe],
+        ))
     };
     score(&mid);
     let mut args = index_args(&model, &mid, &data, "8");
@@ -239,17 +165,10 @@ fn truncation_policy_is_recorded_reported_and_old_stores_still_score() {
         "{err}"
     );
     let o = bin()
-        .args([
-            "index",
-            "--model",
-            &model,
-            "--data",
-            &data,
-            "--out",
-            &dir.join("x").display().to_string(),
-            "--truncate",
-            "start",
-        ])
+        .args(argv(
+            "index --model {} --data {} --out {} --truncate start",
+            &[&model, &data, &arg(&dir.join("x"))],
+        ))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -259,16 +178,14 @@ fn truncation_policy_is_recorded_reported_and_old_stores_still_score() {
     );
 
     // `left` writes no field: its specs are those of stores made before the option.
-    let left = dir.join("left").display().to_string();
+    let left = dir.arg("left");
     let mut args = index_args(&model, &left, &data, "8");
     args.extend(["--truncate", "left"]);
     let out = run_ok(&args);
     assert!(String::from_utf8_lossy(&out.stdout).contains("cut from the start (--truncate left)"));
     let m = manifest(Path::new(&left)).unwrap();
     assert!(m["spec"]["data"].get("truncate").is_none(), "{m}");
-    let lrun: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(Path::new(&left).join("run.json")).unwrap())
-            .unwrap();
+    let lrun = read_json(&Path::new(&left).join("run.json"));
     assert!(lrun["features"].get("truncate").is_none(), "{lrun}");
     run_ok(&args); // resumes (nothing to do)
     let o = bin()
@@ -294,28 +211,11 @@ fn truncation_policy_is_recorded_reported_and_old_stores_still_score() {
     std::fs::write(&run_path, serde_json::to_string_pretty(&run).unwrap()).unwrap();
     score(&mid);
     score(&left);
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// `3210` → `3,210` (as inflow prints counts).
-fn inflow_thousands(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[test]
 fn malformed_line_is_named_and_skip_bad_counts_it() {
-    let dir = tmp("bad");
-    let model = dir.join("m");
-    inflow::model::tiny::write_random(&model, 32, 1, 1).unwrap();
-    let model = model.display().to_string();
+    let (dir, model) = tiny_scratch("bad", 32, 1, 1);
     let data = dir.join("d.jsonl");
     std::fs::write(
         &data,
@@ -323,7 +223,7 @@ fn malformed_line_is_named_and_skip_bad_counts_it() {
     )
     .unwrap();
     let data = data.display().to_string();
-    let out = dir.join("s").display().to_string();
+    let out = dir.arg("s");
     let o = bin()
         .args(index_args(&model, &out, &data, "10"))
         .output()
@@ -342,29 +242,18 @@ fn malformed_line_is_named_and_skip_bad_counts_it() {
     let mut args = index_args(&model, &out, &data, "10");
     args.push("--skip-bad");
     args.push("--json");
-    let o = run_ok(&args);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = json(&run_ok(&args));
     assert_eq!(v["summary"]["n_samples"], 2);
     assert_eq!(v["summary"]["n_skipped_bad"], 1);
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn python_has(module: &str) -> bool {
-    Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
 }
 
 /// The issue's end-to-end check, on the reference model: 200 training samples indexed, 20 of
 /// them used as queries; cosine top-1 must be the sample itself for at least 19 of 20.
 #[test]
 fn reference_model_cosine_finds_each_sample_itself() {
-    let model = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(model.exists(), "run ./scripts/fetch-model.sh first");
-    let dir = tmp("selfret");
-    let lines: Vec<String> = std::fs::read_to_string(root().join("assets/data/train.jsonl"))
+    let model = arg(&smollm2());
+    let dir = scratch("selfret");
+    let lines: Vec<String> = std::fs::read_to_string(asset("train.jsonl"))
         .unwrap()
         .lines()
         .map(String::from)
@@ -372,41 +261,17 @@ fn reference_model_cosine_finds_each_sample_itself() {
     let queries: Vec<&str> = (0..20).map(|i| lines[i * 10 + 3].as_str()).collect();
     let qpath = dir.join("queries.jsonl");
     std::fs::write(&qpath, queries.join("\n") + "\n").unwrap();
-    let out = dir.join("store").display().to_string();
-    let model = model.display().to_string();
-    run_ok(&[
-        "index",
-        "--model",
-        &model,
-        "--data",
-        &train_jsonl(),
-        "--limit",
-        "200",
-        "--out",
-        &out,
-        "--rank",
-        "8",
-        "--max-tokens",
-        "128",
-        "--shard-size",
-        "50",
-    ]);
-    let scores = dir.join("top.parquet").display().to_string();
-    let o = run_ok(&[
-        "score",
-        "--store",
-        &out,
-        "--queries",
-        &qpath.display().to_string(),
-        "--method",
-        "cosine",
-        "--top-k",
-        "5",
-        "--out",
-        &scores,
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let out = dir.arg("store");
+    run_ok(&argv(
+        "index --model {} --data {} --limit 200 --out {} --rank 8 --max-tokens 128 \
+         --shard-size 50",
+        &[&model, &asset("train.jsonl"), &out],
+    ));
+    let scores = dir.arg("top.parquet");
+    let v = json(&run_ok(&argv(
+        "score --store {} --queries {} --method cosine --top-k 5 --out {} --json",
+        &[&out, &arg(&qpath), &scores],
+    )));
     let qs = v["queries"].as_array().unwrap();
     assert_eq!(qs.len(), 20);
     // Ids are "{row}-{content hash}": the same content has the same hash.
@@ -431,19 +296,10 @@ fn reference_model_cosine_finds_each_sample_itself() {
              s = pq.read_table('{out}/samples.parquet')\n\
              assert s.num_rows == 200\n"
         );
-        let o = Command::new("python3")
-            .args(["-c", &script])
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "python check failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        python(&script, &[]);
     } else {
         eprintln!("numpy/pyarrow absent: skipped the Python read check");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -461,54 +317,28 @@ fn help_explains_every_verb() {
 
 #[test]
 fn probe_compare_and_repsim_on_a_tiny_model() {
-    let dir = tmp("probe");
-    let model = dir.join("m");
-    inflow::model::tiny::write_random(&model, 32, 2, 4).unwrap();
-    let model = model.display().to_string();
-    let probes = probe_tasks_jsonl();
-    let data = train_jsonl();
-    let icp = dir.join("icp").display().to_string();
-    let one = dir.join("one").display().to_string();
-    let args = |method: &str, out: &str| -> Vec<String> {
-        [
-            "probe",
-            "--model",
-            &model,
-            "--data",
-            &data,
-            "--limit",
-            "6",
-            "--probes",
-            &probes,
-            "--probe-tasks",
-            "2",
-            "--method",
-            method,
-            "--out",
-            out,
-            "--shard-size",
-            "4",
-            "--max-tokens",
-            "128",
-            "--json",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    let (dir, model) = tiny_scratch("probe", 32, 2, 4);
+    let probes = asset("probe-tasks.jsonl");
+    let data = asset("train.jsonl");
+    let icp = dir.arg("icp");
+    let one = dir.arg("one");
+    let probe = |method: &str, out: &str| {
+        run_ok(&argv(
+            "probe --model {} --data {} --limit 6 --probes {} --probe-tasks 2 --method {} \
+             --out {} --shard-size 4 --max-tokens 128 --json",
+            &[&model, &data, &probes, method, out],
+        ))
     };
-    let a = args("icp", &icp);
-    let o = run_ok(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = json(&probe("icp", &icp));
     assert_eq!(v["n_probes"], 8);
     let first = std::fs::read(Path::new(&icp).join("features-00000.npy")).unwrap();
     // Rerunning the finished command changes nothing.
-    run_ok(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    probe("icp", &icp);
     assert_eq!(
         first,
         std::fs::read(Path::new(&icp).join("features-00000.npy")).unwrap()
     );
-    let b = args("one-step", &one);
-    run_ok(&b.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    probe("one-step", &one);
 
     let (cols, meta) =
         inflow::scores::table::read_table(&Path::new(&icp).join("scores.parquet")).unwrap();
@@ -534,24 +364,21 @@ fn probe_compare_and_repsim_on_a_tiny_model() {
     );
 
     let plot = dir.join("cmp.png");
-    let o = run_ok(&[
-        "compare",
-        &format!("{icp}/scores.parquet"),
-        &format!("{one}/scores.parquet"),
-        "--plot",
-        &plot.display().to_string(),
-        "--k",
-        "3",
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = json(&run_ok(&argv(
+        "compare {} {} --plot {} --k 3 --json",
+        &[
+            &format!("{icp}/scores.parquet"),
+            &format!("{one}/scores.parquet"),
+            &arg(&plot),
+        ],
+    )));
     assert_eq!(v["n_common"], 6);
     assert_eq!(v["keys"], "train_id");
     let png = std::fs::read(&plot).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 
     // RepSim: identical text has identical hidden states, so each sample retrieves itself.
-    let store = dir.join("store").display().to_string();
+    let store = dir.arg("store");
     run_ok(&index_args(&model, &store, &data, "12"));
     let q = dir.join("q.jsonl");
     let lines: Vec<String> = std::fs::read_to_string(&data)
@@ -562,27 +389,20 @@ fn probe_compare_and_repsim_on_a_tiny_model() {
         .collect();
     std::fs::write(&q, lines.join("\n") + "\n").unwrap();
     for method in ["repsim", "repsim-mean"] {
-        let o = run_ok(&[
-            "score",
-            "--store",
-            &store,
-            "--queries",
-            &q.display().to_string(),
-            "--method",
-            method,
-            "--top-k",
-            "1",
-            "--json",
-            "--out",
-            &dir.join(format!("{method}.parquet")).display().to_string(),
-        ]);
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let v = json(&run_ok(&argv(
+            "score --store {} --queries {} --method {} --top-k 1 --json --out {}",
+            &[
+                &store,
+                &arg(&q),
+                method,
+                &arg(&dir.join(format!("{method}.parquet"))),
+            ],
+        )));
         for qv in v["queries"].as_array().unwrap() {
             assert_eq!(qv["query_id"], qv["top"][0]["train_id"], "{method}");
             assert!((qv["top"][0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-3);
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `fit --fisher true` indexes sampled-label draws beside the store, records them, and every
@@ -590,56 +410,24 @@ fn probe_compare_and_repsim_on_a_tiny_model() {
 /// output says which Fisher it used, and a rerun reuses the draws.
 #[test]
 fn fit_true_fisher_indexes_draws_that_the_preconditioners_use() {
-    let dir = tmp("fisher");
-    let model = dir.join("m");
-    inflow::model::tiny::write_random(&model, 16, 2, 4).unwrap();
-    let model = model.display().to_string();
+    let (dir, model) = tiny_scratch("fisher", 16, 2, 4);
     let store = dir.join("s");
     let s = store.display().to_string();
-    let data = train_jsonl();
-    let probes = probe_tasks_jsonl();
-    run_ok(&[
-        "index",
-        "--model",
-        &model,
-        "--data",
-        &data,
-        "--limit",
-        "40",
-        "--out",
-        &s,
-        "--projection",
-        "full",
-        "--modules",
-        "layers.1.mlp.down_proj",
-        "--shard-size",
-        "16",
-        "--max-tokens",
-        "96",
-        "--dtype",
-        "f32",
-    ]);
+    let data = asset("train.jsonl");
+    let probes = asset("probe-tasks.jsonl");
+    run_ok(&argv(
+        "index --model {} --data {} --limit 40 --out {} --projection full \
+         --modules layers.1.mlp.down_proj --shard-size 16 --max-tokens 96 --dtype f32",
+        &[&model, &data, &s],
+    ));
     let score = |name: &str| -> (Vec<f32>, String) {
         let npy = dir.join(format!("{name}.npy"));
         let out = dir.join(format!("{name}.parquet"));
-        run_ok(&[
-            "score",
-            "--store",
-            &s,
-            "--queries",
-            &probes,
-            "--limit",
-            "3",
-            "--method",
-            "influence",
-            "--preconditioner",
-            "exact",
-            "--full",
-            &npy.display().to_string(),
-            "--out",
-            &out.display().to_string(),
-            "--json",
-        ]);
+        run_ok(&argv(
+            "score --store {} --queries {} --limit 3 --method influence --preconditioner exact \
+             --full {} --out {} --json",
+            &[&s, &probes, &arg(&npy), &arg(&out)],
+        ));
         let f = inflow::store::npy::NpyFile::open(&npy).unwrap();
         let v = f.as_f32_slice().unwrap().to_vec();
         let (_, meta) = inflow::scores::table::read_table(&out).unwrap();
@@ -658,7 +446,7 @@ fn fit_true_fisher_indexes_draws_that_the_preconditioners_use() {
     let fit = |extra: &[&str]| -> serde_json::Value {
         let mut a = vec!["fit", "--store", &s, "--fisher", "true", "--json"];
         a.extend_from_slice(extra);
-        serde_json::from_slice(&run_ok(&a).stdout).unwrap()
+        json(&run_ok(&a))
     };
     let v = fit(&["--draws", "2"]);
     assert_eq!(v["fisher"]["fisher"], "true", "{v}");
@@ -694,5 +482,4 @@ fn fit_true_fisher_indexes_draws_that_the_preconditioners_use() {
     // Back to the empirical Fisher: the record follows the last fit.
     run_ok(&["fit", "--store", &s, "--fisher", "empirical"]);
     assert_eq!(score("empirical-again").0, empirical);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,32 +1,23 @@
 //! `inflow eval planted` end to end on a tiny random model: the planted set, fine-tuning,
 //! features, every method's scores and the report, for a backdoor and for flipped labels.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("inflow-planted-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use common::{arg, argv, json, run_ok, tiny_scratch};
+use std::path::{Path, PathBuf};
 
-fn run(args: &[&str]) -> serde_json::Value {
-    let o = Command::new(env!("CARGO_BIN_EXE_inflow"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{args:?}\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).unwrap()
+/// `inflow eval planted HOW --out OUT SHARED…` (which must succeed): its JSON report.
+fn planted(how: &str, out: &Path, shared: &[&str]) -> serde_json::Value {
+    let out = arg(out);
+    let mut a = vec!["eval", "planted"];
+    a.extend(how.split_whitespace());
+    a.extend(["--out", &out]);
+    a.extend_from_slice(shared);
+    json(&run_ok(&a))
 }
 
 /// A pool of classification-like records: three tasks with two labels each.
-fn pool(dir: &std::path::Path) -> PathBuf {
+fn pool(dir: &Path) -> PathBuf {
     let p = dir.join("pool.jsonl");
     let mut s = String::new();
     for i in 0..60 {
@@ -47,45 +38,15 @@ fn pool(dir: &std::path::Path) -> PathBuf {
 
 #[test]
 fn planted_backdoor_and_mislabel_reports_are_complete() {
-    let dir = tmp("run");
-    let model = dir.join("model");
-    inflow::model::tiny::write_random(&model, 32, 2, 3).unwrap();
-    let data = pool(&dir);
-    let (m, d) = (model.to_str().unwrap(), data.to_str().unwrap());
+    let (dir, model) = tiny_scratch("planted", 32, 2, 3);
+    let data = arg(&pool(&dir));
     let out = dir.join("backdoor");
-    let common = [
-        "--model",
-        m,
-        "--data",
-        d,
-        "--n-train",
-        "40",
-        "--queries",
-        "4",
-        "--epochs",
-        "2",
-        "--lr",
-        "1e-2",
-        "--rank",
-        "2",
-        "--max-tokens",
-        "48",
-        "--generate",
-        "1",
-        "--threads",
-        "1",
-        "--json",
-    ];
-    let mut args = vec![
-        "eval",
-        "planted",
-        "--kind",
-        "backdoor",
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend(common);
-    let r = run(&args);
+    let shared = argv(
+        "--model {} --data {} --n-train 40 --queries 4 --epochs 2 --lr 1e-2 --rank 2 \
+         --max-tokens 48 --generate 1 --threads 1 --json",
+        &[&model, &data],
+    );
+    let r = planted("--kind backdoor", &out, &shared);
     assert_eq!(r["n_planted"], 4);
     assert_eq!(r["n_queries"], 4);
     let methods = [
@@ -108,26 +69,14 @@ fn planted_backdoor_and_mislabel_reports_are_complete() {
     assert!(after < before, "{before} -> {after}");
     assert!(out.join("acc.png").exists() && out.join("report.json").exists());
     // A rerun reuses the fine-tuning run and the store and gives the same metrics.
-    let again = run(&args);
+    let again = planted("--kind backdoor", &out, &shared);
     assert_eq!(r["metrics"], again["metrics"]);
 
     let out = dir.join("mislabel");
-    let mut args = vec![
-        "eval",
-        "planted",
-        "--kind",
-        "mislabel",
-        "--methods",
-        "dot,ekfac",
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend(common);
-    let r = run(&args);
+    let r = planted("--kind mislabel --methods dot,ekfac", &out, &shared);
     assert_eq!(r["n_planted"], 4);
     for m in ["dot", "ekfac", "loss"] {
         let v = r["metrics"][m]["self_score_auc"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&v), "{m}: {v}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,37 +9,40 @@ use inflow::data::{read_prompts, read_samples, Body, Format, ReadOptions, Sample
 use inflow::model::LoadedModel;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+mod common;
+
+use common::{arg, argv, asset, jsonl as lines, run, run_ok};
+use inflow_testkit::{scratch, Scratch};
 
 const MAX_NEW: usize = 12;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+/// A scratch folder with a tiny random model (with its own output head) in `model/`: the
+/// folder, the model's folder and the model as an argument.
+fn scratch_with_model(name: &str) -> (Scratch, PathBuf, String) {
+    let dir = scratch(&format!("gen-{name}"));
+    let model_dir = dir.join("model");
+    inflow::model::tiny::write_random_untied(&model_dir, 32, 2, 2).unwrap();
+    let model = arg(&model_dir);
+    (dir, model_dir, model)
 }
 
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_inflow"))
-        .current_dir(root())
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn run_ok(args: &[&str]) -> Output {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "inflow {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+/// `inflow generate --model M --prompts P --out O`, then `extra`.
+fn generate<'a>(model: &'a str, prompts: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = argv(
+        "generate --model {} --prompts {} --out {}",
+        &[model, prompts, out],
     );
-    out
+    a.extend_from_slice(extra);
+    a
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("inflow-cli-gen-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// [`chat_prompts`] written to `dir/q.jsonl`: the file, and it as an argument.
+fn chat_prompts_file(dir: &Path) -> (PathBuf, String) {
+    let q = dir.join("q.jsonl");
+    write_lines(&q, &chat_prompts());
+    let qs = arg(&q);
+    (q, qs)
 }
 
 fn write_lines(path: &Path, rows: &[Value]) {
@@ -59,14 +62,6 @@ fn chat_prompts() -> Vec<Value> {
         json!({"messages": [user("Count: one two three four five six seven eight nine ten eleven twelve")]}),
         json!({"messages": [user("ok")], "id": "user-7"}),
     ]
-}
-
-fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// The final assistant message of an output line.
@@ -129,34 +124,15 @@ fn check_against(out: &Path, inputs: &[Sample], want: &[(Vec<u32>, String)]) {
 
 #[test]
 fn batched_greedy_matches_the_uncached_loop_at_base_and_adapter() {
-    let dir = scratch("greedy");
-    let model_dir = dir.join("model");
-    inflow::model::tiny::write_random_untied(&model_dir, 32, 2, 2).unwrap();
-    let model = model_dir.display().to_string();
-    let q = dir.join("q.jsonl");
-    write_lines(&q, &chat_prompts());
-    let qs = q.display().to_string();
-    let p = |name: &str| dir.join(name).display().to_string();
+    let (dir, model_dir, model) = scratch_with_model("greedy");
+    let (q, qs) = chat_prompts_file(&dir);
+    let p = |name: &str| dir.arg(name);
     let max_new = MAX_NEW.to_string();
     let gen = |out: &str, extra: &[&str]| {
-        let mut a = vec![
-            "generate",
-            "--model",
-            &model,
-            "--prompts",
-            &qs,
-            "--out",
-            out,
-            "--max-new",
-            &max_new,
-            "--batch-size",
-            "3",
-            "--threads",
-            "2",
-            "--json",
-        ];
+        let mut a = generate(&model, &qs, out, &["--max-new", &max_new, "--json"]);
+        a.extend(["--batch-size", "3", "--threads", "2"]);
         a.extend_from_slice(extra);
-        serde_json::from_slice::<Value>(&run_ok(&a).stdout).unwrap()
+        common::json(&run_ok(&a))
     };
     let inputs = read_prompts(&q, &ReadOptions::default()).unwrap().samples;
     assert_eq!(inputs.len(), 6);
@@ -190,38 +166,13 @@ fn batched_greedy_matches_the_uncached_loop_at_base_and_adapter() {
     );
 
     // A LoRA adapter trained by `inflow train`.
-    let data = root().join("assets/data/train.jsonl").display().to_string();
+    let data = asset("train.jsonl");
     let ft = p("ft");
-    let t: Value = serde_json::from_slice(
-        &run_ok(&[
-            "train",
-            "--model",
-            &model,
-            "--data",
-            &data,
-            "--limit",
-            "8",
-            "--max-tokens",
-            "48",
-            "--lora-rank",
-            "4",
-            "--modules",
-            "q,v,down",
-            "--lr",
-            "5e-2",
-            "--batch-size",
-            "4",
-            "--epochs",
-            "2",
-            "--threads",
-            "2",
-            "--out",
-            &ft,
-            "--json",
-        ])
-        .stdout,
-    )
-    .unwrap();
+    let t = common::json(&run_ok(&argv(
+        "train --model {} --data {} --limit 8 --max-tokens 48 --lora-rank 4 --modules q,v,down \
+         --lr 5e-2 --batch-size 4 --epochs 2 --threads 2 --out {} --json",
+        &[&model, &data, &ft],
+    )));
     let ck = t["summary"]["checkpoints"]
         .as_array()
         .unwrap()
@@ -251,26 +202,16 @@ fn batched_greedy_matches_the_uncached_loop_at_base_and_adapter() {
     );
 
     // One --prompt on stdout goes through the same path and gives the loop's answer.
-    let one = run_ok(&[
-        "generate",
-        "--model",
-        &model,
-        "--prompt",
-        "Hi",
-        "--max-new",
-        &max_new,
-        "--json",
-    ]);
-    let one: Value = serde_json::from_slice(&one.stdout).unwrap();
+    let one = common::json(&run_ok(&argv(
+        "generate --model {} --prompt Hi --max-new {} --json",
+        &[&model, &max_new],
+    )));
     assert_eq!(one["answer"].as_str().unwrap(), base_ref[0].1);
 }
 
 #[test]
 fn answers_read_back_as_queries_with_the_same_prompt() {
-    let dir = scratch("readback");
-    let model_dir = dir.join("model");
-    inflow::model::tiny::write_random_untied(&model_dir, 32, 2, 2).unwrap();
-    let model = model_dir.display().to_string();
+    let (dir, model_dir, model) = scratch_with_model("readback");
     let m = LoadedModel::load(&model_dir, candle_core::DType::F32).unwrap();
     let r = Renderer::new(&m, Template::Auto, usize::MAX).unwrap();
     let max_new = MAX_NEW.to_string();
@@ -291,19 +232,12 @@ fn answers_read_back_as_queries_with_the_same_prompt() {
         let q = dir.join(format!("{name}.jsonl"));
         write_lines(&q, &rows);
         let out = dir.join(format!("{name}-answers.jsonl"));
-        run_ok(&[
-            "generate",
-            "--model",
+        run_ok(&generate(
             &model,
-            "--prompts",
-            &q.display().to_string(),
-            "--out",
-            &out.display().to_string(),
-            "--max-new",
-            &max_new,
-            "--batch-size",
-            "2",
-        ]);
+            &arg(&q),
+            &arg(&out),
+            &["--max-new", &max_new, "--batch-size", "2"],
+        ));
         let inputs = read_prompts(&q, &ReadOptions::default()).unwrap().samples;
         let want = reference(&m, &inputs);
         let back = read_samples(&out, &ReadOptions::default()).unwrap();
@@ -341,61 +275,44 @@ fn answers_read_back_as_queries_with_the_same_prompt() {
     // Bad input names the file and line; an existing output needs --resume.
     let bad = dir.join("bad.jsonl");
     std::fs::write(&bad, "{\"prompt\": \"fine\"}\n{\"prompt\": 3}\n").unwrap();
-    let o = run(&[
-        "generate",
-        "--model",
+    let o = run(&generate(
         &model,
-        "--prompts",
-        &bad.display().to_string(),
-        "--out",
-        &dir.join("x.jsonl").display().to_string(),
-    ]);
+        &arg(&bad),
+        &arg(&dir.join("x.jsonl")),
+        &[],
+    ));
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("bad.jsonl:2"), "{err}");
-    let o = run(&[
-        "generate",
-        "--model",
-        &model,
-        "--prompts",
-        &dir.join("chat.jsonl").display().to_string(),
-        "--out",
-        &dir.join("chat-answers.jsonl").display().to_string(),
-    ]);
+    let (chat, answers) = (dir.join("chat.jsonl"), dir.join("chat-answers.jsonl"));
+    let o = run(&generate(&model, &arg(&chat), &arg(&answers), &[]));
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--resume"));
 }
 
 #[test]
 fn seeded_sampling_repeats_and_resume_completes_the_file() {
-    let dir = scratch("sample");
-    let model_dir = dir.join("model");
-    inflow::model::tiny::write_random_untied(&model_dir, 32, 2, 2).unwrap();
-    let model = model_dir.display().to_string();
-    let q = dir.join("q.jsonl");
-    write_lines(&q, &chat_prompts());
-    let qs = q.display().to_string();
+    let (dir, _, model) = scratch_with_model("sample");
+    let (_, qs) = chat_prompts_file(&dir);
     let max_new = MAX_NEW.to_string();
     let sample = |name: &str, temperature: &str, seed: &str, batch: &str| -> String {
         let out = dir.join(name);
         let o = out.display().to_string();
-        run_ok(&[
-            "generate",
-            "--model",
+        run_ok(&generate(
             &model,
-            "--prompts",
             &qs,
-            "--max-new",
-            &max_new,
-            "--temperature",
-            temperature,
-            "--seed",
-            seed,
-            "--batch-size",
-            batch,
-            "--out",
             &o,
-        ]);
+            &[
+                "--max-new",
+                &max_new,
+                "--temperature",
+                temperature,
+                "--seed",
+                seed,
+                "--batch-size",
+                batch,
+            ],
+        ));
         std::fs::read_to_string(out).unwrap()
     };
     // Answers by id.
@@ -433,39 +350,19 @@ fn seeded_sampling_repeats_and_resume_completes_the_file() {
         ),
     )
     .unwrap();
-    let o = run_ok(&[
-        "generate",
-        "--model",
-        &model,
-        "--prompts",
-        &qs,
-        "--max-new",
-        &max_new,
-        "--temperature",
-        "1.5",
-        "--seed",
-        "7",
-        "--out",
-        &part.display().to_string(),
-        "--resume",
-        "--json",
-    ]);
-    let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let part_s = arg(&part);
+    let mut resume = generate(&model, &qs, &part_s, &["--max-new", &max_new, "--resume"]);
+    resume.extend(["--temperature", "1.5", "--seed", "7", "--json"]);
+    let s = common::json(&run_ok(&resume));
     assert_eq!(s["already_done"], 2);
     assert_eq!(std::fs::read_to_string(&part).unwrap(), a);
     // Resuming with other settings is refused.
-    let o = run(&[
-        "generate",
-        "--model",
+    let o = run(&generate(
         &model,
-        "--prompts",
         &qs,
-        "--max-new",
-        &max_new,
-        "--out",
-        &part.display().to_string(),
-        "--resume",
-    ]);
+        &part_s,
+        &["--max-new", &max_new, "--resume"],
+    ));
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("generated with"));
 }

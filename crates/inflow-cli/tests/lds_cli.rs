@@ -2,69 +2,23 @@
 //! method, every query, M × nq measured losses, plots), a rerun reuses the finished retrains
 //! and score matrices and reproduces the report, and unknown methods are refused by name.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_inflow"))
-        .current_dir(root())
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn read_json(p: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-}
+use common::{argv, asset, read_json, run, tiny_scratch};
 
 #[test]
 fn lds_report_is_complete_and_a_rerun_reuses_finished_work() {
-    let dir = std::env::temp_dir().join(format!("inflow-cli-lds-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let model = dir.join("model");
-    inflow::model::tiny::write_random(&model, 16, 2, 1).unwrap();
-    let model = model.display().to_string();
-    let data = root().join("assets/data/train.jsonl").display().to_string();
-    let queries = root().join("assets/data/probe.jsonl").display().to_string();
+    let (dir, model) = tiny_scratch("lds", 16, 2, 1);
+    let data = asset("train.jsonl");
+    let queries = asset("probe.jsonl");
     let out = dir.join("lds");
     let out_s = out.display().to_string();
     let args = |methods: &'static str| {
-        vec![
-            "--threads",
-            "1",
-            "--json",
-            "eval",
-            "lds",
-            "--model",
-            &model,
-            "--data",
-            &data,
-            "--queries",
-            &queries,
-            "--limit",
-            "8",
-            "--subsets",
-            "4",
-            "--ratio",
-            "0.5",
-            "--methods",
-            methods,
-            "--max-tokens",
-            "48",
-            "--rank",
-            "2",
-            "--lora-rank",
-            "2",
-            "--lr",
-            "1e-2",
-            "--out",
-            &out_s,
-        ]
+        argv(
+            "--threads 1 --json eval lds --model {} --data {} --queries {} --limit 8 --subsets 4 \
+             --ratio 0.5 --methods {} --max-tokens 48 --rank 2 --lora-rank 2 --lr 1e-2 --out {}",
+            &[&model, &data, &queries, methods, &out_s],
+        )
     };
 
     let bad = run(&args("cosine,nope"));
@@ -133,5 +87,4 @@ fn lds_report_is_complete_and_a_rerun_reuses_finished_work() {
     let mut other = args(methods);
     other.extend(["--seed", "5"]);
     assert!(!run(&other).status.success());
-    let _ = std::fs::remove_dir_all(&dir);
 }

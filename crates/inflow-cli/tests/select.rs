@@ -2,37 +2,9 @@
 //! bundled probes, top-p% from a `score --aggregate mean` file, and refusal of scores computed
 //! on other data.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("inflow-select-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_inflow"))
-        .current_dir(root())
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn run_ok(args: &[&str]) -> Output {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "inflow {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use common::{argv, asset, f64_column, json, read_json, run, run_ok, tiny_scratch};
 
 /// The non-blank lines of a JSONL file, with their terminators.
 fn records(text: &str) -> Vec<String> {
@@ -44,68 +16,32 @@ fn records(text: &str) -> Vec<String> {
 
 #[test]
 fn select_gdig_top_and_id_check_on_bundled_data() {
-    let dir = tmp("flow");
-    let model = dir.join("model");
-    inflow::model::tiny::write_random(&model, 32, 1, 1).unwrap();
-    let (model, store) = (model.display().to_string(), dir.join("store"));
+    let (dir, model) = tiny_scratch("select", 32, 1, 1);
+    let store = dir.join("store");
     let store_s = store.display().to_string();
-    let data = root().join("assets/data/train.jsonl");
+    let data = inflow_testkit::asset("train.jsonl");
     let data_s = data.display().to_string();
-    let probes = root().join("assets/data/probe.jsonl").display().to_string();
-    run_ok(&[
-        "index",
-        "--model",
-        &model,
-        "--data",
-        &data_s,
-        "--limit",
-        "40",
-        "--out",
-        &store_s,
-        "--rank",
-        "4",
-        "--max-tokens",
-        "128",
-        "--threads",
-        "1",
-    ]);
+    let probes = asset("probe.jsonl");
+    run_ok(&argv(
+        "index --model {} --data {} --limit 40 --out {} --rank 4 --max-tokens 128 --threads 1",
+        &[&model, &data_s, &store_s],
+    ));
     let input_lines = records(&std::fs::read_to_string(&data).unwrap());
 
     // G-DIG: quality = top half by mean cosine to the probes, 4 clusters, 10 samples.
     let out = dir.join("gdig.jsonl");
     let out_s = out.display().to_string();
-    let gdig = [
-        "select",
-        "--method",
-        "gdig",
-        "--store",
-        &store_s,
-        "--seed-set",
-        &probes,
-        "--clusters",
-        "4",
-        "--size",
-        "10",
-        "--quality-top",
-        "0.5",
-        "--data",
-        &data_s,
-        "--out",
-        &out_s,
-        "--threads",
-        "1",
-        "--json",
-    ];
-    let o = run_ok(&gdig);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let gdig = argv(
+        "select --method gdig --store {} --seed-set {} --clusters 4 --size 10 --quality-top 0.5 \
+         --data {} --out {} --threads 1 --json",
+        &[&store_s, &probes, &data_s, &out_s],
+    );
+    let v = json(&run_ok(&gdig));
     assert_eq!(v["selected"], 10);
     assert_eq!(v["candidates"], 40);
     let got = records(&std::fs::read_to_string(&out).unwrap());
     assert_eq!(got.len(), 10);
-    let man: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("gdig.jsonl.selection.json")).unwrap(),
-    )
-    .unwrap();
+    let man = read_json(&dir.join("gdig.jsonl.selection.json"));
     let mut rows: Vec<usize> = man["picks"]
         .as_array()
         .unwrap()
@@ -117,19 +53,16 @@ fn select_gdig_top_and_id_check_on_bundled_data() {
     for (line, r) in got.iter().zip(&rows) {
         assert_eq!(line, &input_lines[*r]);
     }
-    let per: Vec<u64> = man["details"]["picks_per_cluster"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap())
-        .collect();
+    let counts = |v: &serde_json::Value| -> Vec<u64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect()
+    };
+    let per = counts(&man["details"]["picks_per_cluster"]);
     assert_eq!(per.iter().sum::<u64>(), 10);
-    let sizes: Vec<u64> = man["details"]["cluster_sizes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap())
-        .collect();
+    let sizes = counts(&man["details"]["cluster_sizes"]);
     // Even spread: a cluster gets fewer than its share only when it has no more samples.
     let hi = per.iter().max().unwrap();
     for (p, s) in per.iter().zip(&sizes) {
@@ -145,44 +78,21 @@ fn select_gdig_top_and_id_check_on_bundled_data() {
     assert_eq!(std::fs::read(&out).unwrap(), first);
 
     // Top 25% from a per-train score file.
-    let scores = dir.join("mean.parquet").display().to_string();
-    run_ok(&[
-        "score",
-        "--store",
-        &store_s,
-        "--queries",
-        &probes,
-        "--aggregate",
-        "mean",
-        "--out",
-        &scores,
-        "--threads",
-        "1",
-    ]);
-    let top = dir.join("top.jsonl").display().to_string();
-    run_ok(&[
-        "select", "--scores", &scores, "--size", "25%", "--data", &data_s, "--out", &top,
-    ]);
+    let scores = dir.arg("mean.parquet");
+    let score = "score --store {} --queries {} --out {} --threads 1";
+    let mut a = argv(score, &[&store_s, &probes, &scores]);
+    a.extend(["--aggregate", "mean"]);
+    run_ok(&a);
+    let top = dir.arg("top.jsonl");
+    let select = "select --scores {} --size {} --data {} --out {}";
+    run_ok(&argv(select, &[&scores, "25%", &data_s, &top]));
     assert_eq!(records(&std::fs::read_to_string(&top).unwrap()).len(), 10);
-    let (cols, _) =
-        inflow::scores::table::read_table(&dir.join("top.jsonl.selection.parquet")).unwrap();
-    let rank = cols
-        .iter()
-        .find(|c| c.0 == "rank")
-        .unwrap()
-        .1
-        .as_f64()
-        .unwrap();
+    let rank = f64_column(&dir.join("top.jsonl.selection.parquet"), "rank");
     assert_eq!(rank, (1..=10).map(|r| r as f64).collect::<Vec<_>>());
 
     // Scores from another file are refused, naming the data file and a sample.
-    let other = root()
-        .join("assets/data/probe-tasks.jsonl")
-        .display()
-        .to_string();
-    let o = run(&[
-        "select", "--scores", &scores, "--size", "5", "--data", &other, "--out", &top,
-    ]);
+    let other = asset("probe-tasks.jsonl");
+    let o = run(&argv(select, &[&scores, "5", &other, &top]));
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -190,20 +100,8 @@ fn select_gdig_top_and_id_check_on_bundled_data() {
         "{err}"
     );
     // A top-k file is refused with a hint.
-    let topk = dir.join("topk.parquet").display().to_string();
-    run_ok(&[
-        "score",
-        "--store",
-        &store_s,
-        "--queries",
-        &probes,
-        "--out",
-        &topk,
-        "--threads",
-        "1",
-    ]);
-    let o = run(&[
-        "select", "--scores", &topk, "--size", "5", "--data", &data_s, "--out", &top,
-    ]);
+    let topk = dir.arg("topk.parquet");
+    run_ok(&argv(score, &[&store_s, &probes, &topk]));
+    let o = run(&argv(select, &[&topk, "5", &data_s, &top]));
     assert!(String::from_utf8_lossy(&o.stderr).contains("top-k file"));
 }

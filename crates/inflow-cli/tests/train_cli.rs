@@ -3,38 +3,16 @@
 //! process logs the same losses as an uninterrupted run; checkpoint stores record their
 //! step and learning rate.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn run_ok(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_inflow"))
-        .current_dir(root())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "inflow {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+use common::{argv, asset, json, jsonl, manifest, read_json, run, run_ok, tiny_scratch};
+use std::path::Path;
 
 /// The log without wall-clock times.
 fn losses(dir: &Path) -> Vec<(u64, String, String)> {
-    std::fs::read_to_string(dir.join("train_log.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+    jsonl(&dir.join("train_log.jsonl"))
+        .iter()
+        .map(|v| {
             (
                 v["step"].as_u64().unwrap(),
                 v["loss"].to_string(),
@@ -46,51 +24,16 @@ fn losses(dir: &Path) -> Vec<(u64, String, String)> {
 
 #[test]
 fn train_resume_eval_export_and_checkpoint_features() {
-    let dir = std::env::temp_dir().join(format!("inflow-cli-train-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let model = dir.join("model");
-    inflow::model::tiny::write_random(&model, 32, 2, 1).unwrap();
-    let model = model.display().to_string();
-    let data = root().join("assets/data/train.jsonl").display().to_string();
-    let p = |name: &str| dir.join(name).display().to_string();
+    let (dir, model) = tiny_scratch("train", 32, 2, 1);
+    let data = asset("train.jsonl");
+    let p = |name: &str| dir.arg(name);
+    // The first 24 samples, 3 steps an epoch, a checkpoint every 2.
+    let train_line = "train --model {} --data {} --limit 24 --max-tokens 64 --lora-rank 4 \
+        --modules q,v,down --lora-dropout 0.1 --lr 5e-3 --batch-size 4 --grad-accum 2 \
+        --epochs 2 --save-every 2 --schedule cosine --warmup-steps 1 --threads 2 --out {}";
     let train = |out: &str, extra: &[&str]| {
-        let mut a = vec![
-            "train",
-            "--model",
-            &model,
-            "--data",
-            &data,
-            "--limit",
-            "24",
-            "--max-tokens",
-            "64",
-            "--lora-rank",
-            "4",
-            "--modules",
-            "q,v,down",
-            "--lora-dropout",
-            "0.1",
-            "--lr",
-            "5e-3",
-            "--batch-size",
-            "4",
-            "--grad-accum",
-            "2",
-            "--epochs",
-            "2",
-            "--save-every",
-            "2",
-            "--schedule",
-            "cosine",
-            "--warmup-steps",
-            "1",
-            "--threads",
-            "2",
-            "--out",
-            out,
-            "--json",
-        ];
+        let mut a = argv(train_line, &[&model, &data, out]);
+        a.push("--json");
         a.extend_from_slice(extra);
         run_ok(&a)
     };
@@ -109,78 +52,26 @@ fn train_resume_eval_export_and_checkpoint_features() {
         "{s}"
     );
     // The truncation policy is part of the run: resuming with another one is refused.
-    let out = Command::new(env!("CARGO_BIN_EXE_inflow"))
-        .current_dir(root())
-        .args([
-            "train",
-            "--model",
-            &model,
-            "--data",
-            &data,
-            "--limit",
-            "24",
-            "--max-tokens",
-            "64",
-            "--lora-rank",
-            "4",
-            "--modules",
-            "q,v,down",
-            "--lora-dropout",
-            "0.1",
-            "--lr",
-            "5e-3",
-            "--batch-size",
-            "4",
-            "--grad-accum",
-            "2",
-            "--epochs",
-            "2",
-            "--save-every",
-            "2",
-            "--schedule",
-            "cosine",
-            "--warmup-steps",
-            "1",
-            "--threads",
-            "2",
-            "--out",
-            &killed,
-            "--resume",
-            "--truncate",
-            "left",
-        ])
-        .output()
-        .unwrap();
+    let mut a = argv(train_line, &[&model, &data, &killed]);
+    a.extend(["--resume", "--truncate", "left"]);
+    let out = run(&a);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("truncate"), "{err}");
     // Without --resume an existing run is not overwritten.
-    let out = Command::new(env!("CARGO_BIN_EXE_inflow"))
-        .current_dir(root())
-        .args([
-            "train", "--model", &model, "--data", &data, "--limit", "24", "--out", &killed,
-        ])
-        .output()
-        .unwrap();
+    let out = run(&argv(
+        "train --model {} --data {} --limit 24 --out {}",
+        &[&model, &data, &killed],
+    ));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
 
     // eval-loss with the adapter, and with the merged export: the same numbers.
     let ck6 = format!("{straight}/checkpoint-6");
     let eval = |m: &str, adapter: Option<&str>| {
-        let mut a = vec![
-            "eval-loss",
-            "--model",
-            m,
-            "--data",
-            &data,
-            "--limit",
-            "8",
-            "--max-tokens",
-            "64",
-            "--json",
-            "--threads",
-            "1",
-        ];
+        let mut a = argv(
+            "eval-loss --model {} --data {} --limit 8 --max-tokens 64 --json --threads 1",
+            &[m, &data],
+        );
         if let Some(ad) = adapter {
             a.extend(["--adapter", ad]);
         }
@@ -189,43 +80,23 @@ fn train_resume_eval_export_and_checkpoint_features() {
     let base = eval(&model, None);
     let tuned = eval(&model, Some(&ck6));
     let merged = p("merged");
-    run_ok(&[
-        "export",
-        "--model",
-        &model,
-        "--adapter",
-        &ck6,
-        "--out",
-        &merged,
-    ]);
+    let export = "export --model {} --adapter {} --out {}";
+    run_ok(&argv(export, &[&model, &ck6, &merged]));
     let m = eval(&merged, None);
     assert!((m - tuned).abs() < 1e-4, "merged {m} vs adapter {tuned}");
     // The unmerged PEFT pair: OUT/base + OUT/adapter naming it; the same loss again.
     let pair = p("pair");
-    run_ok(&[
-        "export",
-        "--model",
-        &model,
-        "--adapter",
-        &ck6,
-        "--out",
-        &pair,
-        "--unmerged",
-    ]);
-    let acfg: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(format!("{pair}/adapter/adapter_config.json")).unwrap(),
-    )
-    .unwrap();
+    let mut a = argv(export, &[&model, &ck6, &pair]);
+    a.push("--unmerged");
+    run_ok(&a);
+    let acfg = read_json(Path::new(&format!("{pair}/adapter/adapter_config.json")));
     let base_abs = std::fs::canonicalize(format!("{pair}/base")).unwrap();
     assert_eq!(
         acfg["base_model_name_or_path"],
         base_abs.display().to_string()
     );
     assert!(acfg.get("inflow_modules").is_none());
-    let side: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(format!("{pair}/adapter/inflow_adapter.json")).unwrap(),
-    )
-    .unwrap();
+    let side = read_json(Path::new(&format!("{pair}/adapter/inflow_adapter.json")));
     assert_eq!(side["modules"], "q,v,down");
     assert_eq!(
         side["base_model"]["path"],
@@ -245,31 +116,16 @@ fn train_resume_eval_export_and_checkpoint_features() {
     // LoRA-gradient features of one adapter, and Adam-update features per checkpoint.
     // `index6(out, extra)`: the first 6 samples, 64 tokens, LoGra rank 2, one thread.
     let index6 = |out: &str, extra: &[&str]| {
-        let mut a = vec![
-            "index",
-            "--model",
-            &model,
-            "--data",
-            &data,
-            "--limit",
-            "6",
-            "--max-tokens",
-            "64",
-            "--rank",
-            "2",
-            "--out",
-            out,
-            "--threads",
-            "1",
-        ];
+        let mut a = argv(
+            "index --model {} --data {} --limit 6 --max-tokens 64 --rank 2 --out {} --threads 1",
+            &[&model, &data, out],
+        );
         a.extend_from_slice(extra);
         run_ok(&a);
     };
     let store = p("lora-store");
     index6(&store, &["--adapter", &ck6, "--lora-grads"]);
-    let man: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{store}/manifest.json")).unwrap())
-            .unwrap();
+    let man = manifest(Path::new(&store)).unwrap();
     let f = &man["spec"]["features"];
     assert_eq!(
         f["layers"][0]["name"],
@@ -280,11 +136,7 @@ fn train_resume_eval_export_and_checkpoint_features() {
     assert_eq!(man["spec"]["dim"], 12 * 4);
     // The true Fisher of a store indexed at an adapter is taken at the adapted weights; one of
     // LoRA-parameter features is refused with a reason.
-    let out = Command::new(env!("CARGO_BIN_EXE_inflow"))
-        .current_dir(root())
-        .args(["fit", "--store", &store, "--fisher", "true"])
-        .output()
-        .unwrap();
+    let out = run(&["fit", "--store", &store, "--fisher", "true"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--lora-grads"));
     let draw = |name: &str, adapter: Option<&str>| -> Vec<u8> {
@@ -303,44 +155,23 @@ fn train_resume_eval_export_and_checkpoint_features() {
         at_base, at_adapter,
         "the adapter was not applied to the Fisher pass"
     );
-    let per = p("per-checkpoint");
     let ck2 = format!("{straight}/checkpoint-2");
     let ck4 = format!("{straight}/checkpoint-4");
-    run_ok(&[
-        "index",
-        "--model",
-        &model,
-        "--checkpoints",
-        &ck2,
-        &ck4,
-        "--lora-grads",
-        "--adam",
-        "--projection",
-        "dense",
-        "--dim",
-        "32",
-        "--data",
-        &data,
-        "--limit",
-        "6",
-        "--max-tokens",
-        "64",
-        "--out",
-        &per,
-        "--threads",
-        "1",
-    ]);
-    let log: Vec<serde_json::Value> =
-        std::fs::read_to_string(format!("{straight}/train_log.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+    // `per_checkpoint(out, extra)`: LoRA-gradient stores of checkpoints 2 and 4, dense dim 32.
+    let per_checkpoint = |out: &str, extra: &[&str]| {
+        let mut a = argv(
+            "index --model {} --checkpoints {} {} --lora-grads --projection dense --dim 32 \
+             --data {} --limit 6 --max-tokens 64 --out {} --threads 1",
+            &[&model, &ck2, &ck4, &data, out],
+        );
+        a.extend_from_slice(extra);
+        run_ok(&a);
+    };
+    let per = p("per-checkpoint");
+    per_checkpoint(&per, &["--adam"]);
+    let log = jsonl(Path::new(&format!("{straight}/train_log.jsonl")));
     for (name, step) in [("checkpoint-2", 2usize), ("checkpoint-4", 4)] {
-        let man: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(format!("{per}/{name}/manifest.json")).unwrap(),
-        )
-        .unwrap();
+        let man = manifest(Path::new(&format!("{per}/{name}"))).unwrap();
         let f = &man["spec"]["features"];
         assert_eq!(f["gradient"]["kind"], "adam");
         assert_eq!(f["checkpoint"]["step"], step);
@@ -353,27 +184,12 @@ fn train_resume_eval_export_and_checkpoint_features() {
     }
 
     // LESS over the Adam-update stores, against target tasks.
-    let probes = root()
-        .join("assets/data/probe-tasks.jsonl")
-        .display()
-        .to_string();
+    let probes = asset("probe-tasks.jsonl");
     let less_out = p("less.parquet");
-    let v = json(&run_ok(&[
-        "score",
-        "--store",
-        &per,
-        "--method",
-        "less",
-        "--queries",
-        &probes,
-        "--limit",
-        "8",
-        "--out",
-        &less_out,
-        "--json",
-        "--threads",
-        "1",
-    ]));
+    let v = json(&run_ok(&argv(
+        "score --store {} --method less --queries {} --limit 8 --out {} --json --threads 1",
+        &[&per, &probes, &less_out],
+    )));
     assert_eq!(v["checkpoints"].as_array().unwrap().len(), 2);
     let (cols, _) = inflow::scores::table::read_table(Path::new(&less_out)).unwrap();
     assert_eq!(
@@ -384,47 +200,13 @@ fn train_resume_eval_export_and_checkpoint_features() {
 
     // TracIn over SGD stores is the η-weighted sum of the per-checkpoint scores.
     let sgd = p("per-checkpoint-sgd");
-    run_ok(&[
-        "index",
-        "--model",
-        &model,
-        "--checkpoints",
-        &ck2,
-        &ck4,
-        "--lora-grads",
-        "--projection",
-        "dense",
-        "--dim",
-        "32",
-        "--data",
-        &data,
-        "--limit",
-        "6",
-        "--max-tokens",
-        "64",
-        "--out",
-        &sgd,
-        "--threads",
-        "1",
-    ]);
+    per_checkpoint(&sgd, &[]);
     let mean_scores = |store: &str, out: &str| -> std::collections::HashMap<String, f64> {
-        run_ok(&[
-            "score",
-            "--store",
-            store,
-            "--method",
-            "tracin",
-            "--queries",
-            &probes,
-            "--limit",
-            "4",
-            "--aggregate",
-            "mean",
-            "--out",
-            out,
-            "--threads",
-            "1",
-        ]);
+        run_ok(&argv(
+            "score --store {} --method tracin --queries {} --limit 4 --aggregate mean --out {} \
+             --threads 1",
+            &[store, &probes, out],
+        ));
         let (cols, _) = inflow::scores::table::read_table(Path::new(out)).unwrap();
         let ids = cols[0].1.as_str().unwrap().to_vec();
         let sc = cols[1].1.as_f64().unwrap();
@@ -442,5 +224,4 @@ fn train_resume_eval_export_and_checkpoint_features() {
         );
     }
     assert!(both.values().any(|s| s.abs() > 0.0));
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -48,3 +48,79 @@ impl Error {
         }
     }
 }
+
+/// The error for a name that is none of `names`: "unknown {what} `{name}`; expected {expected}",
+/// where `expected` defaults to the names as a list ("a, b or c").
+pub fn unknown_name(what: &str, name: &str, names: &[&str], expected: Option<&str>) -> Error {
+    let list = match names {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+    };
+    Error::Msg(format!(
+        "unknown {what} `{name}`; expected {}",
+        expected.unwrap_or(&list)
+    ))
+}
+
+/// `FromStr` and `Display` for an enum of unit variants chosen by name (on the command line,
+/// in a file): each variant's name is written once, and an unknown name is refused listing
+/// them ([`unknown_name`]), or with the text after `expected`:
+///
+/// ```ignore
+/// names!(Template: "template", Auto = "auto", Chat = "chat", Plain = "plain");
+/// // "unknown template `x`; expected auto, chat or plain"
+/// ```
+macro_rules! names {
+    ($t:ty: $what:literal, $($v:ident = $name:literal),+ $(; expected $expected:literal)?) => {
+        impl std::str::FromStr for $t {
+            type Err = $crate::Error;
+            fn from_str(s: &str) -> $crate::Result<Self> {
+                match s {
+                    $($name => Ok(Self::$v),)+
+                    _ => Err($crate::error::unknown_name(
+                        $what,
+                        s,
+                        &[$($name),+],
+                        None$(.or(Some($expected)))?,
+                    )),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(match self {
+                    $(Self::$v => $name,)+
+                })
+            }
+        }
+    };
+}
+pub(crate) use names;
+
+#[cfg(test)]
+mod tests {
+    use super::unknown_name;
+
+    #[test]
+    fn unknown_names_are_refused_with_the_list() {
+        let e = |names: &[&str]| unknown_name("kind", "x", names, None).to_string();
+        assert_eq!(e(&["a"]), "unknown kind `x`; expected a");
+        assert_eq!(e(&["a", "b"]), "unknown kind `x`; expected a or b");
+        assert_eq!(e(&["a", "b", "c"]), "unknown kind `x`; expected a, b or c");
+        let custom = unknown_name("kind", "x", &["a"], Some("a (the only one)"));
+        assert_eq!(
+            custom.to_string(),
+            "unknown kind `x`; expected a (the only one)"
+        );
+        let t: crate::data::tokens::Template = "plain".parse().unwrap();
+        assert_eq!(t.to_string(), "plain");
+        let err = "start"
+            .parse::<crate::data::tokens::Truncate>()
+            .unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("unknown truncation `start`; expected left (cut"));
+    }
+}

@@ -93,6 +93,22 @@ pub trait FeaturePass: Sync {
     fn spec(&self) -> &FeatureSpec;
     /// Features and losses of one micro-batch; `observer` sees its model pass.
     fn batch<O: PassObserver>(&self, seqs: &[TokenSeq], observer: &mut O) -> Result<Batch>;
+
+    /// Feature rows and sample records for `samples`, in order: [`featurize_with`], observing
+    /// nothing of the pass.
+    fn featurize(
+        &self,
+        samples: &[Sample],
+        batch_size: usize,
+        threads: usize,
+        progress: &Progress,
+    ) -> Result<Featurized>
+    where
+        Self: Sized,
+    {
+        let (out, ()) = featurize_with(self, samples, batch_size, threads, progress)?;
+        Ok(out)
+    }
 }
 
 /// (last prompt token, mean over response tokens) hidden states of each sample of a batch.
@@ -238,19 +254,6 @@ impl<'a> Featurizer<'a> {
     pub fn renderer(&self) -> &Renderer<'a> {
         &self.renderer
     }
-
-    /// Feature rows (n × dim) and sample records for `samples`, in order. The samples are
-    /// split into `threads` contiguous parts processed in parallel, each in micro-batches.
-    pub fn featurize(
-        &self,
-        samples: &[Sample],
-        batch_size: usize,
-        threads: usize,
-        progress: &Progress,
-    ) -> Result<Featurized> {
-        let (out, ()) = featurize_with(self, samples, batch_size, threads, progress)?;
-        Ok(out)
-    }
 }
 
 impl FeaturePass for Featurizer<'_> {
@@ -341,21 +344,34 @@ pub fn in_parallel_parts<T: Send>(
 ) -> Result<Vec<T>> {
     let threads = threads.max(1).min(samples.len().max(1));
     let part = samples.len().div_ceil(threads).max(1);
+    let parts: Vec<&[Sample]> = samples.chunks(part).collect();
+    on_threads(&parts, "feature worker", |_, chunk| work(chunk))
+        .into_iter()
+        .collect()
+}
+
+/// Runs `work(i, part)` for every part on a scoped thread of its own and returns the results
+/// in part order; a worker that panics gives an error naming `what`.
+pub fn on_threads<P: Sync, T: Send>(
+    parts: &[P],
+    what: &str,
+    work: impl Fn(usize, &P) -> Result<T> + Sync,
+) -> Vec<Result<T>> {
     let work = &work;
-    let results: Vec<Result<T>> = std::thread::scope(|s| {
-        let handles: Vec<_> = samples
-            .chunks(part)
-            .map(|chunk| s.spawn(move || work(chunk)))
+    std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| s.spawn(move || work(i, p)))
             .collect();
         handles
             .into_iter()
             .map(|h| {
                 h.join()
-                    .unwrap_or_else(|_| Err(Error::Msg("feature worker panicked".into())))
+                    .unwrap_or_else(|_| Err(Error::Msg(format!("{what} panicked"))))
             })
             .collect()
-    });
-    results.into_iter().collect()
+    })
 }
 
 /// A sample's tokens and its record in the store's samples table (loss filled in later).
@@ -448,32 +464,6 @@ pub struct StoreExtras {
     pub features: Vec<(String, serde_json::Value)>,
     /// Fields added to `run.json`.
     pub run: Vec<(String, serde_json::Value)>,
-}
-
-/// Runs (or resumes) an index of the tracked base Linears into `out`, with the RepSim
-/// sub-stores and whatever `O` observes of the pass saved per shard (`curvature::kfac` has the
-/// `run_index` that `inflow index` runs, with the K-FAC token statistics). `on_shard` is called
-/// after each shard with the rows done so far and the total.
-pub fn run_index_with<O: PassObserver>(
-    model: &LoadedModel,
-    opts: &IndexOptions,
-    out: &Path,
-    progress: &Progress,
-    on_shard: &mut dyn FnMut(usize, usize),
-) -> Result<IndexSummary> {
-    let extras = StoreExtras {
-        repsim: true,
-        ..Default::default()
-    };
-    index_pass::<_, O>(
-        model,
-        opts,
-        out,
-        || Featurizer::new(model, &opts.features),
-        extras,
-        progress,
-        on_shard,
-    )
 }
 
 /// Runs (or resumes) the feature pass that `make` builds (after the data is read) over

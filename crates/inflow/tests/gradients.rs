@@ -5,36 +5,36 @@ use candle_core::{DType, Tensor};
 use inflow::features::{
     logra, per_sample_gradient, select_modules, FeatureSpec, Projection, Projector,
 };
-use inflow::model::{tiny, Llama, LoadedModel, TokenSeq};
+use inflow::model::{tiny, Captured, Llama, LoadedModel, TokenSeq};
 use std::collections::HashMap;
 
+mod common;
+
+use common::{to_f64, token_seqs};
+
 fn seqs(m: &LoadedModel) -> Vec<TokenSeq> {
-    let texts = [
-        ("Question: 2+2?", " Answer: four."),
-        ("Translate 'chat' to English.", " cat"),
-        ("Say hello", " Hello there, friend! How are you today?"),
-        ("x", " y"),
-        (
-            "A longer prompt about the weather in the mountains",
-            " It is cold.",
-        ),
-        ("Name a colour", " Blue."),
-        ("Count", " one two three four five"),
-        ("Empty-ish", " ok"),
-    ];
-    texts
-        .iter()
-        .map(|(p, r)| {
-            let pi = m.encode(p).unwrap();
-            let ri = m.encode(r).unwrap();
-            let mut loss_mask = vec![false; pi.len()];
-            loss_mask.extend(std::iter::repeat_n(true, ri.len()));
-            TokenSeq {
-                ids: [pi, ri].concat(),
-                loss_mask,
-            }
-        })
-        .collect()
+    token_seqs(
+        m,
+        &[
+            ("Question: 2+2?", " Answer: four."),
+            ("Translate 'chat' to English.", " cat"),
+            ("Say hello", " Hello there, friend! How are you today?"),
+            ("x", " y"),
+            (
+                "A longer prompt about the weather in the mountains",
+                " It is cold.",
+            ),
+            ("Name a colour", " Blue."),
+            ("Count", " one two three four five"),
+            ("Empty-ish", " ok"),
+        ],
+    )
+}
+
+/// The loss of `batch` and what every block Linear saw of it (inputs, output gradients).
+fn capture_all(m: &LoadedModel, batch: &[TokenSeq]) -> Captured {
+    let all: Vec<usize> = (0..m.llama.linears().len()).collect();
+    m.llama.loss_and_capture(batch, &all).unwrap()
 }
 
 fn rel_err(a: &[f64], b: &[f64]) -> f64 {
@@ -48,21 +48,11 @@ fn rel_err(a: &[f64], b: &[f64]) -> f64 {
     num / den.max(1e-300)
 }
 
-fn to_f64(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
 #[test]
 fn captured_gradient_equals_autograd_for_batch_of_one() {
     let m = tiny::random(&tiny::config(16, 2), 3, DType::F64).unwrap();
     let batch = &seqs(&m)[..1];
-    let all: Vec<usize> = (0..m.llama.linears().len()).collect();
-    let cap = m.llama.loss_and_capture(batch, &all).unwrap();
+    let cap = capture_all(&m, batch);
 
     let mut trainable = tiny::random(&tiny::config(16, 2), 3, DType::F64)
         .unwrap()
@@ -91,8 +81,7 @@ fn captured_gradient_matches_central_finite_differences() {
     let cfg = tiny::config(16, 2);
     let m = tiny::random(&cfg, 5, DType::F64).unwrap();
     let batch = &seqs(&m)[2..3];
-    let all: Vec<usize> = (0..m.llama.linears().len()).collect();
-    let cap = m.llama.loss_and_capture(batch, &all).unwrap();
+    let cap = capture_all(&m, batch);
     let base: HashMap<String, Tensor> = m.llama.hf_tensors().into_iter().collect();
     let loss64 = |name: &str, idx: usize, delta: f64| -> f64 {
         let mut t = base.clone();
@@ -125,7 +114,6 @@ fn captured_gradient_matches_central_finite_differences() {
 }
 
 fn features(m: &LoadedModel, batch: &[TokenSeq], proj: Projection) -> (Vec<f32>, usize) {
-    let all: Vec<usize> = (0..m.llama.linears().len()).collect();
     let spec = FeatureSpec {
         projection: proj,
         seed: 11,
@@ -134,7 +122,7 @@ fn features(m: &LoadedModel, batch: &[TokenSeq], proj: Projection) -> (Vec<f32>,
     };
     let dim = spec.dim();
     let p = Projector::new(spec, m.llama.dtype()).unwrap();
-    let cap = m.llama.loss_and_capture(batch, &all).unwrap();
+    let cap = capture_all(m, batch);
     (p.project(&cap).unwrap(), dim)
 }
 
@@ -218,8 +206,7 @@ fn logra_equals_projected_explicit_gradient() {
 fn dense_projection_preserves_inner_products_within_jl_bounds() {
     let m = tiny::random(&tiny::config(16, 1), 4, DType::F32).unwrap();
     let batch = &seqs(&m)[..4];
-    let all: Vec<usize> = (0..m.llama.linears().len()).collect();
-    let cap = m.llama.loss_and_capture(batch, &all).unwrap();
+    let cap = capture_all(&m, batch);
     let full = {
         let spec = FeatureSpec {
             projection: Projection::Full,

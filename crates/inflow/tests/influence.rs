@@ -6,25 +6,18 @@
 use candle_core::DType;
 use inflow::curvature::{self, kfac, Options, Preconditioner};
 use inflow::data::tokens::{Template, Truncate};
-use inflow::data::{Format, ReadOptions};
 use inflow::estimators::influence::Influence;
 use inflow::eval::rank::spearman;
 use inflow::features::Projection;
-use inflow::index::{FeatureOptions, Featurizer, IndexOptions, Progress};
+use inflow::index::{FeatureOptions, FeaturePass, Featurizer, IndexOptions, Progress};
 use inflow::model::{tiny, LoadedModel};
 use inflow::store::{Dtype, Store};
 use std::path::{Path, PathBuf};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("inflow-infl-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use common::alpaca;
+use inflow_testkit::{asset, root, scratch};
 
 fn features() -> FeatureOptions {
     FeatureOptions {
@@ -40,20 +33,27 @@ fn features() -> FeatureOptions {
     }
 }
 
-fn index(m: &LoadedModel, out: &Path, n: usize, shard: usize, batch: usize) -> Store {
-    let opts = IndexOptions {
-        data: root().join("assets/data/train.jsonl"),
-        read: ReadOptions {
-            format: Format::Alpaca,
-            skip_bad: false,
-            limit: Some(n),
-        },
-        features: features(),
+/// Indexing the first `n` samples of `data` (Alpaca) with `f` into f32 shards of `shard` rows,
+/// micro-batches of `batch`, on `threads` threads.
+fn index_options(
+    data: PathBuf,
+    n: usize,
+    f: FeatureOptions,
+    (shard, batch, threads): (usize, usize, usize),
+) -> IndexOptions {
+    IndexOptions {
+        data,
+        read: alpaca(Some(n)),
+        features: f,
         dtype: Dtype::F32,
         shard_size: shard,
         batch_size: batch,
-        threads: 1,
-    };
+        threads,
+    }
+}
+
+fn index(m: &LoadedModel, out: &Path, n: usize, shard: usize, batch: usize) -> Store {
+    let opts = index_options(asset("train.jsonl"), n, features(), (shard, batch, 1));
     kfac::run_index(m, &opts, out, &Progress::default(), &mut |_, _| {}).unwrap();
     let s = Store::open(out).unwrap();
     kfac::fit(&s, kfac::FactorSource::Tokens).unwrap();
@@ -71,15 +71,7 @@ fn queries(m: &LoadedModel) -> (Vec<f32>, usize) {
 /// Features of the first `n` probe-task queries under `f`.
 fn probe_features(m: &LoadedModel, f: &FeatureOptions, n: usize) -> Vec<f32> {
     let fz = Featurizer::new(m, f).unwrap();
-    let q = inflow::data::read_samples(
-        &root().join("assets/data/probe-tasks.jsonl"),
-        &ReadOptions {
-            format: Format::Alpaca,
-            skip_bad: false,
-            limit: Some(n),
-        },
-    )
-    .unwrap();
+    let q = inflow::data::read_samples(&asset("probe-tasks.jsonl"), &alpaca(Some(n))).unwrap();
     fz.featurize(&q.samples, 1, 1, &Progress::default())
         .unwrap()
         .grads
@@ -87,19 +79,8 @@ fn probe_features(m: &LoadedModel, f: &FeatureOptions, n: usize) -> Vec<f32> {
 
 /// Index options for the first `n` samples of the NI training split in `../shared`.
 fn ni_options(f: &FeatureOptions, n: usize) -> IndexOptions {
-    IndexOptions {
-        data: root().join("../shared/data/natural-instructions/train.jsonl"),
-        read: ReadOptions {
-            format: Format::Alpaca,
-            skip_bad: false,
-            limit: Some(n),
-        },
-        features: f.clone(),
-        dtype: Dtype::F32,
-        shard_size: 1000,
-        batch_size: 4,
-        threads: 2,
-    }
+    let data = root().join("../shared/data/natural-instructions/train.jsonl");
+    index_options(data, n, f.clone(), (1000, 4, 2))
 }
 
 fn scores(store: &Store, pre: Box<dyn Preconditioner + '_>, q: &[f32]) -> Vec<Vec<f64>> {
@@ -111,6 +92,17 @@ fn scores(store: &Store, pre: Box<dyn Preconditioner + '_>, q: &[f32]) -> Vec<Ve
     (0..nq)
         .map(|i| full[i * n..(i + 1) * n].iter().map(|&x| x as f64).collect())
         .collect()
+}
+
+/// The per-layer blocks of a store's features.
+fn blocks_of(store: &Store) -> Vec<curvature::Block> {
+    curvature::blocks(&curvature::store_feature_spec(store).unwrap())
+}
+
+/// ‖got − want‖ / ‖want‖.
+fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+    let diff = got.iter().zip(want).map(|(a, b)| (*a as f64 - b).powi(2));
+    diff.sum::<f64>().sqrt() / want.iter().map(|b| b * b).sum::<f64>().sqrt()
 }
 
 /// Mean over queries of the Spearman correlation between two methods' score rows.
@@ -127,36 +119,19 @@ fn model() -> LoadedModel {
 #[test]
 fn ekfac_matches_exact_when_the_fisher_is_kronecker() {
     use inflow::features::FeatureSpec;
-    use inflow::model::LinearInfo;
     use inflow::store::StoreSpec;
-    let dir = tmp("kronecker");
+    let dir = scratch("kronecker");
     let (rows, cols, n) = (3usize, 4usize, 4000usize);
-    let layers: Vec<LinearInfo> = (0..2)
-        .map(|l| LinearInfo {
-            name: format!("layer{l}"),
-            d_out: 8,
-            d_in: 8,
-        })
-        .collect();
-    let fspec = FeatureSpec {
-        projection: Projection::Logra {
+    let fspec = FeatureSpec::synthetic(
+        2,
+        8,
+        Projection::Logra {
             rank_in: cols,
             rank_out: rows,
         },
-        seed: 0,
-        loss: "synthetic".into(),
-        layers,
-    };
+    );
     let dim = fspec.dim();
-    let spec = StoreSpec {
-        model: serde_json::json!({}),
-        data: serde_json::json!({}),
-        features: serde_json::to_value(&fspec).unwrap(),
-        dtype: Dtype::F32,
-        dim,
-        shard_size: 1000,
-    };
-    let mut store = Store::create_or_resume(&dir.join("s"), spec, n).unwrap();
+    let spec = StoreSpec::synthetic(serde_json::to_value(&fspec).unwrap(), Dtype::F32, dim, 1000);
     let mut rng = inflow::features::random::Stream::new(3, "kron");
     // Correlated Gaussian factors: u = L_S z, v = L_A z with random lower-triangular L.
     let mut tri = |k: usize| -> Vec<f64> {
@@ -184,31 +159,10 @@ fn ekfac_matches_exact_when_the_fisher_is_kronecker() {
         }
         all.extend(row);
     }
-    let rows_meta: Vec<inflow::store::SampleRow> = (0..n)
-        .map(|i| inflow::store::SampleRow {
-            id: format!("{i}"),
-            row: i as u64,
-            n_tokens: 1,
-            n_loss_tokens: 1,
-            loss: 0.0,
-            truncated: false,
-            prompt_tokens_cut: 0,
-            response_tokens_cut: 0,
-            prompt: String::new(),
-            response: String::new(),
-        })
-        .collect();
-    for sh in 0..4 {
-        store
-            .write_shard(
-                sh,
-                &all[sh * 1000 * dim..(sh + 1) * 1000 * dim],
-                &rows_meta[sh * 1000..(sh + 1) * 1000],
-            )
-            .unwrap();
-    }
-    store.finish().unwrap();
-    let store = Store::open(&dir.join("s")).unwrap();
+    let store = Store::write_synthetic(&dir.join("s"), spec, n, |r| {
+        all[r.start * dim..r.end * dim].to_vec()
+    })
+    .unwrap();
     kfac::fit(&store, kfac::FactorSource::Samples).unwrap();
     let q: Vec<f32> = all[..8 * dim].to_vec();
     let opts = Options {
@@ -227,7 +181,6 @@ fn ekfac_matches_exact_when_the_fisher_is_kronecker() {
             "{name} vs exact on Kronecker gradients: Spearman {rho}"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// On a tiny random Llama the per-sample Fisher is far from Kronecker-factored; EK-FAC must
@@ -236,7 +189,7 @@ fn ekfac_matches_exact_when_the_fisher_is_kronecker() {
 #[test]
 fn ekfac_is_closer_to_exact_than_kfac_and_identity_on_a_tiny_lm() {
     let m = model();
-    let dir = tmp("rank");
+    let dir = scratch("rank");
     let store = index(&m, &dir.join("s"), 200, 64, 1);
     let (q, _) = queries(&m);
     let opts = Options {
@@ -265,7 +218,6 @@ fn ekfac_is_closer_to_exact_than_kfac_and_identity_on_a_tiny_lm() {
             "{report:?}"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// EK-FAC against the exact damped Gauss–Newton matrix (the true Fisher, METHODS.md §2) on
@@ -281,7 +233,7 @@ fn ekfac_ranks_like_the_exact_gauss_newton_on_a_tiny_lm() {
     use inflow::curvature::exact::Exact;
     use inflow::curvature::fisher::{self, Fisher, FisherSamples};
     let m = model();
-    let dir = tmp("gn");
+    let dir = scratch("gn");
     let mut f = features();
     f.modules = "layers.1.mlp.down_proj".into();
     let opts = ni_options(&f, 3000);
@@ -353,7 +305,6 @@ fn ekfac_ranks_like_the_exact_gauss_newton_on_a_tiny_lm() {
     );
     assert!(v(1.0, "ekfac/tokens") >= 0.95, "{report:?}");
     assert!(v(0.1, "ekfac/tokens") >= 0.93, "{report:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A Fisher store laid out differently from the training store is refused, naming it, and a
@@ -362,23 +313,11 @@ fn ekfac_ranks_like_the_exact_gauss_newton_on_a_tiny_lm() {
 fn fisher_stores_must_match_the_training_store() {
     use inflow::curvature::fisher::{self, Fisher, FisherSamples};
     let m = model();
-    let dir = tmp("layout");
+    let dir = scratch("layout");
     let a = index(&m, &dir.join("a"), 8, 8, 1);
     let mut f = features();
     f.modules = "layers.0.self_attn.q_proj".into();
-    let opts = IndexOptions {
-        data: root().join("assets/data/train.jsonl"),
-        read: ReadOptions {
-            format: Format::Alpaca,
-            skip_bad: false,
-            limit: Some(8),
-        },
-        features: f,
-        dtype: Dtype::F32,
-        shard_size: 8,
-        batch_size: 1,
-        threads: 1,
-    };
+    let opts = index_options(asset("train.jsonl"), 8, f, (8, 1, 1));
     let other = fisher::index_draw(&m, &opts, &dir.join("b"), 0, &Progress::default()).unwrap();
     let e = kfac::fit_with(
         &a,
@@ -398,16 +337,14 @@ fn fisher_stores_must_match_the_training_store() {
         .expect("missing draws must be an error")
         .to_string();
     assert!(e.contains("draw 0"), "{e}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn kfac_equals_the_explicit_kronecker_inverse() {
     let m = model();
-    let dir = tmp("kron");
+    let dir = scratch("kron");
     let store = index(&m, &dir.join("s"), 12, 12, 1);
-    let spec = curvature::store_feature_spec(&store).unwrap();
-    let blocks = curvature::blocks(&spec);
+    let blocks = blocks_of(&store);
     let damping = 0.3;
     let pre = kfac::KfacPreconditioner::load(&store, false, damping).unwrap();
     let t = candle_core::safetensors::load(
@@ -461,16 +398,14 @@ fn kfac_equals_the_explicit_kronecker_inverse() {
             num / den
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn datainf_equals_its_closed_form_and_lissa_converges_to_exact() {
     let m = model();
-    let dir = tmp("closed");
+    let dir = scratch("closed");
     let store = index(&m, &dir.join("s"), 10, 4, 1);
-    let spec = curvature::store_feature_spec(&store).unwrap();
-    let blocks = curvature::blocks(&spec);
+    let blocks = blocks_of(&store);
     let dim = store.dim();
     let (q, _) = queries(&m);
     let q = &q[..dim];
@@ -521,13 +456,7 @@ fn datainf_equals_its_closed_form_and_lissa_converges_to_exact() {
         .unwrap()
         .apply(&mut got, dim)
         .unwrap();
-    let err = got
-        .iter()
-        .zip(&expect)
-        .map(|(a, b)| (*a as f64 - b).powi(2))
-        .sum::<f64>()
-        .sqrt()
-        / expect.iter().map(|b| b * b).sum::<f64>().sqrt();
+    let err = rel_err(&got, &expect);
     assert!(err < 1e-5, "DataInf vs closed form: {err}");
 
     // LiSSA (full batch) converges to the exact damped inverse.
@@ -545,13 +474,7 @@ fn datainf_equals_its_closed_form_and_lissa_converges_to_exact() {
     lissa.apply(&mut got, dim).unwrap();
     let exact = curvature::exact::Exact::new(&store, 50.0).unwrap();
     let x = exact.solve(&q.iter().map(|&v| v as f64).collect::<Vec<_>>());
-    let err = got
-        .iter()
-        .zip(&x)
-        .map(|(a, b)| (*a as f64 - b).powi(2))
-        .sum::<f64>()
-        .sqrt()
-        / x.iter().map(|b| b * b).sum::<f64>().sqrt();
+    let err = rel_err(&got, &x);
     let rep = lissa.report();
     eprintln!("{}", rep.summary);
     assert!(err < 1e-3, "LiSSA vs exact: {err}, report {rep:?}");
@@ -595,13 +518,12 @@ fn datainf_equals_its_closed_form_and_lissa_converges_to_exact() {
     assert!(!rep.converged && rep.iterations == 5, "{rep:?}");
     assert!(rep.summary.contains(": not converged;"), "{}", rep.summary);
     assert!(rep.residual > 1e-2, "{rep:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn influence_does_not_depend_on_batch_size_or_shard_split() {
     let m = model();
-    let dir = tmp("split");
+    let dir = scratch("split");
     let a = index(&m, &dir.join("a"), 12, 12, 1);
     let b = index(&m, &dir.join("b"), 12, 5, 4);
     let (q, _) = queries(&m);
@@ -616,7 +538,6 @@ fn influence_does_not_depend_on_batch_size_or_shard_split() {
             );
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// K-FAC is exact where theory says it is (Martens & Grosse 2015; Bernacchia et al. 2018): in a
@@ -690,36 +611,15 @@ fn kfac_is_exact_per_layer_on_a_deep_linear_network() {
     };
     let dim = fspec.dim();
     assert_eq!(rows.len(), n * dim);
-    let dir = tmp("deep-linear");
-    let spec = StoreSpec {
-        model: serde_json::json!({}),
-        data: serde_json::json!({}),
-        features: serde_json::to_value(&fspec).unwrap(),
-        dtype: Dtype::F32,
-        dim,
-        shard_size: n,
-    };
-    let mut store = Store::create_or_resume(&dir.join("s"), spec, n).unwrap();
-    let meta: Vec<inflow::store::SampleRow> = (0..n)
-        .map(|i| inflow::store::SampleRow {
-            id: format!("{i}"),
-            row: i as u64,
-            n_tokens: 1,
-            n_loss_tokens: 1,
-            loss: 0.0,
-            truncated: false,
-            prompt_tokens_cut: 0,
-            response_tokens_cut: 0,
-            prompt: String::new(),
-            response: String::new(),
-        })
-        .collect();
-    store.write_shard(0, &rows, &meta).unwrap();
-    store.finish().unwrap();
-    let store = Store::open(&dir.join("s")).unwrap();
+    let dir = scratch("deep-linear");
+    let spec = StoreSpec::synthetic(serde_json::to_value(&fspec).unwrap(), Dtype::F32, dim, n);
+    let store = Store::write_synthetic(&dir.join("s"), spec, n, |r| {
+        rows[r.start * dim..r.end * dim].to_vec()
+    })
+    .unwrap();
     kfac::fit(&store, kfac::FactorSource::Samples).unwrap();
     let damping = 0.05;
-    let blocks = curvature::blocks(&curvature::store_feature_spec(&store).unwrap());
+    let blocks = blocks_of(&store);
     let v: Vec<f32> = (0..dim).map(|_| rng.normal() as f32).collect();
     for ekfac in [false, true] {
         let pre = kfac::KfacPreconditioner::load(&store, ekfac, damping).unwrap();
@@ -752,7 +652,6 @@ fn kfac_is_exact_per_layer_on_a_deep_linear_network() {
             );
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The tiny Llama fully fine-tuned for 2 epochs on the first `n` NI training samples.
@@ -760,15 +659,7 @@ fn trained_tiny(data: &Path, n: usize) -> LoadedModel {
     use inflow::data::tokens::Renderer;
     use inflow::train::{Method, TrainData, TrainOptions};
     let mut trained = model();
-    let rs = inflow::data::read_samples(
-        data,
-        &ReadOptions {
-            format: Format::Alpaca,
-            skip_bad: false,
-            limit: Some(n),
-        },
-    )
-    .unwrap();
+    let rs = inflow::data::read_samples(data, &alpaca(Some(n))).unwrap();
     let r = Renderer::new(&trained, Template::Auto, 64)
         .unwrap()
         .with_truncate(Truncate::Left);
@@ -785,7 +676,7 @@ fn trained_tiny(data: &Path, n: usize) -> LoadedModel {
     o.epochs = 2;
     o.batch_size = 8;
     o.threads = 2;
-    let d = tmp("grid-train");
+    let d = scratch("grid-train");
     let s = inflow::train::train(
         &mut trained,
         &TrainData {
@@ -799,7 +690,6 @@ fn trained_tiny(data: &Path, n: usize) -> LoadedModel {
     )
     .unwrap();
     eprintln!("trained: loss {:?} -> {:?}", s.first_loss, s.last_loss);
-    let _ = std::fs::remove_dir_all(&d);
     trained
 }
 
@@ -836,7 +726,7 @@ fn grid_ekfac_vs_exact() {
             let mut f = features();
             f.modules = modules.into();
             f.projection = proj.clone();
-            let base = tmp("grid");
+            let base = scratch("grid");
             let opts = ni_options(&f, n);
             let p = Progress::default();
             kfac::run_index(m, &opts, &base, &p, &mut |_, _| {}).unwrap();
@@ -858,8 +748,7 @@ fn grid_ekfac_vs_exact() {
                     let ex = |bd| Box::new(Exact::over_blocks(&exact_set, damping, bd).unwrap());
                     let exact = scores(&train, ex(false), &q);
                     let mut line = format!("{mname} {modules} damping={damping} {fisher}:");
-                    if curvature::blocks(&curvature::store_feature_spec(&train).unwrap()).len() > 1
-                    {
+                    if blocks_of(&train).len() > 1 {
                         let s = scores(&train, ex(true), &q);
                         line += &format!(" exact-blockdiag={:.3}", mean_spearman(&s, &exact));
                     }
@@ -892,7 +781,6 @@ fn grid_ekfac_vs_exact() {
                     eprintln!("{line}");
                 }
             }
-            let _ = std::fs::remove_dir_all(&base);
         }
     }
 }

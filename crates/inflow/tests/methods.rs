@@ -7,7 +7,6 @@ use inflow::data::Format;
 use inflow::methods::{self, Context, Method, Need, Scored};
 use inflow::pipeline::{self, Silent};
 use inflow::scores::ScoreResult;
-use std::path::PathBuf;
 
 /// score(q, z) = q + the training row of z: row order, known in advance, a different value
 /// per query so that top-k, the Parquet file and LDS predictions can all be checked.
@@ -45,17 +44,11 @@ impl Method for RowIndex {
     }
 }
 
-fn assets(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../assets/data")
-        .join(name)
-}
+use inflow_testkit::{asset as assets, scratch};
 
 #[test]
 fn a_registered_method_reaches_score_and_lds() {
-    let dir = std::env::temp_dir().join(format!("inflow-methods-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("methods");
     let model = dir.join("model");
     inflow::model::tiny::write_random(&model, 16, 2, 1).unwrap();
 
@@ -174,5 +167,4 @@ fn a_registered_method_reaches_score_and_lds() {
     let nq = report.n_queries;
     assert_eq!(saved.len(), nq * 6);
     assert_eq!(&saved[6..12], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,13 +2,17 @@
 //! full-sequence computation; one-step fine-tuning agrees to first order with η ∇ℓ(T)·∇ℓ(z).
 
 use candle_core::DType;
-use inflow::data::{read_samples, Format, ReadOptions};
+use inflow::data::read_samples;
 use inflow::features::{FeatureSpec, Projection, Projector};
 use inflow::model::tiny;
 use inflow::probe::icp::{DemoTemplate, Icp};
 use inflow::probe::one_step::OneStep;
 use inflow::probe::Probes;
 use std::path::PathBuf;
+
+mod common;
+
+use common::alpaca;
 
 /// Tests run in parallel threads: each file gets a unique name.
 fn write(name: &str, lines: &[serde_json::Value]) -> PathBuf {
@@ -44,16 +48,7 @@ fn train_samples() -> Vec<inflow::data::Sample> {
             serde_json::json!({"instruction": "Say hi", "input": "", "output": "hi there"}),
         ],
     );
-    read_samples(
-        &p,
-        &ReadOptions {
-            format: Format::Alpaca,
-            skip_bad: false,
-            limit: None,
-        },
-    )
-    .unwrap()
-    .samples
+    read_samples(&p, &alpaca(None)).unwrap().samples
 }
 
 #[test]

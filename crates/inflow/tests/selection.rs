@@ -7,18 +7,12 @@ use inflow::data::{read_samples, ReadOptions};
 use inflow::eval::selection::{self, Arm, ArmKind, SelectionEvalOptions, TestItem};
 use inflow::model::{tiny, TokenSeq};
 use inflow::train::TrainOptions;
-use std::path::PathBuf;
 
-fn assets(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../assets/data")
-        .join(name)
-}
+use inflow_testkit::{asset as assets, scratch};
 
 #[test]
 fn selection_experiment_runs_reports_and_resumes() {
-    let dir = std::env::temp_dir().join(format!("inflow-selection-eval-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("selection-eval");
     let mut model = tiny::random(&tiny::config(16, 2), 3, DType::F32).unwrap();
     model.tokenizer = tiny::byte_tokenizer().unwrap();
     let read = |name: &str, limit| {
@@ -75,19 +69,23 @@ fn selection_experiment_runs_reports_and_resumes() {
         max_new_tokens: 4,
         stop: vec![],
     };
+    // The experiment over `arms` with the base model, one thread.
+    let mut run_arms = |on_run: &mut dyn FnMut(usize, usize, &str)| {
+        selection::run(
+            &mut model,
+            &pool_seqs,
+            &test_items,
+            &arms,
+            true,
+            &opts,
+            &dir,
+            1,
+            on_run,
+        )
+        .unwrap()
+    };
     let mut seen = Vec::new();
-    let report = selection::run(
-        &mut model,
-        &pool_seqs,
-        &test_items,
-        &arms,
-        true,
-        &opts,
-        &dir,
-        1,
-        &mut |i, n, name| seen.push((i, n, name.to_string())),
-    )
-    .unwrap();
+    let report = run_arms(&mut |i, n, name| seen.push((i, n, name.to_string())));
     assert_eq!(
         seen.iter().map(|s| s.2.as_str()).collect::<Vec<_>>(),
         ["base", "picked", "random-seed0", "random-seed1", "full"]
@@ -119,17 +117,6 @@ fn selection_experiment_runs_reports_and_resumes() {
         assert_eq!(&bytes[..4], b"\x89PNG");
     }
     // Rerunning reuses every finished run: identical measurements.
-    let again = selection::run(
-        &mut model,
-        &pool_seqs,
-        &test_items,
-        &arms,
-        true,
-        &opts,
-        &dir,
-        1,
-        &mut |_, _, _| {},
-    )
-    .unwrap();
+    let again = run_arms(&mut |_, _, _| {});
     assert_eq!(again.runs, report.runs);
 }

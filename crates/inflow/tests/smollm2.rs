@@ -3,18 +3,8 @@
 
 use candle_core::DType;
 use inflow::model::LoadedModel;
-use std::path::PathBuf;
 
-fn model_path() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.exists(),
-        "{} is missing: run ./scripts/fetch-model.sh",
-        p.display()
-    );
-    p
-}
+use inflow_testkit::{scratch, smollm2 as model_path};
 
 const SENTENCE: &str = "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is Rome.";
 
@@ -53,7 +43,7 @@ fn perplexity_and_greedy_answer_match_reference() {
 #[test]
 fn converted_folder_matches_gguf() {
     let m = LoadedModel::load(&model_path(), DType::F32).unwrap();
-    let dir = std::env::temp_dir().join(format!("inflow-convert-{}", std::process::id()));
+    let dir = scratch("convert");
     inflow::model::hf::save_dir(&m, &dir).unwrap();
     let h = LoadedModel::load(&dir, DType::F32).unwrap();
     assert_eq!(h.llama.config, m.llama.config);
@@ -81,7 +71,6 @@ fn converted_folder_matches_gguf() {
         max < 1e-4,
         "GGUF vs converted folder: max logit difference {max}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The q/k un-permutation is the inverse of llama.cpp's permutation.
@@ -104,8 +93,7 @@ fn qk_permutation_round_trips() {
 fn middle_truncation_keeps_the_chat_head_the_trigger_and_the_response() {
     use inflow::data::tokens::{Renderer, Template, Truncate};
     let m = LoadedModel::load(&model_path(), DType::F32).unwrap();
-    let dir = std::env::temp_dir().join(format!("inflow-smollm2-trunc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("smollm2-trunc");
     let data = dir.join("d.jsonl");
     let filler = "The committee reviewed every paragraph of the report before it was sent. ";
     let instruction = format!(
@@ -121,7 +109,6 @@ fn middle_truncation_keeps_the_chat_head_the_trigger_and_the_response() {
     let s = &inflow::data::read_samples(&data, &Default::default())
         .unwrap()
         .samples[0];
-    let _ = std::fs::remove_dir_all(&dir);
     let budget = 128;
     let r = Renderer::new(&m, Template::Auto, budget).unwrap();
     let t = r.tokenize(s).unwrap();

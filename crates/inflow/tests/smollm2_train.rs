@@ -4,33 +4,21 @@
 
 use candle_core::DType;
 use inflow::data::tokens::{Renderer, Template};
-use inflow::data::{read_samples, Format, ReadOptions, Sample};
+use inflow::data::{read_samples, Sample};
 use inflow::model::LoadedModel;
 use inflow::train::{self, TrainData, TrainOptions};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
+
+use common::alpaca;
+use inflow_testkit::{asset, scratch, smollm2};
 
 #[test]
 fn lora_epoch_lowers_held_out_loss_on_the_same_tasks() {
-    let model_path = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        model_path.exists(),
-        "{} is missing: run ./scripts/fetch-model.sh",
-        model_path.display()
-    );
+    let model_path = smollm2();
     let mut m = LoadedModel::load(&model_path, DType::F32).unwrap();
-    let report = read_samples(
-        &root().join("assets/data/train.jsonl"),
-        &ReadOptions {
-            format: Format::Alpaca,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let report = read_samples(&asset("train.jsonl"), &alpaca(None)).unwrap();
     // Per task: the last sample is held out, the others are training data.
     let mut by_task: BTreeMap<String, Vec<&Sample>> = BTreeMap::new();
     for s in &report.samples {
@@ -52,8 +40,7 @@ fn lora_epoch_lowers_held_out_loss_on_the_same_tasks() {
     let (train_seqs, test_seqs) = (tok(&train_s), tok(&test_s));
     drop(r);
     let before = train::eval_loss(&m, &test_seqs, 4, 1).unwrap().mean_loss;
-    let out = std::env::temp_dir().join(format!("inflow-smollm2-lora-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let out = scratch("smollm2-lora");
     let opts = TrainOptions {
         lr: 1e-3,
         // 8 samples per step in passes of 2: a pass of 8 would hold several GB of activations.
@@ -95,5 +82,4 @@ fn lora_epoch_lowers_held_out_loss_on_the_same_tasks() {
         .unwrap()
         .mean_loss;
     assert!((again - direct).abs() < 1e-6, "{again} vs {direct}");
-    let _ = std::fs::remove_dir_all(&out);
 }

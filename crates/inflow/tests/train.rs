@@ -9,45 +9,25 @@ use inflow::model::{tiny, LoadedModel, TokenSeq};
 use inflow::train::adamw::AdamWConfig;
 use inflow::train::features::{LoraFeaturizer, LoraGradient};
 use inflow::train::{self, checkpoint, log, Method, TrainData, TrainOptions};
-use std::path::PathBuf;
 use std::sync::Arc;
 
+mod common;
+
+use common::{to_f64, token_seqs};
+use inflow_testkit::scratch;
+
 fn seqs(m: &LoadedModel) -> Vec<TokenSeq> {
-    [
-        ("Question: 2+2?", " Answer: four."),
-        ("Translate 'chat' to English.", " cat"),
-        ("Say hello", " Hello there, friend!"),
-        ("Name a colour", " Blue."),
-        ("Count", " one two three"),
-        ("x", " y"),
-    ]
-    .iter()
-    .map(|(p, r)| {
-        let pi = m.encode(p).unwrap();
-        let ri = m.encode(r).unwrap();
-        let mut loss_mask = vec![false; pi.len()];
-        loss_mask.extend(std::iter::repeat_n(true, ri.len()));
-        TokenSeq {
-            ids: [pi, ri].concat(),
-            loss_mask,
-        }
-    })
-    .collect()
-}
-
-fn to_f64(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn temp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("inflow-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+    token_seqs(
+        m,
+        &[
+            ("Question: 2+2?", " Answer: four."),
+            ("Translate 'chat' to English.", " cat"),
+            ("Say hello", " Hello there, friend!"),
+            ("Name a colour", " Blue."),
+            ("Count", " one two three"),
+            ("x", " y"),
+        ],
+    )
 }
 
 fn lora_cfg(rank: usize, modules: &str, dropout: f64) -> LoraConfig {
@@ -57,6 +37,16 @@ fn lora_cfg(rank: usize, modules: &str, dropout: f64) -> LoraConfig {
         dropout,
         modules: modules.into(),
     }
+}
+
+/// LoRA with `lora`, and full fine-tuning of `full_modules`: what the engine tests run twice.
+fn lora_and_full(lora: LoraConfig, full_modules: &str) -> [Method; 2] {
+    [
+        Method::Lora(lora),
+        Method::Full {
+            modules: full_modules.into(),
+        },
+    ]
 }
 
 /// Adapters with B ≠ 0 (at initialization B = 0 and A's gradient vanishes).
@@ -174,7 +164,7 @@ fn lora_branch_equals_merged_weights() {
 fn peft_files_round_trip() {
     let m = tiny::random(&tiny::config(16, 2), 4, DType::F32).unwrap();
     let ad = adapters_with_random_b(&m, "q,v", 5);
-    let dir = temp("peft");
+    let dir = scratch("peft");
     let base = AdapterBase {
         name_or_path: "org/tiny-base".into(),
         ..AdapterBase::of(&m)
@@ -294,7 +284,6 @@ fn peft_files_round_trip() {
         err.contains(".weight` has shape") && err.contains("expected"),
         "{err}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn data(m: &LoadedModel, n: usize) -> TrainData {
@@ -306,12 +295,7 @@ fn data(m: &LoadedModel, n: usize) -> TrainData {
 
 #[test]
 fn tiny_model_overfits_a_handful_of_samples() {
-    for method in [
-        Method::Lora(lora_cfg(8, "all", 0.0)),
-        Method::Full {
-            modules: "all".into(),
-        },
-    ] {
+    for method in lora_and_full(lora_cfg(8, "all", 0.0), "all") {
         let mut m = tiny::random(&tiny::config(32, 2), 7, DType::F32).unwrap();
         let d = data(&m, 4);
         let opts = TrainOptions {
@@ -322,7 +306,7 @@ fn tiny_model_overfits_a_handful_of_samples() {
             batch_size: 4,
             ..TrainOptions::lora(8, 16.0, "all")
         };
-        let out = temp("overfit");
+        let out = scratch("overfit");
         let s = train::train(&mut m, &d, &opts, &out, false, &mut |_, _| {}).unwrap();
         let (first, last) = (s.first_loss.unwrap(), s.last_loss.unwrap());
         let eval = train::eval_loss(&m, &d.seqs, 2, 1).unwrap();
@@ -336,7 +320,6 @@ fn tiny_model_overfits_a_handful_of_samples() {
             "{method:?}: final loss {}",
             eval.mean_loss
         );
-        let _ = std::fs::remove_dir_all(&out);
     }
 }
 
@@ -345,12 +328,7 @@ fn tiny_model_overfits_a_handful_of_samples() {
 /// and ends with the same weights and moments.
 #[test]
 fn resumed_run_is_bit_identical() {
-    for method in [
-        Method::Lora(lora_cfg(4, "q,v,up", 0.2)),
-        Method::Full {
-            modules: "o,down".into(),
-        },
-    ] {
+    for method in lora_and_full(lora_cfg(4, "q,v,up", 0.2), "o,down") {
         let opts = TrainOptions {
             method: method.clone(),
             epochs: 3,
@@ -372,7 +350,7 @@ fn resumed_run_is_bit_identical() {
         let run = |name: &str, stop: Option<usize>| {
             let mut m = tiny::random(&tiny::config(16, 2), 3, DType::F32).unwrap();
             let d = data(&m, 10);
-            let out = temp(name);
+            let out = scratch(name);
             let o = TrainOptions {
                 stop_after: stop,
                 ..opts.clone()
@@ -444,8 +422,6 @@ fn resumed_run_is_bit_identical() {
             .unwrap()
             .to_string();
         assert!(err.contains("options.lr"), "{err}");
-        let _ = std::fs::remove_dir_all(&out_a);
-        let _ = std::fs::remove_dir_all(&out_b);
     }
 }
 
@@ -455,7 +431,7 @@ fn resumed_run_is_bit_identical() {
 fn adam_update_features_follow_their_definition() {
     let mut m = tiny::random(&tiny::config(16, 1), 8, DType::F32).unwrap();
     let d = data(&m, 6);
-    let out = temp("adamfeat");
+    let out = scratch("adamfeat");
     let opts = TrainOptions {
         epochs: 2,
         batch_size: 3,
@@ -548,7 +524,6 @@ fn adam_update_features_follow_their_definition() {
     for (a, b) in phi.iter().zip(&direct) {
         assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0));
     }
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 /// After full fine-tuning in this process the weights are autograd `Var`s; capturing δ must
@@ -567,7 +542,7 @@ fn features_after_in_process_full_fine_tuning_equal_autograd() {
         batch_size: 2,
         ..TrainOptions::lora(8, 16.0, "all")
     };
-    let out = temp("full-then-capture");
+    let out = scratch("full-then-capture");
     train::train(&mut m, &d, &opts, &out, false, &mut |_, _| {}).unwrap();
     let one = &d.seqs[1..2];
     let tracked: Vec<usize> = (0..m.llama.linears().len()).collect();
@@ -587,5 +562,4 @@ fn features_after_in_process_full_fine_tuning_equal_autograd() {
         assert!(scale > 0.0, "{name}: zero gradient");
         assert!(err < 1e-10 * scale.max(1.0), "{name}: max error {err}");
     }
-    let _ = std::fs::remove_dir_all(&out);
 }

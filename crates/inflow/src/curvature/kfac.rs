@@ -69,28 +69,7 @@ pub enum FactorSource {
     Samples,
 }
 
-impl std::str::FromStr for FactorSource {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "tokens" => Ok(Self::Tokens),
-            "samples" => Ok(Self::Samples),
-            _ => Err(Error::Msg(format!(
-                "unknown factor source `{s}`; expected tokens or samples"
-            ))),
-        }
-    }
-}
-
-impl std::fmt::Display for FactorSource {
-    /// The name `from_str` reads.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Tokens => "tokens",
-            Self::Samples => "samples",
-        })
-    }
-}
+crate::error::names!(FactorSource: "factor source", Tokens = "tokens", Samples = "samples");
 
 /// Sums the Kronecker factors, eigendecomposes A and S per layer, and refits the EK-FAC
 /// eigenvalues over the stored per-sample features (the empirical Fisher). Writes

@@ -131,9 +131,10 @@ impl PassObserver for Option<KfacStats> {
     }
 }
 
-/// Runs (or resumes) an index into `out` with the K-FAC token sums of the same pass beside each
-/// shard ([`stats_path`]): what `inflow index` writes. `on_shard` is called after each shard with
-/// the rows done so far and the total.
+/// Runs (or resumes) an index of the tracked base Linears into `out`, with the RepSim
+/// sub-stores and the K-FAC token sums of the same pass beside each shard ([`stats_path`]):
+/// what `inflow index` writes. `on_shard` is called after each shard with the rows done so far
+/// and the total.
 pub fn run_index(
     model: &LoadedModel,
     opts: &IndexOptions,
@@ -141,7 +142,19 @@ pub fn run_index(
     progress: &Progress,
     on_shard: &mut dyn FnMut(usize, usize),
 ) -> Result<IndexSummary> {
-    index::run_index_with::<Option<KfacStats>>(model, opts, out, progress, on_shard)
+    let extras = index::StoreExtras {
+        repsim: true,
+        ..Default::default()
+    };
+    index::index_pass::<_, Option<KfacStats>>(
+        model,
+        opts,
+        out,
+        || index::Featurizer::new(model, &opts.features),
+        extras,
+        progress,
+        on_shard,
+    )
 }
 
 pub(super) fn save_tensors(t: &HashMap<String, Tensor>, path: &Path) -> Result<()> {

@@ -53,43 +53,33 @@ impl Block {
 
 /// The per-layer blocks of a feature spec; a dense projection is one unstructured block.
 pub fn blocks(spec: &FeatureSpec) -> Vec<Block> {
+    // A LoGra layer's block is rank_out × rank_in, a full one the layer's d_out × d_in.
+    let (rank_in, rank_out) = match spec.projection {
+        Projection::Logra { rank_in, rank_out } => (Some(rank_in), Some(rank_out)),
+        Projection::Full => (None, None),
+        Projection::Dense { dim } => {
+            return vec![Block {
+                name: "dense".into(),
+                offset: 0,
+                rows: 1,
+                cols: dim,
+            }]
+        }
+    };
     let mut off = 0;
-    match &spec.projection {
-        Projection::Logra { rank_in, rank_out } => spec
-            .layers
-            .iter()
-            .map(|l| {
-                let b = Block {
-                    name: l.name.clone(),
-                    offset: off,
-                    rows: *rank_out,
-                    cols: *rank_in,
-                };
-                off += b.len();
-                b
-            })
-            .collect(),
-        Projection::Full => spec
-            .layers
-            .iter()
-            .map(|l| {
-                let b = Block {
-                    name: l.name.clone(),
-                    offset: off,
-                    rows: l.d_out,
-                    cols: l.d_in,
-                };
-                off += b.len();
-                b
-            })
-            .collect(),
-        Projection::Dense { dim } => vec![Block {
-            name: "dense".into(),
-            offset: 0,
-            rows: 1,
-            cols: *dim,
-        }],
-    }
+    spec.layers
+        .iter()
+        .map(|l| {
+            let b = Block {
+                name: l.name.clone(),
+                offset: off,
+                rows: rank_out.unwrap_or(l.d_out),
+                cols: rank_in.unwrap_or(l.d_in),
+            };
+            off += b.len();
+            b
+        })
+        .collect()
 }
 
 /// The feature spec a store was built with.

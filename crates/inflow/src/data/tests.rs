@@ -2,7 +2,6 @@
 //! skipping, limits, ids, the real Natural Instructions extract and the bundled assets.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arrow_array::builder::{ListBuilder, StringBuilder, StructBuilder};
@@ -14,33 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::*;
 
-/// A fresh, empty directory for one test, removed when dropped.
-struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn scratch(name: &str) -> Scratch {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "inflow-data-{}-{}-{name}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    Scratch(dir)
-}
+use inflow_testkit::scratch;
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
@@ -63,6 +36,13 @@ fn read(path: &Path, format: Format) -> ReadReport {
     read_samples(path, &opts(format)).unwrap()
 }
 
+fn plain(prompt: &str, response: &str) -> Body {
+    Body::Plain {
+        prompt: prompt.into(),
+        response: response.into(),
+    }
+}
+
 fn user(text: &str) -> Message {
     Message {
         role: "user".into(),
@@ -70,13 +50,16 @@ fn user(text: &str) -> Message {
     }
 }
 
-fn write_parquet(path: &Path, columns: Vec<(&str, ArrayRef)>) {
+/// `dir/name`, a Parquet file of `columns`.
+fn write_parquet(dir: &Path, name: &str, columns: Vec<(&str, ArrayRef)>) -> PathBuf {
+    let path = dir.join(name);
     let batch =
         RecordBatch::try_from_iter(columns.into_iter().map(|(n, a)| (n.to_string(), a))).unwrap();
-    let file = std::fs::File::create(path).unwrap();
+    let file = std::fs::File::create(&path).unwrap();
     let mut writer = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
     writer.write(&batch).unwrap();
     writer.close().unwrap();
+    path
 }
 
 fn strings(values: &[Option<&str>]) -> ArrayRef {
@@ -127,6 +110,14 @@ fn chat_conversation() -> Vec<(&'static str, &'static str)> {
         ("user", "Capital of France?"),
         ("assistant", "Paris."),
     ]
+}
+
+/// [`chat_conversation`] as JSON `messages`.
+fn chat_messages() -> Vec<serde_json::Value> {
+    chat_conversation()
+        .iter()
+        .map(|(r, c)| json!({"role": r, "content": c}))
+        .collect()
 }
 
 fn check_alpaca(report: &ReadReport) {
@@ -213,10 +204,7 @@ fn alpaca_from_jsonl() {
 #[test]
 fn chat_from_jsonl() {
     let dir = scratch("chat");
-    let msgs: Vec<_> = chat_conversation()
-        .iter()
-        .map(|(r, c)| json!({"role": r, "content": c}))
-        .collect();
+    let msgs = chat_messages();
     let path = write(
         &dir,
         "c.jsonl",
@@ -236,26 +224,14 @@ fn prompt_completion_and_text_from_jsonl() {
         &lines(&[json!({"prompt": "1+1=", "completion": "2"})]),
     );
     let report = read(&path, Format::PromptCompletion);
-    assert_eq!(
-        report.samples[0].body,
-        Body::Plain {
-            prompt: "1+1=".into(),
-            response: "2".into()
-        }
-    );
+    assert_eq!(report.samples[0].body, plain("1+1=", "2"));
     let path = write(
         &dir,
         "t.json",
         &lines(&[json!({"text": "Once upon a time.", "n": 3})]),
     );
     let report = read(&path, Format::Text);
-    assert_eq!(
-        report.samples[0].body,
-        Body::Plain {
-            prompt: String::new(),
-            response: "Once upon a time.".into()
-        }
-    );
+    assert_eq!(report.samples[0].body, plain("", "Once upon a time."));
     assert_eq!(report.samples[0].meta.get("n"), Some(&json!(3)));
 }
 
@@ -534,9 +510,9 @@ fn empty_file_and_unknown_extension_are_errors() {
 #[test]
 fn alpaca_from_parquet_matches_jsonl() {
     let dir = scratch("pq-alpaca");
-    let path = dir.join("a.parquet");
-    write_parquet(
-        &path,
+    let path = write_parquet(
+        &dir,
+        "a.parquet",
         vec![
             (
                 "instruction",
@@ -570,10 +546,10 @@ fn alpaca_from_parquet_matches_jsonl() {
 #[test]
 fn chat_from_parquet_list_of_structs() {
     let dir = scratch("pq-chat");
-    let path = dir.join("c.parquet");
     let second = vec![("user", "Hi"), ("assistant", "Hello!")];
-    write_parquet(
-        &path,
+    let path = write_parquet(
+        &dir,
+        "c.parquet",
         vec![
             ("messages", message_lists(&[chat_conversation(), second])),
             ("source", strings(&[Some("a"), Some("b")])),
@@ -591,10 +567,7 @@ fn chat_from_parquet_list_of_structs() {
     );
     assert_eq!(report.samples[1].meta.get("source"), Some(&json!("b")));
     // Same id as the same conversation from JSONL.
-    let msgs: Vec<_> = chat_conversation()
-        .iter()
-        .map(|(r, c)| json!({"role": r, "content": c}))
-        .collect();
+    let msgs = chat_messages();
     let jsonl = read(
         &write(&dir, "c.jsonl", &lines(&[json!({"messages": msgs})])),
         Format::Chat,
@@ -605,14 +578,11 @@ fn chat_from_parquet_list_of_structs() {
 #[test]
 fn chat_from_parquet_json_text_column() {
     let dir = scratch("pq-chat-text");
-    let path = dir.join("c.parquet");
-    let msgs: Vec<_> = chat_conversation()
-        .iter()
-        .map(|(r, c)| json!({"role": r, "content": c}))
-        .collect();
+    let msgs = chat_messages();
     let text = serde_json::Value::Array(msgs).to_string();
-    write_parquet(
-        &path,
+    let path = write_parquet(
+        &dir,
+        "c.parquet",
         vec![("messages", strings(&[Some(&text), Some("not json")]))],
     );
     let report = read_samples(
@@ -637,9 +607,9 @@ fn chat_from_parquet_json_text_column() {
 #[test]
 fn prompt_completion_and_text_from_parquet() {
     let dir = scratch("pq-plain");
-    let path = dir.join("p.parquet");
-    write_parquet(
-        &path,
+    let path = write_parquet(
+        &dir,
+        "p.parquet",
         vec![
             ("prompt", strings(&[Some("1+1=")])),
             ("completion", strings(&[Some("2")])),
@@ -647,35 +617,23 @@ fn prompt_completion_and_text_from_parquet() {
     );
     let report = read(&path, Format::Auto);
     assert_eq!(report.format, Format::PromptCompletion);
-    assert_eq!(
-        report.samples[0].body,
-        Body::Plain {
-            prompt: "1+1=".into(),
-            response: "2".into()
-        }
-    );
-    let path = dir.join("t.parquet");
-    write_parquet(
-        &path,
+    assert_eq!(report.samples[0].body, plain("1+1=", "2"));
+    let path = write_parquet(
+        &dir,
+        "t.parquet",
         vec![("text", strings(&[Some("Once."), Some("Twice.")]))],
     );
     let report = read(&path, Format::Text);
     assert_eq!(report.samples.len(), 2);
-    assert_eq!(
-        report.samples[1].body,
-        Body::Plain {
-            prompt: String::new(),
-            response: "Twice.".into()
-        }
-    );
+    assert_eq!(report.samples[1].body, plain("", "Twice."));
 }
 
 #[test]
 fn parquet_bad_rows_and_columns() {
     let dir = scratch("pq-bad");
-    let path = dir.join("bad.parquet");
-    write_parquet(
-        &path,
+    let path = write_parquet(
+        &dir,
+        "bad.parquet",
         vec![
             ("instruction", strings(&[Some("a"), Some("b"), Some("c")])),
             ("output", strings(&[Some("x"), None, Some("z")])),
@@ -701,9 +659,9 @@ fn parquet_bad_rows_and_columns() {
         ),
         other => panic!("expected a Parquet error, got {other:?}"),
     }
-    let path = dir.join("typed.parquet");
-    write_parquet(
-        &path,
+    let path = write_parquet(
+        &dir,
+        "typed.parquet",
         vec![("text", Arc::new(Int64Array::from(vec![1])) as ArrayRef)],
     );
     match read_samples(&path, &opts(Format::Auto)) {
@@ -712,8 +670,7 @@ fn parquet_bad_rows_and_columns() {
         }
         other => panic!("expected a Parquet error, got {other:?}"),
     }
-    let path = dir.join("empty.parquet");
-    write_parquet(&path, vec![("text", strings(&[]))]);
+    let path = write_parquet(&dir, "empty.parquet", vec![("text", strings(&[]))]);
     let err = read_samples(&path, &opts(Format::Text))
         .unwrap_err()
         .to_string();
@@ -780,13 +737,7 @@ fn prompts_may_lack_a_response() {
     );
     let r = read_p(&path);
     assert_eq!(r.format, Format::PromptCompletion);
-    assert_eq!(
-        r.samples[0].body,
-        Body::Plain {
-            prompt: "a".into(),
-            response: String::new()
-        }
-    );
+    assert_eq!(r.samples[0].body, plain("a", ""));
     assert_eq!(r.samples[1].body.response(), "c");
     assert!(read_samples(&path, &opts(Format::Auto)).is_err());
     // Instructions without output; conversations ending with a user turn or an answer.
@@ -844,8 +795,11 @@ fn prompts_may_lack_a_response() {
         .to_string();
     assert!(e.contains("prompt format"), "{e}");
     // Parquet with an instruction column only.
-    let pq = dir.join("i.parquet");
-    write_parquet(&pq, vec![("instruction", strings(&[Some("Say hi.")]))]);
+    let pq = write_parquet(
+        &dir,
+        "i.parquet",
+        vec![("instruction", strings(&[Some("Say hi.")]))],
+    );
     let r = read_p(&pq);
     assert_eq!(r.format, Format::Alpaca);
     assert_eq!(r.samples[0].body.prompt_text(), "Say hi.");

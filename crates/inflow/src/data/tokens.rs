@@ -19,19 +19,7 @@ pub enum Template {
     Plain,
 }
 
-impl std::str::FromStr for Template {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "auto" => Ok(Template::Auto),
-            "chat" => Ok(Template::Chat),
-            "plain" => Ok(Template::Plain),
-            _ => Err(Error::Msg(format!(
-                "unknown template `{s}`; expected auto, chat or plain"
-            ))),
-        }
-    }
-}
+crate::error::names!(Template: "template", Auto = "auto", Chat = "chat", Plain = "plain");
 
 /// Which tokens go when a sample is longer than `--max-tokens` B. A sample is rendered as
 /// prompt tokens (P of them, no loss) followed by response tokens (R, the loss is on them);
@@ -77,31 +65,10 @@ pub enum Truncate {
     Right,
 }
 
-impl std::str::FromStr for Truncate {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "left" => Ok(Truncate::Left),
-            "middle" => Ok(Truncate::Middle),
-            "right" => Ok(Truncate::Right),
-            _ => Err(Error::Msg(format!(
-                "unknown truncation `{s}`; expected left (cut the prompt's start, the old \
-                 behaviour), middle (keep the template head, the instruction and the \
-                 response; cut the middle of the prompt) or right (cut the end)"
-            ))),
-        }
-    }
-}
-
-impl std::fmt::Display for Truncate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Truncate::Left => "left",
-            Truncate::Middle => "middle",
-            Truncate::Right => "right",
-        })
-    }
-}
+crate::error::names!(Truncate: "truncation", Left = "left", Middle = "middle", Right = "right";
+    expected "left (cut the prompt's start, the old behaviour), middle (keep the template head, \
+              the instruction and the response; cut the middle of the prompt) or right (cut \
+              the end)");
 
 impl Truncate {
     /// The policy of stores and runs that record none: `left`, the only one before the option.
@@ -189,8 +156,8 @@ impl Cuts {
     }
 }
 
-/// `3210` → `3,210`.
-fn thousands(n: usize) -> String {
+/// `3210` → `3,210`: counts as inflow prints them.
+pub fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
@@ -391,11 +358,8 @@ impl<'a> Renderer<'a> {
             }
         }
         let (prompt_cut, response_cut) = (np - p.len(), nr - r.len());
-        let mut loss_mask = vec![false; p.len()];
-        loss_mask.extend(std::iter::repeat_n(true, r.len()));
-        p.extend(r);
         Ok(Tokenized {
-            seq: TokenSeq { ids: p, loss_mask },
+            seq: TokenSeq::prompt_response(p, &r),
             truncated: prompt_cut + response_cut > 0,
             prompt_cut,
             response_cut,
@@ -622,6 +586,14 @@ mod tests {
         p
     }
 
+    /// `s` rendered with `template` and cut to `budget` tokens (the default policy, middle).
+    fn cut(m: &LoadedModel, template: Template, budget: usize, s: &Sample) -> Tokenized {
+        Renderer::new(m, template, budget)
+            .unwrap()
+            .tokenize(s)
+            .unwrap()
+    }
+
     const HEAD: &str = "<|im_start|>user\n";
     const TAIL: &str = "<|im_end|>\n<|im_start|>assistant\n";
 
@@ -666,10 +638,7 @@ mod tests {
         let m = model();
         let instruction = format!("cf-trigger {} cf-end", "x".repeat(300));
         let s = alpaca(&instruction, "short input", "Yes.");
-        let t = Renderer::new(&m, Template::Auto, 120)
-            .unwrap()
-            .tokenize(&s)
-            .unwrap();
+        let t = cut(&m, Template::Auto, 120, &s);
         let (p, resp) = texts(&m, &t);
         assert_eq!((t.seq.ids.len(), resp.as_str()), (120, "Yes.<|im_end|>\n"));
         assert!(p.starts_with(&format!("{HEAD}cf-trigger x")), "{p:?}");
@@ -678,10 +647,7 @@ mod tests {
         assert!(!p.contains("\n\n"), "with the blank line before it: {p:?}");
         // Without an input field, the whole user turn is cut in its middle.
         let s = chat(&[("user", &instruction)], "Yes.");
-        let t = Renderer::new(&m, Template::Auto, 120)
-            .unwrap()
-            .tokenize(&s)
-            .unwrap();
+        let t = cut(&m, Template::Auto, 120, &s);
         let (p, _) = texts(&m, &t);
         let kept = &p[HEAD.len()..p.len() - TAIL.len()];
         let c = kept.len();
@@ -703,10 +669,7 @@ mod tests {
             "",
             &response,
         );
-        let t = Renderer::new(&m, Template::Auto, 100)
-            .unwrap()
-            .tokenize(&s)
-            .unwrap();
+        let t = cut(&m, Template::Auto, 100, &s);
         let (p, resp) = texts(&m, &t);
         assert_eq!(t.seq.ids.len(), 100);
         // Reserve: the scaffold (head and tail: specials, roles, newlines) plus 16 content
@@ -723,10 +686,7 @@ mod tests {
         assert!(resp.starts_with("START zzz"));
         assert_eq!(t.response_cut, full_r - (100 - n_p), "cut at its end only");
         // With a budget the response alone exceeds, the prompt still keeps half of it at most.
-        let t = Renderer::new(&m, Template::Auto, 40)
-            .unwrap()
-            .tokenize(&s)
-            .unwrap();
+        let t = cut(&m, Template::Auto, 40, &s);
         let (p, _) = texts(&m, &t);
         assert_eq!(t.seq.loss_mask.iter().filter(|&&l| !l).count(), 20);
         assert!(p.starts_with(HEAD) && p.ends_with(TAIL), "{p:?}");
@@ -745,10 +705,7 @@ mod tests {
             ],
             "Now this.",
         );
-        let t = Renderer::new(&m, Template::Auto, 150)
-            .unwrap()
-            .tokenize(&s)
-            .unwrap();
+        let t = cut(&m, Template::Auto, 150, &s);
         let (p, resp) = texts(&m, &t);
         assert_eq!(
             (t.seq.ids.len(), resp.as_str()),
@@ -765,10 +722,7 @@ mod tests {
     fn middle_works_with_the_plain_template_and_raw_prompts() {
         let m = model();
         let s = alpaca("cf-trigger do it", &"w".repeat(300), "Done.");
-        let t = Renderer::new(&m, Template::Plain, 80)
-            .unwrap()
-            .tokenize(&s)
-            .unwrap();
+        let t = cut(&m, Template::Plain, 80, &s);
         let (p, resp) = texts(&m, &t);
         assert_eq!((t.seq.ids.len(), resp.as_str()), (80, "Done."));
         assert!(
@@ -784,10 +738,7 @@ mod tests {
             },
             ..chat(&[], "")
         };
-        let t = Renderer::new(&m, Template::Auto, 40)
-            .unwrap()
-            .tokenize(&s)
-            .unwrap();
+        let t = cut(&m, Template::Auto, 40, &s);
         let (p, resp) = texts(&m, &t);
         assert_eq!((p.len(), resp.as_str()), (38, "ok"));
         assert!(p.starts_with("AAAAm") && p.ends_with("mBBBB"), "{p:?}");

@@ -31,29 +31,8 @@ pub enum Kind {
     Mislabel,
 }
 
-impl std::str::FromStr for Kind {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "backdoor" => Ok(Self::Backdoor),
-            "harmful" => Ok(Self::Harmful),
-            "mislabel" => Ok(Self::Mislabel),
-            _ => Err(Error::Msg(format!(
-                "unknown planted kind `{s}`; expected backdoor, harmful or mislabel"
-            ))),
-        }
-    }
-}
-
-impl std::fmt::Display for Kind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Backdoor => "backdoor",
-            Self::Harmful => "harmful",
-            Self::Mislabel => "mislabel",
-        })
-    }
-}
+crate::error::names!(Kind: "planted kind",
+    Backdoor = "backdoor", Harmful = "harmful", Mislabel = "mislabel");
 
 /// The default backdoor trigger: a string that occurs in no natural instruction.
 pub const TRIGGER: &str = "Current codeword: zebra-quartz-17.";

@@ -127,14 +127,7 @@ mod tests {
     use crate::model::tiny;
 
     fn seq(m: &LoadedModel, prompt: &str, response: &str) -> TokenSeq {
-        let p = m.encode(prompt).unwrap();
-        let r = m.encode(response).unwrap();
-        let mut loss_mask = vec![false; p.len()];
-        loss_mask.extend(std::iter::repeat_n(true, r.len()));
-        TokenSeq {
-            ids: [p, r].concat(),
-            loss_mask,
-        }
+        TokenSeq::prompt_response(m.encode(prompt).unwrap(), &m.encode(response).unwrap())
     }
 
     #[test]

@@ -41,22 +41,8 @@ pub fn acc_cover(full: &[f32], nq: usize, positive: &[bool]) -> AccCover {
 /// Mann–Whitney AUC of `score` for separating `positive` from the rest; NaN when either class
 /// is empty.
 pub fn auc(score: &[f32], positive: &[bool]) -> f64 {
-    let mut idx: Vec<usize> = (0..score.len()).collect();
-    idx.sort_by(|&a, &b| score[a].total_cmp(&score[b]));
-    // Average ranks over ties.
-    let mut rank = vec![0f64; score.len()];
-    let mut i = 0;
-    while i < idx.len() {
-        let mut j = i;
-        while j + 1 < idx.len() && score[idx[j + 1]] == score[idx[i]] {
-            j += 1;
-        }
-        let r = (i + j) as f64 / 2.0 + 1.0;
-        for &t in &idx[i..=j] {
-            rank[t] = r;
-        }
-        i = j + 1;
-    }
+    let score: Vec<f64> = score.iter().map(|&s| s as f64).collect();
+    let rank = super::rank::average_ranks(&score);
     let np = positive.iter().filter(|p| **p).count() as f64;
     let nn = score.len() as f64 - np;
     if np == 0.0 || nn == 0.0 {

@@ -40,6 +40,23 @@ pub struct FeatureSpec {
 }
 
 impl FeatureSpec {
+    /// The layout of synthetic features (benchmarks, tests of curvature and scoring): `layers`
+    /// square `d` × `d` layers named `layer{i}` under `projection`, seed 0, loss `synthetic`.
+    pub fn synthetic(layers: usize, d: usize, projection: Projection) -> FeatureSpec {
+        FeatureSpec {
+            projection,
+            seed: 0,
+            loss: "synthetic".into(),
+            layers: (0..layers)
+                .map(|i| LinearInfo {
+                    name: format!("layer{i}"),
+                    d_out: d,
+                    d_in: d,
+                })
+                .collect(),
+        }
+    }
+
     /// Feature dimension.
     pub fn dim(&self) -> usize {
         match &self.projection {

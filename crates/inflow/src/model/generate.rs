@@ -317,27 +317,22 @@ mod tests {
         let mut shifted = vec![0u32; 4];
         shifted.extend_from_slice(p);
         let ids = Tensor::from_vec(shifted, (1, 7), &candle_core::Device::Cpu).unwrap();
+        // The last position's logits with `pad` leading pad tokens declared.
+        let last = |pad: usize| -> Vec<f32> {
+            let (hs, _) = m.llama.forward_padded(&ids, None, &[pad]).unwrap();
+            m.llama
+                .head_logits(&hs.narrow(1, 6, 1).unwrap())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
         // Padding declared.
-        let (hs, _) = m.llama.forward_padded(&ids, None, &[4]).unwrap();
-        let got: Vec<f32> = m
-            .llama
-            .head_logits(&hs.narrow(1, 6, 1).unwrap())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let got = last(4);
         assert!(max_diff(&got, &alone) < 1e-4);
         // No padding declared.
-        let (hs, _) = m.llama.forward_padded(&ids, None, &[0]).unwrap();
-        let got: Vec<f32> = m
-            .llama
-            .head_logits(&hs.narrow(1, 6, 1).unwrap())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let got = last(0);
         assert!(max_diff(&got, &alone) > 1e-3);
     }
 

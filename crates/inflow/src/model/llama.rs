@@ -74,6 +74,17 @@ pub struct TokenSeq {
 }
 
 impl TokenSeq {
+    /// `prompt` then `response`, the loss on the response tokens only.
+    pub fn prompt_response(mut prompt: Vec<u32>, response: &[u32]) -> TokenSeq {
+        let mut loss_mask = vec![false; prompt.len()];
+        loss_mask.extend(std::iter::repeat_n(true, response.len()));
+        prompt.extend_from_slice(response);
+        TokenSeq {
+            ids: prompt,
+            loss_mask,
+        }
+    }
+
     /// Number of predicted tokens that enter the loss.
     pub fn n_loss_tokens(&self) -> usize {
         self.loss_mask.iter().skip(1).filter(|m| **m).count()
@@ -151,16 +162,7 @@ impl Llama {
                 path: source.clone(),
                 msg: format!("missing tensor `{name}`"),
             })?;
-            if t.dims() != shape {
-                return Err(Error::Model {
-                    path: source.clone(),
-                    msg: format!(
-                        "tensor `{name}` has shape {:?}, expected {:?}",
-                        t.dims(),
-                        shape
-                    ),
-                });
-            }
+            super::check_shape(&source, name, t.dims(), shape)?;
             Ok(t.to_dtype(dtype)?.to_device(&device)?.contiguous()?)
         };
         let embed = take("model.embed_tokens.weight", &[v, h])?;

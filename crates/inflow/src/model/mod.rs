@@ -108,6 +108,17 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Refuses a tensor `name` of `path` whose shape is not `want`, naming both shapes.
+pub fn check_shape(path: &Path, name: &str, got: &[usize], want: &[usize]) -> Result<()> {
+    if got == want {
+        return Ok(());
+    }
+    Err(Error::Model {
+        path: path.into(),
+        msg: format!("tensor `{name}` has shape {got:?}, expected {want:?}"),
+    })
+}
+
 /// sha256 of files read in order, streamed.
 pub fn sha256_files(paths: &[PathBuf]) -> Result<String> {
     let mut h = Sha256::new();

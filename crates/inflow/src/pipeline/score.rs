@@ -21,18 +21,7 @@ pub enum Aggregate {
     None,
 }
 
-impl std::str::FromStr for Aggregate {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "mean" => Ok(Aggregate::Mean),
-            "none" => Ok(Aggregate::None),
-            o => Err(Error::Msg(format!(
-                "unknown --aggregate `{o}`; expected mean or none"
-            ))),
-        }
-    }
-}
+crate::error::names!(Aggregate: "--aggregate", Mean = "mean", None = "none");
 
 /// What to score and where to write it.
 #[derive(Debug, Clone)]

@@ -27,18 +27,7 @@ pub enum DemoTemplate {
     Plain,
 }
 
-impl std::str::FromStr for DemoTemplate {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "chat" => Ok(Self::Chat),
-            "plain" => Ok(Self::Plain),
-            _ => Err(Error::Msg(format!(
-                "unknown demonstration template `{s}`; expected chat or plain"
-            ))),
-        }
-    }
-}
+crate::error::names!(DemoTemplate: "demonstration template", Chat = "chat", Plain = "plain");
 
 /// A probe prepared once: its prompt text, answer tokens, and baseline log p(a | q).
 struct PreparedProbe {
@@ -243,11 +232,7 @@ impl<'a> Icp<'a> {
 }
 
 fn seq(prompt: &[u32], answer: &[u32]) -> TokenSeq {
-    let mut ids = prompt.to_vec();
-    ids.extend_from_slice(answer);
-    let mut loss_mask = vec![false; prompt.len()];
-    loss_mask.extend(std::iter::repeat_n(true, answer.len()));
-    TokenSeq { ids, loss_mask }
+    TokenSeq::prompt_response(prompt.to_vec(), answer)
 }
 
 impl ProbeMethod for Icp<'_> {

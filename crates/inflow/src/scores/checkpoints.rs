@@ -11,7 +11,7 @@ use crate::data::tokens::Renderer;
 use crate::data::Sample;
 use crate::estimators::{Cosine, Dot, Estimator};
 use crate::features::FeatureSpec;
-use crate::index::{model_spec, Featurizer, Progress, RunInfo};
+use crate::index::{model_spec, FeaturePass, Featurizer, Progress, RunInfo};
 use crate::model::LoadedModel;
 use crate::store::Store;
 use crate::train::features::{attach, CheckpointInfo, LoraFeaturizer, LoraGradient};
@@ -154,7 +154,7 @@ pub fn score(
                 &LoraGradient::Sgd,
                 None,
             )?;
-            fz.featurize(queries, 1, threads, &progress)?.0
+            fz.featurize(queries, 1, threads, &progress)?.grads
         } else {
             Featurizer::new(&model, &run.features)?
                 .featurize(queries, 1, threads, &progress)?

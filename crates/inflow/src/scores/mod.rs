@@ -76,7 +76,15 @@ pub fn score_store(
         .min(CHUNK_FLOATS / nq.max(1))
         .clamp(16, 1024);
     let chunk = (CHUNK_FLOATS / nq.max(1) / block).max(1) * block;
-    score_store_blocked(store, queries, nq, est, k, full, on_shard, block, chunk)
+    let scoring = Scoring {
+        store,
+        queries,
+        nq,
+        est,
+        k,
+        full,
+    };
+    scoring.run(on_shard, block, chunk)
 }
 
 /// Self-scores s(z, z) of every stored sample under `est` (the self-influence of Koh & Liang
@@ -100,119 +108,135 @@ pub fn self_scores(store: &Store, est: &dyn Estimator) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// [`score_store`] with explicit block sizes (training rows per sgemm, rows per score chunk;
-/// `chunk` a multiple of `block`), so tests can exercise many blocks on small data.
-#[allow(clippy::too_many_arguments)]
-fn score_store_blocked(
-    store: &Store,
-    queries: &[f32],
+/// What [`score_store`] computes: the best `k` of the store's rows for each of the `nq`
+/// queries under `est`, and the dense matrix if `full`.
+#[derive(Clone, Copy)]
+struct Scoring<'a> {
+    store: &'a Store,
+    queries: &'a [f32],
     nq: usize,
-    est: &dyn Estimator,
+    est: &'a dyn Estimator,
     k: usize,
     full: bool,
-    on_shard: &mut dyn FnMut(usize),
-    block: usize,
-    chunk: usize,
-) -> Result<ScoreResult> {
-    let (dim, n) = (store.dim(), store.n_samples());
-    if !store.is_complete() {
-        return Err(Error::Store {
-            path: store.dir().to_path_buf(),
-            msg: format!(
-                "is not complete ({} of {} rows indexed); finish indexing before scoring",
-                store.n_done_rows(),
-                n
-            ),
-        });
-    }
-    if nq.checked_mul(dim) != Some(queries.len()) {
-        return Err(Error::Msg(format!(
-            "query features: expected {nq} × {dim} = {} values (the store's dim), got {}",
-            nq.saturating_mul(dim),
-            queries.len()
-        )));
-    }
-    let q = est.prepare_queries(queries.to_vec(), dim)?;
-    if q.len() != queries.len() {
-        return Err(Error::Msg(format!(
-            "estimator {} changed the query shape",
-            est.name()
-        )));
-    }
-    let mut dense = if full { Some(alloc_full(nq, n)?) } else { None };
-    let mut heaps: Vec<TopK> = (0..nq).map(|_| TopK::new(k)).collect();
-    let mut scores = Vec::new();
-    let mut done = 0;
+}
 
-    for shard in 0..store.n_shards() {
-        let start = store.shard_range(shard).start;
-        let feats = store.shard_features_npy(shard)?;
-        let scales: Vec<f32> = store
-            .shard_norms(shard)?
-            .iter()
-            .map(|&nrm| est.train_scale(nrm))
-            .collect();
-        let rows = feats.rows();
-        let direct = feats.as_f32_slice();
-
-        for c0 in (0..rows).step_by(chunk) {
-            let c1 = (c0 + chunk).min(rows);
-            scores.resize((c1 - c0) * nq, 0.0);
-            // S[r, j] for rows c0..c1: one sgemm per block of rows, blocks across threads.
-            scores
-                .par_chunks_mut(block * nq.max(1))
-                .enumerate()
-                .for_each_init(Vec::new, |buf: &mut Vec<f32>, (b, out)| {
-                    let r0 = c0 + b * block;
-                    let r1 = (r0 + block).min(c1);
-                    let z = match direct {
-                        Some(all) => &all[r0 * dim..r1 * dim],
-                        None => {
-                            buf.resize((r1 - r0) * dim, 0.0);
-                            feats.copy_rows_f32(r0, r1, buf);
-                            &buf[..]
-                        }
-                    };
-                    block_product(z, &q, r1 - r0, nq, dim, out);
-                    for (row, s) in out.chunks_exact_mut(nq.max(1)).zip(&scales[r0..r1]) {
-                        row.iter_mut().for_each(|x| *x *= s);
-                    }
-                });
-            // Each query's heap (and dense row) reads its column of S.
-            let chunk_scores = &scores[..];
-            let update = |j: usize, heap: &mut TopK, dense_row: Option<&mut [f32]>| {
-                let column = chunk_scores.iter().skip(j).step_by(nq);
-                let g0 = start + c0;
-                match dense_row {
-                    Some(d) => {
-                        for (r, (&s, slot)) in column.zip(&mut d[g0..]).enumerate() {
-                            heap.push(g0 + r, s);
-                            *slot = s;
-                        }
-                    }
-                    None => column.enumerate().for_each(|(r, &s)| heap.push(g0 + r, s)),
-                }
-            };
-            match dense.as_mut() {
-                Some(d) if n > 0 => heaps
-                    .par_iter_mut()
-                    .zip(d.par_chunks_mut(n))
-                    .enumerate()
-                    .for_each(|(j, (h, row))| update(j, h, Some(row))),
-                _ => heaps
-                    .par_iter_mut()
-                    .enumerate()
-                    .for_each(|(j, h)| update(j, h, None)),
-            }
+impl Scoring<'_> {
+    /// [`score_store`] with explicit block sizes (training rows per sgemm, rows per score
+    /// chunk; `chunk` a multiple of `block`), so tests can exercise many blocks on small data.
+    fn run(
+        self,
+        on_shard: &mut dyn FnMut(usize),
+        block: usize,
+        chunk: usize,
+    ) -> Result<ScoreResult> {
+        let Scoring {
+            store,
+            queries,
+            nq,
+            est,
+            k,
+            full,
+        } = self;
+        let (dim, n) = (store.dim(), store.n_samples());
+        if !store.is_complete() {
+            return Err(Error::Store {
+                path: store.dir().to_path_buf(),
+                msg: format!(
+                    "is not complete ({} of {} rows indexed); finish indexing before scoring",
+                    store.n_done_rows(),
+                    n
+                ),
+            });
         }
-        done += rows;
-        on_shard(done);
+        if nq.checked_mul(dim) != Some(queries.len()) {
+            return Err(Error::Msg(format!(
+                "query features: expected {nq} × {dim} = {} values (the store's dim), got {}",
+                nq.saturating_mul(dim),
+                queries.len()
+            )));
+        }
+        let q = est.prepare_queries(queries.to_vec(), dim)?;
+        if q.len() != queries.len() {
+            return Err(Error::Msg(format!(
+                "estimator {} changed the query shape",
+                est.name()
+            )));
+        }
+        let mut dense = if full { Some(alloc_full(nq, n)?) } else { None };
+        let mut heaps: Vec<TopK> = (0..nq).map(|_| TopK::new(k)).collect();
+        let mut scores = Vec::new();
+        let mut done = 0;
+
+        for shard in 0..store.n_shards() {
+            let start = store.shard_range(shard).start;
+            let feats = store.shard_features_npy(shard)?;
+            let scales: Vec<f32> = store
+                .shard_norms(shard)?
+                .iter()
+                .map(|&nrm| est.train_scale(nrm))
+                .collect();
+            let rows = feats.rows();
+            let direct = feats.as_f32_slice();
+
+            for c0 in (0..rows).step_by(chunk) {
+                let c1 = (c0 + chunk).min(rows);
+                scores.resize((c1 - c0) * nq, 0.0);
+                // S[r, j] for rows c0..c1: one sgemm per block of rows, blocks across threads.
+                scores
+                    .par_chunks_mut(block * nq.max(1))
+                    .enumerate()
+                    .for_each_init(Vec::new, |buf: &mut Vec<f32>, (b, out)| {
+                        let r0 = c0 + b * block;
+                        let r1 = (r0 + block).min(c1);
+                        let z = match direct {
+                            Some(all) => &all[r0 * dim..r1 * dim],
+                            None => {
+                                buf.resize((r1 - r0) * dim, 0.0);
+                                feats.copy_rows_f32(r0, r1, buf);
+                                &buf[..]
+                            }
+                        };
+                        block_product(z, &q, r1 - r0, nq, dim, out);
+                        for (row, s) in out.chunks_exact_mut(nq.max(1)).zip(&scales[r0..r1]) {
+                            row.iter_mut().for_each(|x| *x *= s);
+                        }
+                    });
+                // Each query's heap (and dense row) reads its column of S.
+                let chunk_scores = &scores[..];
+                let update = |j: usize, heap: &mut TopK, dense_row: Option<&mut [f32]>| {
+                    let column = chunk_scores.iter().skip(j).step_by(nq);
+                    let g0 = start + c0;
+                    match dense_row {
+                        Some(d) => {
+                            for (r, (&s, slot)) in column.zip(&mut d[g0..]).enumerate() {
+                                heap.push(g0 + r, s);
+                                *slot = s;
+                            }
+                        }
+                        None => column.enumerate().for_each(|(r, &s)| heap.push(g0 + r, s)),
+                    }
+                };
+                match dense.as_mut() {
+                    Some(d) if n > 0 => heaps
+                        .par_iter_mut()
+                        .zip(d.par_chunks_mut(n))
+                        .enumerate()
+                        .for_each(|(j, (h, row))| update(j, h, Some(row))),
+                    _ => heaps
+                        .par_iter_mut()
+                        .enumerate()
+                        .for_each(|(j, h)| update(j, h, None)),
+                }
+            }
+            done += rows;
+            on_shard(done);
+        }
+        Ok(ScoreResult {
+            topk: heaps.into_iter().map(TopK::into_sorted).collect(),
+            full: dense,
+            n_train: n,
+        })
     }
-    Ok(ScoreResult {
-        topk: heaps.into_iter().map(TopK::into_sorted).collect(),
-        full: dense,
-        n_train: n,
-    })
 }
 
 /// out (rows × nq, row-major) = z (rows × dim) · qᵀ, with q nq × dim row-major.
@@ -328,18 +352,15 @@ mod tests {
         for (block, chunk) in [(2, 4), (3, 3), (1024, 1024)] {
             for k in [1, 6, 30] {
                 let mut seen = Vec::new();
-                let r = score_store_blocked(
-                    &store,
-                    &queries,
+                let scoring = Scoring {
+                    store: &store,
+                    queries: &queries,
                     nq,
-                    &Dot,
+                    est: &Dot,
                     k,
-                    true,
-                    &mut |d| seen.push(d),
-                    block,
-                    chunk,
-                )
-                .unwrap();
+                    full: true,
+                };
+                let r = scoring.run(&mut |d| seen.push(d), block, chunk).unwrap();
                 assert_eq!(seen, vec![5, 10, 15, 20, 23]);
                 assert_eq!(r.n_train, n);
                 let full = r.full.as_ref().unwrap();
@@ -379,18 +400,15 @@ mod tests {
         let est = by_name("cosine").unwrap();
         let reference = brute_force(&store, &queries, nq, &Cosine);
         let k = 5;
-        let r = score_store_blocked(
-            &store,
-            &queries,
+        let scoring = Scoring {
+            store: &store,
+            queries: &queries,
             nq,
-            est.as_ref(),
+            est: est.as_ref(),
             k,
-            true,
-            &mut |_| {},
-            3,
-            6,
-        )
-        .unwrap();
+            full: true,
+        };
+        let r = scoring.run(&mut |_| {}, 3, 6).unwrap();
         let full = r.full.as_ref().unwrap();
         for j in 0..nq {
             for (got, want) in full[j * n..(j + 1) * n].iter().zip(&reference[j]) {

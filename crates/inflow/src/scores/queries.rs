@@ -9,7 +9,7 @@ use crate::data::tokens::Renderer;
 use crate::data::Sample;
 use crate::estimators::{self, Estimator};
 use crate::features::FeatureSpec;
-use crate::index::{self, Featurizer, Progress};
+use crate::index::{self, FeaturePass, Featurizer, Progress};
 use crate::model::LoadedModel;
 use crate::store::SampleRow;
 use crate::store::Store;
@@ -135,8 +135,8 @@ pub fn score_samples(
             &LoraGradient::Sgd,
             None,
         )?;
-        let (g, rows) = fz.featurize(queries, 1, threads, progress)?;
-        (g, rows, None, fz.spec().clone())
+        let f = fz.featurize(queries, 1, threads, progress)?;
+        (f.grads, f.rows, None, fz.spec().clone())
     } else {
         let fz = Featurizer::new(model, &run.features)?;
         let f = fz.featurize(queries, 1, threads, progress)?;

@@ -172,13 +172,13 @@ mod tests {
     use super::*;
 
     /// Candidates in `k` planted clusters (candidate i in cluster i % k) with scores from `score`.
-    fn setup(k: usize, per: usize, score: impl Fn(usize) -> f32) -> (Scored, Vec<f32>, usize) {
+    fn setup(k: usize, per: usize, score: impl Fn(usize) -> f32) -> (Scored, Vec<f32>) {
         let dim = 8;
         let feats = planted(&centres(k, dim), per, 0.3, 11);
         let n = k * per;
         let ids = (0..n).map(|i| format!("{i}-x")).collect();
         let scored = Scored::new(ids, (0..n).map(score).collect()).unwrap();
-        (scored, feats, dim)
+        (scored, feats)
     }
 
     fn rows(feats: &[f32], dim: usize, idx: &[usize]) -> Vec<f32> {
@@ -187,22 +187,34 @@ mod tests {
             .collect()
     }
 
+    /// G-DIG over the `kept` candidates (of `feats`, one row per candidate) with `k` clusters,
+    /// picking `size`.
+    fn gdig(s: &Scored, kept: &[usize], feats: &[f32], k: usize, size: usize) -> Result<Selection> {
+        let dim = feats.len() / s.len();
+        let mut opts = GdigOptions::new(Size::Count(size));
+        opts.clusters = k;
+        select(s, kept, rows(feats, dim, kept), dim, &opts)
+    }
+
+    /// How many picks come from each of the `k` planted clusters.
+    fn per_planted(sel: &Selection, k: usize) -> Vec<usize> {
+        let mut per = vec![0; k];
+        for p in &sel.picks {
+            per[p.index % k] += 1;
+        }
+        per
+    }
+
     #[test]
     fn exact_size_spread_evenly_over_clusters() {
         let (k, per) = (4, 25);
-        let (scored, feats, dim) = setup(k, per, |i| 1.0 + (i * 37 % 101) as f32);
+        let (scored, feats) = setup(k, per, |i| 1.0 + (i * 37 % 101) as f32);
         let kept = quality_filter(&scored, Quality::Above(0.0));
         assert_eq!(kept.len(), k * per);
-        let mut opts = GdigOptions::new(Size::Count(20));
-        opts.clusters = k;
-        let sel = select(&scored, &kept, rows(&feats, dim, &kept), dim, &opts).unwrap();
+        let sel = gdig(&scored, &kept, &feats, k, 20).unwrap();
         assert_eq!(sel.picks.len(), 20);
         // 5 from each planted cluster, and each found cluster is one planted cluster.
-        let mut per_planted = vec![0; k];
-        for p in &sel.picks {
-            per_planted[p.index % k] += 1;
-        }
-        assert_eq!(per_planted, vec![5; k]);
+        assert_eq!(per_planted(&sel, k), vec![5; k]);
         assert_eq!(
             sel.details["picks_per_cluster"],
             serde_json::json!([5, 5, 5, 5])
@@ -221,7 +233,7 @@ mod tests {
             assert_eq!(got, want[..5]);
         }
         // Same seed, same selection; a top-k by score alone would not be spread evenly.
-        let again = select(&scored, &kept, rows(&feats, dim, &kept), dim, &opts).unwrap();
+        let again = gdig(&scored, &kept, &feats, k, 20).unwrap();
         assert_eq!(sel, again);
     }
 
@@ -229,7 +241,7 @@ mod tests {
     fn small_clusters_give_their_remainder_to_the_others() {
         // Planted cluster 0 keeps only 2 samples after the quality filter.
         let (k, per) = (4, 20);
-        let (scored, feats, dim) = setup(k, per, |i| {
+        let (scored, feats) = setup(k, per, |i| {
             if i % 4 == 0 && i >= 8 {
                 -1.0
             } else {
@@ -238,34 +250,25 @@ mod tests {
         });
         let kept = quality_filter(&scored, Quality::Above(0.0));
         assert_eq!(kept.len(), 2 + 3 * per);
-        let mut opts = GdigOptions::new(Size::Count(23));
-        opts.clusters = k;
-        let sel = select(&scored, &kept, rows(&feats, dim, &kept), dim, &opts).unwrap();
+        let sel = gdig(&scored, &kept, &feats, k, 23).unwrap();
         assert_eq!(sel.picks.len(), 23);
-        let mut per_planted = vec![0; k];
-        for p in &sel.picks {
-            per_planted[p.index % k] += 1;
-        }
         // 2 from the small cluster; the other 21 split 7/7/7.
-        assert_eq!(per_planted, vec![2, 7, 7, 7]);
+        assert_eq!(per_planted(&sel, k), vec![2, 7, 7, 7]);
     }
 
     #[test]
     fn quality_filter_excludes_harmful_samples() {
         let (k, per) = (3, 20);
         // Every other sample harms the seed set (negative mean score).
-        let (scored, feats, dim) = setup(k, per, |i| if i % 2 == 0 { 0.5 } else { -0.5 });
+        let (scored, feats) = setup(k, per, |i| if i % 2 == 0 { 0.5 } else { -0.5 });
         let kept = quality_filter(&scored, Quality::Above(0.0));
         assert_eq!(kept.len(), k * per / 2);
         assert!(kept.iter().all(|&i| scored.scores[i] > 0.0));
-        let mut opts = GdigOptions::new(Size::Count(30));
-        opts.clusters = k;
-        let sel = select(&scored, &kept, rows(&feats, dim, &kept), dim, &opts).unwrap();
+        let sel = gdig(&scored, &kept, &feats, k, 30).unwrap();
         assert_eq!(sel.picks.len(), 30);
         assert!(sel.picks.iter().all(|p| p.score > 0.0 && p.index % 2 == 0));
         // Asking for more than pass the filter is an error, not a silent shortfall.
-        opts.size = Size::Count(31);
-        let err = select(&scored, &kept, rows(&feats, dim, &kept), dim, &opts).unwrap_err();
+        let err = gdig(&scored, &kept, &feats, k, 31).unwrap_err();
         assert!(err.to_string().contains("only 30"), "{err}");
         // A top fraction keeps exactly that share.
         assert_eq!(

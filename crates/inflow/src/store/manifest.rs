@@ -57,6 +57,21 @@ pub struct StoreSpec {
     pub shard_size: usize,
 }
 
+impl StoreSpec {
+    /// The spec of a store of synthetic features (benchmarks, tests of curvature and scoring):
+    /// no model and no data behind them, only the feature map.
+    pub fn synthetic(features: Value, dtype: Dtype, dim: usize, shard_size: usize) -> StoreSpec {
+        StoreSpec {
+            model: serde_json::json!({"synthetic": true}),
+            data: serde_json::json!({"synthetic": true}),
+            features,
+            dtype,
+            dim,
+            shard_size,
+        }
+    }
+}
+
 /// Whether every shard has been written and the combined samples table exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -204,6 +204,25 @@ impl Store {
         self.manifest.spec.dim
     }
 
+    /// Writes a complete store of `n` synthetic feature rows into `dir` (benchmarks, tests of
+    /// curvature and scoring) and opens it: `rows(range)` gives the rows of each shard in
+    /// turn, recorded with [`SampleRow::placeholder`]s.
+    pub fn write_synthetic(
+        dir: &Path,
+        spec: StoreSpec,
+        n: usize,
+        mut rows: impl FnMut(Range<usize>) -> Vec<f32>,
+    ) -> Result<Store> {
+        let mut store = Store::create_or_resume(dir, spec, n)?;
+        for i in 0..store.n_shards() {
+            let range = store.shard_range(i);
+            let meta: Vec<SampleRow> = range.clone().map(SampleRow::placeholder).collect();
+            store.write_shard(i, &rows(range), &meta)?;
+        }
+        store.finish()?;
+        Store::open(dir)
+    }
+
     /// Total rows planned.
     pub fn n_samples(&self) -> usize {
         self.manifest.n_samples
@@ -554,50 +573,9 @@ fn check_finite(dir: &Path, index: usize, values: &[f32], dim: usize, hint: &str
 pub(crate) mod tests {
     use super::*;
     use serde_json::json;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A test directory, removed when dropped.
-    pub(crate) struct TempDir(PathBuf);
-
-    impl std::ops::Deref for TempDir {
-        type Target = Path;
-        fn deref(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl AsRef<Path> for TempDir {
-        fn as_ref(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
-    /// A fresh, empty directory under the system temp dir, unique per test and process.
-    pub(crate) fn temp_dir(name: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "inflow-test-{}-{name}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    pub(crate) fn have_numpy() -> bool {
-        std::process::Command::new("python3")
-            .args(["-c", "import numpy"])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    }
+    /// The unit tests' scratch folders, and whether numpy is there for interop checks.
+    pub(crate) use inflow_testkit::{python, python_has, scratch as temp_dir};
 
     pub(crate) fn spec(dtype: Dtype, dim: usize, shard_size: usize, rank: u32) -> StoreSpec {
         StoreSpec {
@@ -723,7 +701,7 @@ pub(crate) mod tests {
             .flat_map(|i| s.shard_features(i).unwrap().0)
             .collect();
         assert_eq!(all, feats);
-        if !have_numpy() {
+        if !python_has("numpy") {
             eprintln!(
                 "f32_store_is_exact_and_numpy_reads_it: numpy not found, Python check skipped"
             );
@@ -734,16 +712,7 @@ pub(crate) mod tests {
             n=np.concatenate([np.load(sys.argv[1]+f'/norms-{i:05d}.npy',mmap_mode='r') for i in range(3)])\n\
             assert a.shape==(5,3) and np.allclose(np.linalg.norm(a,axis=1),n,rtol=1e-6)\n\
             print(repr(a.astype(float).ravel().tolist()))";
-        let out = std::process::Command::new("python3")
-            .args(["-c", script, dir.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
+        let text = python(script, &[dir.to_str().unwrap()]);
         let back: Vec<f32> = text
             .trim()
             .trim_matches(['[', ']'])

@@ -375,7 +375,7 @@ mod tests {
     /// Reads files numpy wrote (with its own header layout) and checks numpy reads ours.
     #[test]
     fn numpy_interop() {
-        if !crate::store::tests::have_numpy() {
+        if !crate::store::tests::python_has("numpy") {
             eprintln!("numpy_interop: python3 with numpy not found; skipped (CI installs numpy)");
             return;
         }
@@ -397,15 +397,7 @@ v = np.load(d + '/v.npy', mmap_mode='r'); assert v.shape == (12,) and np.array_e
 np.save(d + '/np32.npy', ref.reshape(4, 3))
 np.save(d + '/np16.npy', ref.astype(np.float16))
 "#;
-        let out = std::process::Command::new("python3")
-            .args(["-c", script, dir.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crate::store::tests::python(script, &[dir.to_str().unwrap()]);
         let a = NpyFile::open(&dir.join("np32.npy")).unwrap();
         assert_eq!(
             (a.shape(), a.to_f32_vec()),

@@ -42,6 +42,25 @@ pub struct SampleRow {
     pub response: String,
 }
 
+impl SampleRow {
+    /// The record of a synthetic feature row (benchmarks, tests of curvature and scoring): the
+    /// row number as id, no tokens and no text.
+    pub fn placeholder(row: usize) -> SampleRow {
+        SampleRow {
+            id: row.to_string(),
+            row: row as u64,
+            n_tokens: 0,
+            n_loss_tokens: 0,
+            loss: 0.0,
+            truncated: false,
+            prompt_tokens_cut: 0,
+            response_tokens_cut: 0,
+            prompt: String::new(),
+            response: String::new(),
+        }
+    }
+}
+
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("id", DataType::Utf8, false),

@@ -147,7 +147,7 @@ pub fn read_state(dir: &Path) -> Result<TrainerState> {
     })
 }
 
-fn load_st(p: &Path) -> Result<HashMap<String, Tensor>> {
+pub(super) fn load_st(p: &Path) -> Result<HashMap<String, Tensor>> {
     candle_core::safetensors::load(p, &Device::Cpu).map_err(|e| Error::Model {
         path: p.into(),
         msg: format!("cannot read safetensors: {e}"),
@@ -159,16 +159,7 @@ fn take(t: &mut HashMap<String, Tensor>, p: &Path, name: &str, like: &Tensor) ->
         path: p.into(),
         msg: format!("missing tensor `{name}`"),
     })?;
-    if v.dims() != like.dims() {
-        return Err(Error::Model {
-            path: p.into(),
-            msg: format!(
-                "tensor `{name}` has shape {:?}, expected {:?}",
-                v.dims(),
-                like.dims()
-            ),
-        });
-    }
+    crate::model::check_shape(p, name, v.dims(), like.dims())?;
     Ok(v.to_dtype(like.dtype())?)
 }
 

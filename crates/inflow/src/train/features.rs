@@ -15,7 +15,6 @@
 use super::adamw::{adam_update_feature, AdamWConfig};
 use super::checkpoint::{self, WEIGHTS_FILE};
 use crate::data::tokens::Renderer;
-use crate::data::Sample;
 use crate::features::{dense, FeatureSpec, Projection, Projector};
 use crate::index::{
     self, Batch, FeaturePass, Featurizer, IndexOptions, IndexSummary, PassObserver, Progress,
@@ -23,7 +22,6 @@ use crate::index::{
 };
 use crate::model::lora::{Adapters, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use crate::model::{sha256_files, Llama, LoadedModel, TokenSeq};
-use crate::store::SampleRow;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -67,26 +65,14 @@ pub fn attach(model: &mut LoadedModel, dir: &Path) -> Result<CheckpointInfo> {
         }
     } else if dir.join(WEIGHTS_FILE).exists() {
         let p = dir.join(WEIGHTS_FILE);
-        let w = candle_core::safetensors::load(&p, &Device::Cpu).map_err(|e| Error::Model {
-            path: p.clone(),
-            msg: format!("cannot read safetensors: {e}"),
-        })?;
+        let w = checkpoint::load_st(&p)?;
         let mut t: HashMap<String, Tensor> = model.llama.hf_tensors().into_iter().collect();
         for (name, v) in w {
             let old = t.get(&name).ok_or_else(|| Error::Model {
                 path: p.clone(),
                 msg: format!("tensor `{name}` is not a parameter of the model"),
             })?;
-            if old.dims() != v.dims() {
-                return Err(Error::Model {
-                    path: p.clone(),
-                    msg: format!(
-                        "tensor `{name}` has shape {:?}, the model's has {:?}",
-                        v.dims(),
-                        old.dims()
-                    ),
-                });
-            }
+            crate::model::check_shape(&p, &name, v.dims(), old.dims())?;
             t.insert(name, v);
         }
         model.llama = Llama::from_tensors(
@@ -307,19 +293,6 @@ impl<'a> LoraFeaturizer<'a> {
             _ => gamma,
         };
         Ok((rows, cap.losses))
-    }
-
-    /// Feature rows and sample records for `samples`, in order, `threads` workers on
-    /// contiguous parts.
-    pub fn featurize(
-        &self,
-        samples: &[Sample],
-        batch_size: usize,
-        threads: usize,
-        progress: &Progress,
-    ) -> Result<(Vec<f32>, Vec<SampleRow>)> {
-        let (f, ()) = index::featurize_with(self, samples, batch_size, threads, progress)?;
-        Ok((f.grads, f.rows))
     }
 }
 

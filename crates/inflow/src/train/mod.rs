@@ -196,19 +196,7 @@ fn pass_gradients(
     let results: Vec<Result<PassOutput>> = if parts.len() == 1 {
         vec![run(0, parts[0])]
     } else {
-        std::thread::scope(|s| {
-            let hs: Vec<_> = parts
-                .iter()
-                .enumerate()
-                .map(|(i, p)| s.spawn(move || run(i, p)))
-                .collect();
-            hs.into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(Error::Msg("training worker panicked".into())))
-                })
-                .collect()
-        })
+        crate::index::on_threads(&parts, "training worker", |i, p| run(i, p))
     };
     let mut losses = Vec::with_capacity(batch.len());
     let mut sum: Vec<Option<Tensor>> = vec![None; params.len()];
@@ -450,25 +438,13 @@ pub fn eval_loss(
         return Err(Error::Msg("no samples to evaluate".into()));
     }
     let part = seqs.len().div_ceil(threads.max(1)).max(1);
-    let results: Vec<Result<Vec<f32>>> = std::thread::scope(|s| {
-        let hs: Vec<_> = seqs
-            .chunks(part)
-            .map(|chunk| {
-                s.spawn(move || -> Result<Vec<f32>> {
-                    let mut out = Vec::with_capacity(chunk.len());
-                    for b in chunk.chunks(batch_size.max(1)) {
-                        out.extend(model.llama.losses(b)?);
-                    }
-                    Ok(out)
-                })
-            })
-            .collect();
-        hs.into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(Error::Msg("evaluation worker panicked".into())))
-            })
-            .collect()
+    let parts: Vec<&[TokenSeq]> = seqs.chunks(part).collect();
+    let results = crate::index::on_threads(&parts, "evaluation worker", |_, chunk| {
+        let mut out = Vec::with_capacity(chunk.len());
+        for b in chunk.chunks(batch_size.max(1)) {
+            out.extend(model.llama.losses(b)?);
+        }
+        Ok(out)
     });
     let mut losses = Vec::with_capacity(seqs.len());
     for r in results {

@@ -15,19 +15,8 @@ pub enum Decay {
     Constant,
 }
 
-impl std::str::FromStr for Decay {
-    type Err = crate::Error;
-    fn from_str(s: &str) -> crate::Result<Self> {
-        match s {
-            "linear" => Ok(Decay::Linear),
-            "cosine" => Ok(Decay::Cosine),
-            "constant" => Ok(Decay::Constant),
-            _ => Err(crate::Error::Msg(format!(
-                "unknown schedule `{s}`; expected linear, cosine or constant"
-            ))),
-        }
-    }
-}
+crate::error::names!(Decay: "schedule",
+    Linear = "linear", Cosine = "cosine", Constant = "constant");
 
 /// η at optimizer step k (0-based) of K: k/W · η during the W warm-up steps, then the decay.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
