@@ -7,14 +7,13 @@
 //! Each checkpoint store (made by `inflow index --checkpoints`) records its checkpoint and
 //! learning rate η_c; queries are featurized at each checkpoint with the store's settings.
 
-use crate::data::tokens::Renderer;
+use super::queries::featurize_queries;
 use crate::data::Sample;
 use crate::estimators::{Cosine, Dot, Estimator};
-use crate::features::FeatureSpec;
-use crate::index::{model_spec, FeaturePass, Featurizer, Progress, RunInfo};
+use crate::index::{model_spec, Progress};
 use crate::model::LoadedModel;
 use crate::store::Store;
-use crate::train::features::{attach, CheckpointInfo, LoraFeaturizer, LoraGradient};
+use crate::train::features::{attach, merged_for_base_features, store_weights, CheckpointInfo};
 use crate::{Error, Result};
 use candle_core::DType;
 use std::path::{Path, PathBuf};
@@ -71,22 +70,10 @@ pub fn find(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(keyed.into_iter().map(|(_, p)| p).collect())
 }
 
-fn run_json(dir: &Path) -> Result<serde_json::Value> {
-    let p = dir.join("run.json");
-    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Store {
-        path: dir.into(),
-        msg: format!("run.json: {e}"),
-    })
-}
-
 fn checkpoint_of(dir: &Path) -> Result<CheckpointInfo> {
-    let v = run_json(dir)?;
-    serde_json::from_value(v.get("checkpoint").cloned().unwrap_or_default()).map_err(|_| {
-        Error::Store {
-            path: dir.into(),
-            msg: "not a checkpoint store (its run.json names no checkpoint): TracIn and LESS weight each checkpoint's scores by its learning rate, so they need stores indexed at training checkpoints (`inflow index --checkpoints CK1 CK2 … --out DIR`, or `--adapter CK` for one); on a plain store use dot or cosine".into(),
-        }
+    store_weights(dir)?.checkpoint.ok_or_else(|| Error::Store {
+        path: dir.into(),
+        msg: "not a checkpoint store (its run.json names no checkpoint): TracIn and LESS weight each checkpoint's scores by its learning rate, so they need stores indexed at training checkpoints (`inflow index --checkpoints CK1 CK2 … --out DIR`, or `--adapter CK` for one); on a plain store use dot or cosine".into(),
     })
 }
 
@@ -103,11 +90,7 @@ pub fn score(
     let mut ids: Vec<String> = Vec::new();
     for dir in dirs {
         let store = Store::open(dir)?;
-        let v = run_json(dir)?;
-        let run: RunInfo = serde_json::from_value(v.clone()).map_err(|e| Error::Store {
-            path: dir.clone(),
-            msg: format!("run.json: {e}"),
-        })?;
+        let recorded = store_weights(dir)?;
         let ck = checkpoint_of(dir)?;
         let lr = ck.lr.ok_or_else(|| Error::Store {
             path: dir.clone(),
@@ -116,10 +99,6 @@ pub fn score(
                 ck.path.display()
             ),
         })?;
-        let lora = v
-            .get("lora_grads")
-            .and_then(|b| b.as_bool())
-            .unwrap_or(false);
         let kind = store
             .spec()
             .features
@@ -135,31 +114,25 @@ pub fn score(
                     .into(),
             });
         }
-        let mut model = LoadedModel::load(model_override.unwrap_or(&run.model_path), DType::F32)?;
+        let base = model_override.unwrap_or(&recorded.run.model_path);
+        let mut model = LoadedModel::load(base, DType::F32)?;
         attach(&mut model, &ck.path)?;
+        // Base-Linear features were indexed on the merged weights (run_checkpoint_index).
+        if !recorded.lora_grads {
+            if let Some(m) = merged_for_base_features(&model)? {
+                model = m;
+            }
+        }
         store.check_compatible(&serde_json::json!({ "model": model_spec(&model)? }))?;
-        let spec: FeatureSpec =
-            serde_json::from_value(store.spec().features.clone()).map_err(|e| Error::Store {
-                path: dir.clone(),
-                msg: format!("features: {e}"),
-            })?;
-        let progress = Progress::default();
-        let q = if lora {
-            let fz = LoraFeaturizer::new(
-                &model,
-                spec.projection.clone(),
-                spec.seed,
-                Renderer::new(&model, run.features.template, run.features.max_tokens)?
-                    .with_truncate(run.features.truncate),
-                &LoraGradient::Sgd,
-                None,
-            )?;
-            fz.featurize(queries, 1, threads, &progress)?.grads
-        } else {
-            Featurizer::new(&model, &run.features)?
-                .featurize(queries, 1, threads, &progress)?
-                .grads
-        };
+        let q = featurize_queries(
+            &model,
+            &store,
+            &recorded,
+            queries,
+            threads,
+            &Progress::default(),
+        )?
+        .grads;
         let est: Box<dyn Estimator> = match method {
             CheckpointMethod::TracIn => Box::new(Dot),
             CheckpointMethod::Less => Box::new(Cosine),

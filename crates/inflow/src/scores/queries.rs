@@ -9,7 +9,7 @@ use crate::data::tokens::Renderer;
 use crate::data::Sample;
 use crate::estimators::{self, Estimator};
 use crate::features::FeatureSpec;
-use crate::index::{self, FeaturePass, Featurizer, Progress};
+use crate::index::{self, FeaturePass, Featurized, Featurizer, Progress};
 use crate::model::LoadedModel;
 use crate::store::SampleRow;
 use crate::store::Store;
@@ -106,7 +106,6 @@ pub fn score_samples(
         return Err(Error::Msg("no queries to score".into()));
     }
     let recorded = train::features::store_weights(dir)?;
-    let run = &recorded.run;
     store.check_compatible(&serde_json::json!({ "model": index::model_spec(model)? }))?;
     let est = estimator(spec, &store)?;
     if recorded.lora_grads && est.features() != "gradients" {
@@ -118,48 +117,8 @@ pub fn score_samples(
             ),
         });
     }
-    // The query side of a LoRA-gradient store is the plain LoRA gradient (also against
-    // Adam-update training features: LESS's pairing), of the same layers and projection.
-    let (grads, rows, feats, fz_spec) = if recorded.lora_grads {
-        let stored: FeatureSpec =
-            serde_json::from_value(store.spec().features.clone()).map_err(|e| Error::Store {
-                path: dir.into(),
-                msg: format!("features: {e}"),
-            })?;
-        let fz = LoraFeaturizer::new(
-            model,
-            stored.projection.clone(),
-            stored.seed,
-            Renderer::new(model, run.features.template, run.features.max_tokens)?
-                .with_truncate(run.features.truncate),
-            &LoraGradient::Sgd,
-            None,
-        )?;
-        let f = fz.featurize(queries, 1, threads, progress)?;
-        (f.grads, f.rows, None, fz.spec().clone())
-    } else {
-        let fz = Featurizer::new(model, &run.features)?;
-        let f = fz.featurize(queries, 1, threads, progress)?;
-        (Vec::new(), Vec::new(), Some(f), fz.spec().clone())
-    };
-    let mut want = serde_json::to_value(&fz_spec).map_err(|e| Error::Msg(e.to_string()))?;
-    // A checkpoint store's own fields (its checkpoint, already hash-checked with the model,
-    // and its gradient kind) are not settings of the query pass.
-    if let (Some(w), Some(have)) = (want.as_object_mut(), store.spec().features.as_object()) {
-        for key in ["gradient", "checkpoint"] {
-            if let Some(v) = have.get(key) {
-                w.insert(key.into(), v.clone());
-            }
-        }
-    }
-    store.check_compatible(&serde_json::json!({
-        "features": want,
-        "dim": fz_spec.dim(),
-    }))?;
-    let (qf, query_rows) = match &feats {
-        Some(f) => (f.set(est.features())?, f.rows.clone()),
-        None => (grads.as_slice(), rows),
-    };
+    let feats = featurize_queries(model, &store, &recorded, queries, threads, progress)?;
+    let (qf, query_rows) = (feats.set(est.features())?, feats.rows.clone());
     let sub;
     let scored: &Store = if est.features() == "gradients" {
         &store
@@ -183,4 +142,60 @@ pub fn score_samples(
         report: est.report(),
         query_rows,
     })
+}
+
+/// Features of `queries` by the pass `store` was indexed with, checked against its spec: the
+/// plain LoRA gradient of the same layers and projection for a `--lora-grads` store (also
+/// against Adam-update training features: LESS's pairing), else the base-Linear pass with its
+/// RepSim sets. `model` must be at the store's weights.
+pub fn featurize_queries(
+    model: &LoadedModel,
+    store: &Store,
+    recorded: &train::features::StoreWeights,
+    queries: &[Sample],
+    threads: usize,
+    progress: &Progress,
+) -> Result<Featurized> {
+    let run = &recorded.run;
+    let (feats, fz_spec) = if recorded.lora_grads {
+        let stored: FeatureSpec =
+            serde_json::from_value(store.spec().features.clone()).map_err(|e| Error::Store {
+                path: store.dir().into(),
+                msg: format!("features: {e}"),
+            })?;
+        let fz = LoraFeaturizer::new(
+            model,
+            stored.projection.clone(),
+            stored.seed,
+            Renderer::new(model, run.features.template, run.features.max_tokens)?
+                .with_truncate(run.features.truncate),
+            &LoraGradient::Sgd,
+            None,
+        )?;
+        (
+            fz.featurize(queries, 1, threads, progress)?,
+            fz.spec().clone(),
+        )
+    } else {
+        let fz = Featurizer::new(model, &run.features)?;
+        (
+            fz.featurize(queries, 1, threads, progress)?,
+            fz.spec().clone(),
+        )
+    };
+    let mut want = serde_json::to_value(&fz_spec).map_err(|e| Error::Msg(e.to_string()))?;
+    // A checkpoint store's own fields (its checkpoint, hash-checked with the model, and its
+    // gradient kind) are not settings of the query pass.
+    if let (Some(w), Some(have)) = (want.as_object_mut(), store.spec().features.as_object()) {
+        for key in ["gradient", "checkpoint"] {
+            if let Some(v) = have.get(key) {
+                w.insert(key.into(), v.clone());
+            }
+        }
+    }
+    store.check_compatible(&serde_json::json!({
+        "features": want,
+        "dim": fz_spec.dim(),
+    }))?;
+    Ok(feats)
 }
