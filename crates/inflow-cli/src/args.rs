@@ -97,7 +97,8 @@ pub(crate) struct TokenArgs {
 /// How an index pass writes its store: element type, shard size, micro-batch size.
 #[derive(Args, Clone)]
 pub(crate) struct StoreArgs {
-    /// Stored element type: f16 (default, half the bytes) or f32.
+    /// Stored element type: f16 (default, half the bytes), f32, int8 (a quarter, one scale per
+    /// row) or bit (1-bit sign sketches, 1/32; scored by popcount, ranks only)
     #[arg(long, default_value = "f16")]
     pub dtype: String,
     /// Samples per shard (the unit of atomic writes and of resumption).
@@ -116,11 +117,7 @@ impl StoreArgs {
         features: &FeatureArgs,
         threads: usize,
     ) -> Result<IndexOptions> {
-        let dtype = match self.dtype.as_str() {
-            "f16" => Dtype::F16,
-            "f32" => Dtype::F32,
-            d => bail!("unknown --dtype `{d}`; expected f16 or f32"),
-        };
+        let dtype: Dtype = self.dtype.parse()?;
         if self.shard_size == 0 || self.batch_size == 0 {
             bail!("--shard-size and --batch-size must be positive");
         }

@@ -498,6 +498,7 @@ pub fn index_pass<P: FeaturePass, O: PassObserver>(
         dtype: opts.dtype,
         dim: fz.spec().dim(),
         shard_size: opts.shard_size,
+        compact: None,
     };
     let hidden = model.llama.config.hidden_size;
     let rep_spec = |pooling: &str| StoreSpec {
@@ -582,6 +583,8 @@ pub fn index_pass<P: FeaturePass, O: PassObserver>(
         shards_reused: reused,
         dim,
         tokens,
-        bytes_per_sample: (dim * opts.dtype.size() + 4) as f64,
+        bytes_per_sample: (opts.dtype.row_bytes(dim)
+            + 4
+            + if opts.dtype == Dtype::I8 { 4 } else { 0 }) as f64,
     })
 }

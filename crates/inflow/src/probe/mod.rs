@@ -204,6 +204,7 @@ pub fn run(
         dtype: Dtype::F32,
         dim: np,
         shard_size: run.shard_size,
+        compact: None,
     };
     let mut store = Store::create_or_resume(out, spec, n)?;
     progress.total.store(n, Ordering::Relaxed);

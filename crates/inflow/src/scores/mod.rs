@@ -4,8 +4,12 @@
 //! training rows Z, S = Z · Q'ᵀ (Q' the prepared queries), each row scaled by
 //! `train_scale(‖z‖)`, then fed to a per-query top-k heap. Training rows are split across
 //! threads with a single-threaded sgemm per block (the fastest split measured, STACK.md).
+//! Compact stores use their own products: int8 × int8 with i32 sums ([`int8`]) and popcount
+//! of sign bits ([`bits`]); the queries are quantized the same way once per run.
 
+pub mod bits;
 pub mod checkpoints;
+pub mod int8;
 mod output;
 pub mod queries;
 pub mod table;
@@ -16,7 +20,7 @@ pub use output::{write_full_npy, write_per_train_parquet, write_topk_parquet};
 use rayon::prelude::*;
 
 use crate::estimators::Estimator;
-use crate::store::Store;
+use crate::store::{Dtype, Store};
 use crate::{Error, Result};
 use topk::TopK;
 
@@ -162,6 +166,7 @@ impl Scoring<'_> {
                 est.name()
             )));
         }
+        let side = QuerySide::new(store.spec().dtype, q, nq, dim);
         let mut dense = if full { Some(alloc_full(nq, n)?) } else { None };
         let mut heaps: Vec<TopK> = (0..nq).map(|_| TopK::new(k)).collect();
         let mut scores = Vec::new();
@@ -169,34 +174,50 @@ impl Scoring<'_> {
 
         for shard in 0..store.n_shards() {
             let start = store.shard_range(shard).start;
-            let feats = store.shard_features_npy(shard)?;
-            let scales: Vec<f32> = store
-                .shard_norms(shard)?
-                .iter()
-                .map(|&nrm| est.train_scale(nrm))
-                .collect();
+            let shard_rows = store.shard_rows(shard)?;
+            let feats = shard_rows.npy();
+            let norms = store.shard_norms(shard)?;
+            let scales: Vec<f32> = norms.iter().map(|&nrm| est.train_scale(nrm)).collect();
             let rows = feats.rows();
             let direct = feats.as_f32_slice();
 
             for c0 in (0..rows).step_by(chunk) {
                 let c1 = (c0 + chunk).min(rows);
                 scores.resize((c1 - c0) * nq, 0.0);
-                // S[r, j] for rows c0..c1: one sgemm per block of rows, blocks across threads.
+                // S[r, j] for rows c0..c1: one product per block of rows, blocks across threads.
                 scores
                     .par_chunks_mut(block * nq.max(1))
                     .enumerate()
                     .for_each_init(Vec::new, |buf: &mut Vec<f32>, (b, out)| {
                         let r0 = c0 + b * block;
                         let r1 = (r0 + block).min(c1);
-                        let z = match direct {
-                            Some(all) => &all[r0 * dim..r1 * dim],
-                            None => {
-                                buf.resize((r1 - r0) * dim, 0.0);
-                                feats.copy_rows_f32(r0, r1, buf);
-                                &buf[..]
+                        match &side {
+                            QuerySide::Float(q) => {
+                                let z = match direct {
+                                    Some(all) => &all[r0 * dim..r1 * dim],
+                                    None => {
+                                        buf.resize((r1 - r0) * dim, 0.0);
+                                        shard_rows.copy_rows_f32(r0, r1, buf);
+                                        &buf[..]
+                                    }
+                                };
+                                block_product(z, q, r1 - r0, nq, dim, out);
                             }
-                        };
-                        block_product(z, &q, r1 - r0, nq, dim, out);
+                            QuerySide::I8(q) => int8::scores(
+                                feats.row_bytes(r0, r1),
+                                &shard_rows.scales()[r0..r1],
+                                r1 - r0,
+                                q,
+                                out,
+                            ),
+                            QuerySide::Bit(q) => bits::scores(
+                                feats.row_bytes(r0, r1),
+                                &norms[r0..r1],
+                                r1 - r0,
+                                q,
+                                out,
+                            ),
+                        }
                         for (row, s) in out.chunks_exact_mut(nq.max(1)).zip(&scales[r0..r1]) {
                             row.iter_mut().for_each(|x| *x *= s);
                         }
@@ -236,6 +257,23 @@ impl Scoring<'_> {
             full: dense,
             n_train: n,
         })
+    }
+}
+
+/// The prepared queries in the form the store's element type is scored with.
+enum QuerySide {
+    Float(Vec<f32>),
+    I8(int8::Queries),
+    Bit(bits::Queries),
+}
+
+impl QuerySide {
+    fn new(dtype: Dtype, q: Vec<f32>, nq: usize, dim: usize) -> Self {
+        match dtype {
+            Dtype::F16 | Dtype::F32 => QuerySide::Float(q),
+            Dtype::I8 => QuerySide::I8(int8::Queries::new(&q, nq, dim)),
+            Dtype::Bit => QuerySide::Bit(bits::Queries::new(&q, nq, dim)),
+        }
     }
 }
 
@@ -423,6 +461,45 @@ mod tests {
         }
         assert_eq!(r.topk[0][0].0, 13);
         assert!((r.topk[0][0].1 - 1.0).abs() < 1e-6, "{}", r.topk[0][0].1);
+    }
+
+    /// int8 and bit stores score through their own products: close to the float scores of
+    /// the same rows (int8 within its rounding, bits within SimHash's error at this dim), and a
+    /// query equal to a stored row finds it first.
+    #[test]
+    fn compact_stores_score_close_to_float_and_find_self() {
+        let (n, dim, nq) = (40, 512, 3);
+        let mut s = crate::random::Stream::new(8, "compact");
+        let feats: Vec<f32> = (0..n * dim).map(|_| s.normal() as f32).collect();
+        let mut queries: Vec<f32> = (0..nq * dim).map(|_| s.normal() as f32).collect();
+        queries[..dim].copy_from_slice(&feats[17 * dim..18 * dim]);
+        let reference = {
+            let dir = temp_dir("score_compact_f32");
+            let store = filled_store(&dir, spec(Dtype::F32, dim, 16, 8), &feats);
+            score_store(&store, &queries, nq, &Cosine, 5, true, &mut |_| {})
+                .unwrap()
+                .full
+                .unwrap()
+        };
+        // SimHash at dim 512: σ(θ̂) ≈ π·0.5/√512 ≈ 0.07, so the worst of 120 pairs stays under 0.25.
+        for (dtype, tol) in [(Dtype::I8, 0.01), (Dtype::Bit, 0.25)] {
+            let dir = temp_dir(&format!("score_compact_{dtype}"));
+            let store = filled_store(&dir, spec(dtype, dim, 16, 8), &feats);
+            let r = score_store(&store, &queries, nq, &Cosine, 5, true, &mut |_| {}).unwrap();
+            let full = r.full.unwrap();
+            let worst = full
+                .iter()
+                .zip(&reference)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < tol, "{dtype}: largest cosine error {worst}");
+            assert_eq!(r.topk[0][0].0, 17, "{dtype}");
+            assert!(
+                (r.topk[0][0].1 - 1.0).abs() < 0.01,
+                "{dtype}: {}",
+                r.topk[0][0].1
+            );
+        }
     }
 
     #[test]

@@ -176,7 +176,7 @@ pub fn store_features(store: &Store, ids: &[&str]) -> Result<Vec<f32>> {
         if next >= want.len() || want[next].0 >= range.end {
             continue;
         }
-        let f = store.shard_features_npy(shard)?;
+        let f = store.shard_rows(shard)?;
         while next < want.len() && want[next].0 < range.end {
             let (r, k) = want[next];
             let local = r - range.start;

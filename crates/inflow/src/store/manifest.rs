@@ -1,6 +1,5 @@
 //! `manifest.json`: what a store holds (its spec) and which shards are whole.
 
-use std::fmt;
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
@@ -17,26 +16,51 @@ pub enum Dtype {
     F16,
     /// IEEE single precision.
     F32,
+    #[serde(rename = "int8")]
+    /// Signed 8-bit integers with one f32 scale per row (`scales-*.npy`): x ≈ scale · q,
+    /// scale = max|x| / 127. A quarter of f32's bytes; scored by int8 products.
+    I8,
+    /// 1-bit sign sketches: bit i of a row is x_i > 0, packed eight to a byte, most
+    /// significant bit first (`np.unpackbits(a, axis=1, count=dim)`). Scored by popcount
+    /// (SimHash: cos θ ≈ cos(π · hamming / dim), Charikar 2002).
+    Bit,
 }
 
 impl Dtype {
-    /// Bytes per element.
-    pub fn size(self) -> usize {
+    /// Bytes one row of `dim` values takes on disk.
+    pub fn row_bytes(self, dim: usize) -> usize {
+        match self {
+            Dtype::F16 => 2 * dim,
+            Dtype::F32 => 4 * dim,
+            Dtype::I8 => dim,
+            Dtype::Bit => dim.div_ceil(8),
+        }
+    }
+
+    /// Columns of the `.npy` feature matrix for rows of `dim` values (packed bytes for bits).
+    pub fn file_cols(self, dim: usize) -> usize {
+        match self {
+            Dtype::Bit => dim.div_ceil(8),
+            _ => dim,
+        }
+    }
+
+    /// Whether rows are stored as floating-point values (f16, f32).
+    pub fn is_float(self) -> bool {
+        matches!(self, Dtype::F16 | Dtype::F32)
+    }
+
+    /// Bytes of one element of the `.npy` file.
+    pub fn file_size(self) -> usize {
         match self {
             Dtype::F16 => 2,
             Dtype::F32 => 4,
+            Dtype::I8 | Dtype::Bit => 1,
         }
     }
 }
 
-impl fmt::Display for Dtype {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Dtype::F16 => "f16",
-            Dtype::F32 => "f32",
-        })
-    }
-}
+crate::error::names!(Dtype: "--dtype", F16 = "f16", F32 = "f32", I8 = "int8", Bit = "bit");
 
 /// Everything that defines a store's content. Two runs with equal specs produce
 /// interchangeable shards; the store compares `model`, `data` and `features` without
@@ -55,6 +79,29 @@ pub struct StoreSpec {
     pub dim: usize,
     /// Rows per shard (the last shard may be shorter).
     pub shard_size: usize,
+    /// For a store made by `store compress`: its parent and the map from the parent's
+    /// features to these. Absent for stores of features as computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compact: Option<Compact>,
+}
+
+/// How a compact store's rows derive from its parent's: z = Pᵀ z_parent, then cast to the
+/// store dtype. P ∈ {±1/√dim}^{parent_dim × dim} is Rademacher, regenerated from `seed`
+/// (absent: no projection, dim = parent_dim).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Compact {
+    /// The parent store folder (absolute), read again by `score --rerank`.
+    pub parent: String,
+    /// sha256 of the parent's spec (its manifest's `spec`, as JSON): a parent indexed again
+    /// with other settings is noticed.
+    pub parent_spec_sha256: String,
+    /// The parent's feature length.
+    pub parent_dim: usize,
+    /// The parent's element type.
+    pub parent_dtype: Dtype,
+    /// Seed of the projection, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projection_seed: Option<u64>,
 }
 
 impl StoreSpec {
@@ -68,6 +115,7 @@ impl StoreSpec {
             dtype,
             dim,
             shard_size,
+            compact: None,
         }
     }
 }
@@ -94,10 +142,14 @@ pub struct ShardInfo {
     pub end_row: usize,
     /// Feature matrix file (rows × dim, store dtype).
     pub features: String,
-    /// Row L2 norms file (rows, f32), computed from the stored (rounded) vectors.
+    /// Row L2 norms file (rows, f32), computed from the stored (rounded) vectors; for a bit
+    /// store, of the vectors before the sign was taken (their length, which signs lose).
     pub norms: String,
     /// Per-sample table for the shard's rows.
     pub samples: String,
+    /// Per-row scales file (rows, f32) of an int8 shard: x ≈ scale · q.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scales: Option<String>,
     /// Total size of the three files, to notice a damaged shard on resume.
     pub bytes: u64,
 }
@@ -213,6 +265,7 @@ mod tests {
                 dtype: Dtype::F16,
                 dim: 4,
                 shard_size: 4,
+                compact: None,
             },
             status: Status::InProgress,
             n_samples: 10,

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! manifest.json              spec, status, written shards
-//! features-00000.npy         rows × dim, f16 or f32 (np.load(..., mmap_mode="r"))
+//! features-00000.npy         rows × dim: f16, f32 or int8; packed bits rows × ⌈dim/8⌉ (u8)
+//! scales-00000.npy           int8 only: rows, f32; a row is scale · q
 //! norms-00000.npy            rows, f32 L2 norms of the stored rows
 //! samples-00000.parquet      the shard's rows of the samples table
 //! samples.parquet            all rows in order, once complete
@@ -16,6 +17,7 @@
 pub mod atomic_write;
 mod manifest;
 pub mod npy;
+pub mod quantize;
 mod samples;
 
 use std::fs;
@@ -27,7 +29,9 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use serde_json::Value;
 
-pub use manifest::{differences, Dtype, Manifest, ShardInfo, Status, StoreSpec, FORMAT_VERSION};
+pub use manifest::{
+    differences, Compact, Dtype, Manifest, ShardInfo, Status, StoreSpec, FORMAT_VERSION,
+};
 pub use npy::NpyFile;
 pub use samples::{read_samples, SampleRow};
 
@@ -328,13 +332,14 @@ impl Store {
         let [fpath, npath, spath] = names.clone().map(|n| self.dir.join(n));
         check_finite(&self.dir, index, features, dim, "in the input")?;
         let shape = [rows, dim];
+        let mut scales_name = None;
         let (mut bytes, norms) = match self.spec().dtype {
             Dtype::F32 => (
                 npy::write_file(&fpath, &shape, features)?,
                 row_norms(features, dim),
             ),
             Dtype::F16 => {
-                // Slice conversions: vectorized (F16C) when the CPU has it.
+                // Slice conversions: vectorized (F16C when the CPU has it).
                 let mut stored = vec![f16::ZERO; features.len()];
                 stored.convert_from_f32_slice(features);
                 // Norms of the rounded vectors, so cosine is exact for what is on disk.
@@ -350,6 +355,26 @@ impl Store {
                 (
                     npy::write_file(&fpath, &shape, &stored)?,
                     row_norms(&as_f32, dim),
+                )
+            }
+            Dtype::I8 => {
+                let (codes, scales) = quantize::quantize_i8(features, dim);
+                let mut as_f32 = vec![0f32; features.len()];
+                quantize::dequantize_i8(&codes, &scales, dim, &mut as_f32);
+                let name = format!("scales-{index:05}.npy");
+                let b = npy::write_file(&self.dir.join(&name), &[rows], &scales)?;
+                scales_name = Some(name);
+                (
+                    b + npy::write_file(&fpath, &shape, &codes)?,
+                    row_norms(&as_f32, dim),
+                )
+            }
+            Dtype::Bit => {
+                let bits = quantize::pack_signs(features, dim);
+                (
+                    npy::write_file(&fpath, &[rows, dim.div_ceil(8)], &bits)?,
+                    // The sign sketch keeps no length: record the input's.
+                    row_norms(features, dim),
                 )
             }
         };
@@ -368,6 +393,7 @@ impl Store {
             features,
             norms,
             samples,
+            scales: scales_name,
             bytes,
         });
         self.manifest.shards.sort_by_key(|s| s.index);
@@ -408,35 +434,77 @@ impl Store {
         self.save_manifest()
     }
 
-    /// The mapped feature file of a written shard, checked to be rows × dim in the store dtype.
+    /// The mapped feature file of a written shard, checked to be rows × dim in the store dtype
+    /// (rows × ⌈dim/8⌉ bytes for bits).
     pub fn shard_features_npy(&self, index: usize) -> Result<NpyFile> {
         let info = self.done_shard(index)?;
         let f = NpyFile::open(&self.dir.join(&info.features))?;
-        let want = [info.end_row - info.start_row, self.dim()];
-        if f.shape() != want || f.dtype() != self.spec().dtype {
+        let dtype = self.spec().dtype;
+        let want = [info.end_row - info.start_row, dtype.file_cols(self.dim())];
+        if f.shape() != want || f.dtype() != dtype {
             return Err(store_err(
                 f.path(),
                 format!(
-                    "holds {} {:?}, the manifest expects {} {want:?}",
+                    "holds {} {:?}, the manifest expects {dtype} {want:?}",
                     f.dtype(),
                     f.shape(),
-                    self.spec().dtype
                 ),
             ));
         }
         Ok(f)
     }
 
-    /// Shard features as f32 (f16 widened) and the shard's row count.
+    /// The per-row scales of a written int8 shard.
+    pub fn shard_scales(&self, index: usize) -> Result<Vec<f32>> {
+        let info = self.done_shard(index)?;
+        let name = info.scales.as_ref().ok_or_else(|| {
+            store_err(
+                &self.dir,
+                format!("shard {index} of this int8 store lists no scales file"),
+            )
+        })?;
+        self.row_vector(index, name)
+    }
+
+    /// A written shard's features, ready to read as f32 in any store dtype.
+    pub fn shard_rows(&self, index: usize) -> Result<ShardRows> {
+        let npy = self.shard_features_npy(index)?;
+        let side = match self.spec().dtype {
+            Dtype::I8 => self.shard_scales(index)?,
+            Dtype::Bit => self.shard_norms(index)?,
+            Dtype::F16 | Dtype::F32 => Vec::new(),
+        };
+        Ok(ShardRows {
+            npy,
+            side,
+            dtype: self.spec().dtype,
+            dim: self.dim(),
+        })
+    }
+
+    /// Shard features as f32 (f16 widened, int8 scaled, bits as ±‖z‖/√dim) and the shard's
+    /// row count.
     pub fn shard_features(&self, index: usize) -> Result<(Vec<f32>, usize)> {
-        let f = self.shard_features_npy(index)?;
-        Ok((f.to_f32_vec(), f.rows()))
+        let r = self.shard_rows(index)?;
+        let rows = r.rows();
+        if self.spec().dtype.is_float() {
+            return Ok((r.npy.to_f32_vec(), rows));
+        }
+        let mut out = vec![0f32; rows * self.dim()];
+        r.copy_rows_f32(0, rows, &mut out);
+        Ok((out, rows))
     }
 
     /// L2 norms of a written shard's stored rows.
     pub fn shard_norms(&self, index: usize) -> Result<Vec<f32>> {
+        let name = self.done_shard(index)?.norms.clone();
+        self.row_vector(index, &name)
+    }
+
+    /// A shard's f32 file of one value per row (norms, scales), checked.
+    fn row_vector(&self, index: usize, name: &str) -> Result<Vec<f32>> {
         let info = self.done_shard(index)?;
-        let f = NpyFile::open(&self.dir.join(&info.norms))?;
+        let f = NpyFile::open(&self.dir.join(name))?;
         let rows = info.end_row - info.start_row;
         if f.shape() != [rows] || f.dtype() != Dtype::F32 {
             return Err(store_err(
@@ -535,9 +603,63 @@ fn spec_value(spec: &StoreSpec, n_samples: usize) -> Value {
 
 fn shard_files_intact(dir: &Path, s: &ShardInfo) -> bool {
     let size = |n: &str| fs::metadata(dir.join(n)).map(|m| m.len()).ok();
-    match (size(&s.features), size(&s.norms), size(&s.samples)) {
-        (Some(a), Some(b), Some(c)) => a + b + c == s.bytes,
+    let scales = match &s.scales {
+        Some(n) => size(n),
+        None => Some(0),
+    };
+    match (size(&s.features), size(&s.norms), size(&s.samples), scales) {
+        (Some(a), Some(b), Some(c), Some(d)) => a + b + c + d == s.bytes,
         _ => false,
+    }
+}
+
+/// The features of one written shard, memory-mapped, with what its dtype needs to read them
+/// as f32 (int8 scales, or the norms a sign sketch stands for).
+pub struct ShardRows {
+    npy: NpyFile,
+    side: Vec<f32>,
+    dtype: Dtype,
+    dim: usize,
+}
+
+impl ShardRows {
+    /// Rows in the shard.
+    pub fn rows(&self) -> usize {
+        self.npy.rows()
+    }
+
+    /// The mapped file.
+    pub fn npy(&self) -> &NpyFile {
+        &self.npy
+    }
+
+    /// Per-row scales of an int8 shard (empty for other dtypes).
+    pub fn scales(&self) -> &[f32] {
+        if self.dtype == Dtype::I8 {
+            &self.side
+        } else {
+            &[]
+        }
+    }
+
+    /// Rows `r0..r1` as f32 into `out` ((r1 − r0) × dim), dequantized.
+    pub fn copy_rows_f32(&self, r0: usize, r1: usize, out: &mut [f32]) {
+        match self.dtype {
+            Dtype::F16 | Dtype::F32 => self.npy.copy_rows_f32(r0, r1, out),
+            Dtype::I8 => {
+                let codes = self.npy.row_bytes(r0, r1);
+                // SAFETY: i8 and u8 have the same size and alignment; every bit pattern is valid.
+                let codes: &[i8] =
+                    unsafe { std::slice::from_raw_parts(codes.as_ptr().cast(), codes.len()) };
+                quantize::dequantize_i8(codes, &self.side[r0..r1], self.dim, out)
+            }
+            Dtype::Bit => quantize::unpack_signs(
+                self.npy.row_bytes(r0, r1),
+                &self.side[r0..r1],
+                self.dim,
+                out,
+            ),
+        }
     }
 }
 
@@ -585,6 +707,7 @@ pub(crate) mod tests {
             dtype,
             dim,
             shard_size,
+            compact: None,
         }
     }
 
@@ -720,6 +843,67 @@ pub(crate) mod tests {
             .map(|x| x.trim().parse::<f64>().unwrap() as f32)
             .collect();
         assert_eq!(back, feats);
+    }
+
+    /// int8 and bit stores read back dequantized, resume intact, and numpy reads them with the
+    /// recipe README gives (scale · q; unpackbits → ±norm/√dim).
+    #[test]
+    fn compact_stores_dequantize_in_rust_and_numpy_alike() {
+        let (n, dim) = (5, 11);
+        let feats = random(n * dim, 3);
+        for dtype in [Dtype::I8, Dtype::Bit] {
+            let dir = temp_dir(&format!("store_{dtype}"));
+            let s = filled_store(&dir, spec(dtype, dim, 2, 8), &feats);
+            assert_eq!(s.manifest().shards[0].scales.is_some(), dtype == Dtype::I8);
+            let all: Vec<f32> = (0..s.n_shards())
+                .flat_map(|i| s.shard_features(i).unwrap().0)
+                .collect();
+            let norms: Vec<f32> = (0..s.n_shards())
+                .flat_map(|i| s.shard_norms(i).unwrap())
+                .collect();
+            for (r, (row, orig)) in all.chunks(dim).zip(feats.chunks(dim)).enumerate() {
+                let max = orig.iter().fold(0f32, |m, v| m.max(v.abs()));
+                for (a, b) in row.iter().zip(orig) {
+                    match dtype {
+                        Dtype::I8 => assert!((a - b).abs() <= max / 254.0 + 1e-6, "{a} {b}"),
+                        _ => assert_eq!(a.signum(), if *b > 0.0 { 1.0 } else { -1.0 }),
+                    }
+                }
+                let nrm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+                assert!((nrm - norms[r]).abs() < 1e-5 * norms[r].max(1.0), "row {r}");
+            }
+            // A resumed store keeps its intact shards (the scales file counts in their size).
+            let again = Store::create_or_resume(&dir, spec(dtype, dim, 2, 8), n).unwrap();
+            assert!(again.pending_shards().is_empty(), "{dtype}");
+            if !python_has("numpy") {
+                continue;
+            }
+            let script = "import sys,json,numpy as np\n\
+                d=sys.argv[1]; m=json.load(open(d+'/manifest.json')); dim=m['spec']['dim']\n\
+                rows=[]\n\
+                for sh in m['shards']:\n\
+                \x20   a=np.load(d+'/'+sh['features'],mmap_mode='r')\n\
+                \x20   if m['spec']['dtype']=='int8':\n\
+                \x20       x=a*np.load(d+'/'+sh['scales'])[:,None]\n\
+                \x20   else:\n\
+                \x20       s=np.unpackbits(a,axis=1,count=dim).astype(np.float32)*2-1\n\
+                \x20       x=s*(np.load(d+'/'+sh['norms'])/np.sqrt(dim))[:,None]\n\
+                \x20   rows.append(x)\n\
+                print(repr(np.concatenate(rows).astype(float).ravel().tolist()))";
+            let text = python(script, &[dir.to_str().unwrap()]);
+            let back: Vec<f32> = text
+                .trim()
+                .trim_matches(['[', ']'])
+                .split(',')
+                .map(|x| x.trim().parse::<f64>().unwrap() as f32)
+                .collect();
+            for (a, b) in back.iter().zip(&all) {
+                assert!(
+                    (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                    "{dtype}: {a} vs {b}"
+                );
+            }
+        }
     }
 
     #[test]

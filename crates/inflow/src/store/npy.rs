@@ -1,4 +1,5 @@
-//! NumPy `.npy` files (format 1.0 written; 1.0–3.0 read), little-endian f16 and f32, C order.
+//! NumPy `.npy` files (format 1.0 written; 1.0–3.0 read), C order: little-endian f16 and f32,
+//! int8, and bytes of packed sign bits.
 //!
 //! Format: <https://numpy.org/doc/stable/reference/generated/numpy.lib.format.html>.
 //! Files written here open with `np.load(path, mmap_mode="r")`; they are read back through a
@@ -42,10 +43,28 @@ impl Element for f16 {
     }
 }
 
+impl Element for i8 {
+    const DTYPE: Dtype = Dtype::I8;
+    fn extend_le_bytes(values: &[Self], out: &mut Vec<u8>) {
+        out.extend(values.iter().map(|&v| v as u8));
+    }
+}
+
+/// Bytes of packed sign bits (a [`Dtype::Bit`] store's features).
+impl Element for u8 {
+    const DTYPE: Dtype = Dtype::Bit;
+    fn extend_le_bytes(values: &[Self], out: &mut Vec<u8>) {
+        out.extend_from_slice(values);
+    }
+}
+
 fn descr(dtype: Dtype) -> &'static str {
     match dtype {
         Dtype::F16 => "<f2",
         Dtype::F32 => "<f4",
+        Dtype::I8 => "|i1",
+        // Packed sign bits are stored as plain bytes.
+        Dtype::Bit => "|u1",
     }
 }
 
@@ -107,7 +126,7 @@ pub fn write_file<T: Element>(path: &Path, shape: &[usize], data: &[T]) -> Resul
     })
 }
 
-/// A memory-mapped `.npy` file holding a little-endian f16 or f32 array in C order.
+/// A memory-mapped `.npy` file holding an f16, f32, int8 or byte array in C order.
 pub struct NpyFile {
     path: PathBuf,
     map: Mmap,
@@ -132,7 +151,7 @@ impl NpyFile {
         let n = shape
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .and_then(|n| n.checked_mul(dtype.size()))
+            .and_then(|n| n.checked_mul(dtype.file_size()))
             .ok_or_else(|| bad(format!("npy shape {shape:?} overflows")))?;
         let found = map.len() - offset;
         if found != n {
@@ -180,6 +199,13 @@ impl NpyFile {
         &self.map[self.offset..]
     }
 
+    /// The raw bytes of rows `r0..r1` (int8 values or packed bits as stored).
+    /// Panics if the range is out of bounds: a caller error, not a data error.
+    pub fn row_bytes(&self, r0: usize, r1: usize) -> &[u8] {
+        let row = self.cols() * self.dtype.file_size();
+        &self.data()[r0 * row..r1 * row]
+    }
+
     /// The data as an f32 slice without copying, when the file is f32 and the data start is
     /// suitably aligned (always true for files written here) on a little-endian machine.
     pub fn as_f32_slice(&self) -> Option<&[f32]> {
@@ -191,17 +217,29 @@ impl NpyFile {
         (pre.is_empty() && post.is_empty()).then_some(mid)
     }
 
-    /// Converts rows `r0..r1` to f32 into `out` (length `(r1 - r0) * cols`).
+    /// Converts rows `r0..r1` to f32 into `out` (length `(r1 - r0) * cols`): the stored
+    /// element values widened (int8 without its row scale, packed bit bytes as 0–255; the
+    /// store dequantizes those).
     /// Panics if the range or `out` is out of bounds: a caller error, not a data error.
     pub fn copy_rows_f32(&self, r0: usize, r1: usize, out: &mut [f32]) {
         let cols = self.cols();
-        let size = self.dtype.size();
+        let size = self.dtype.file_size();
         let bytes = &self.data()[r0 * cols * size..r1 * cols * size];
         assert_eq!(out.len(), (r1 - r0) * cols, "copy_rows_f32: output length");
         match self.dtype {
             Dtype::F32 => {
                 for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
                     *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            Dtype::I8 => {
+                for (o, &b) in out.iter_mut().zip(bytes) {
+                    *o = b as i8 as f32;
+                }
+            }
+            Dtype::Bit => {
+                for (o, &b) in out.iter_mut().zip(bytes) {
+                    *o = b as f32;
                 }
             }
             Dtype::F16 => {
@@ -253,9 +291,11 @@ fn parse_header(bytes: &[u8]) -> std::result::Result<(Dtype, Vec<usize>, usize),
     let dtype = match descr {
         "<f2" => Dtype::F16,
         "<f4" => Dtype::F32,
+        "|i1" | "<i1" => Dtype::I8,
+        "|u1" | "<u1" => Dtype::Bit,
         other => {
             return Err(format!(
-                "dtype {other} is not supported (expected <f2 or <f4)"
+                "dtype {other} is not supported (expected <f2, <f4, |i1 or |u1)"
             ))
         }
     };
