@@ -88,6 +88,7 @@ pub(crate) fn run(a: DemoArgs, threads: usize, json: bool) -> Result<()> {
             lissa_batch: 64,
             lissa_tol: 1e-2,
             show: 8,
+            rerank: None,
         },
         threads,
         json,

@@ -12,6 +12,7 @@ mod progress;
 mod select;
 mod selection_eval;
 mod show;
+mod store_cmd;
 mod train;
 
 use anyhow::{anyhow, bail, Result};
@@ -95,6 +96,12 @@ enum Cmd {
     EvalLoss(train::EvalLossArgs),
     /// Merge an adapter or checkpoint into the model and write a Hugging Face folder.
     Export(train::ExportArgs),
+    /// Operations on a store: `compress` makes a compact copy (seeded projection, int8 or
+    /// 1-bit signs) that scores in a fraction of the time and disk.
+    Store {
+        #[command(subcommand)]
+        what: StoreWhat,
+    },
     /// Throughput benchmarks.
     Bench {
         #[command(subcommand)]
@@ -105,6 +112,14 @@ enum Cmd {
         #[command(subcommand)]
         what: EvalWhat,
     },
+}
+
+#[derive(Subcommand)]
+enum StoreWhat {
+    /// A compact copy of a store: each row projected to --dim with a seeded Rademacher matrix
+    /// (Johnson–Lindenstrauss), then cast to --dtype. Streamed and resumable; `score` maps the
+    /// queries the same way, and `score --rerank K` rescores candidates on this parent.
+    Compress(store_cmd::CompressArgs),
 }
 
 #[derive(Subcommand)]
@@ -176,7 +191,8 @@ struct ScoreArgs {
     /// Store made by `inflow index`.
     #[arg(long)]
     store: PathBuf,
-    /// Query samples (.jsonl/.parquet); their features are computed with the store's settings.
+    /// Query samples (.jsonl/.parquet), whose features are computed with the store's settings;
+    /// or a store `inflow index` made of them (same model and settings), computed once.
     #[arg(long)]
     queries: PathBuf,
     /// Query data format.
@@ -225,6 +241,10 @@ struct ScoreArgs {
     /// Queries shown in the printed table.
     #[arg(long, default_value_t = 5)]
     show: usize,
+    /// On a compact store (`inflow store compress`): take each query's best K candidates
+    /// from it, then rescore them exactly on the full-precision parent store.
+    #[arg(long)]
+    rerank: Option<usize>,
 }
 
 /// `score --method`'s long help, from the registry.
@@ -317,6 +337,9 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             EvalWhat::Planted(a) => planted::run(a, threads, json),
             EvalWhat::Selection(a) => selection_eval::run(a, threads, json),
             EvalWhat::Lds(a) => lds::run(a, threads, json),
+        },
+        Cmd::Store { what } => match what {
+            StoreWhat::Compress(a) => store_cmd::compress(a, json),
         },
         Cmd::Bench { what } => match what {
             BenchWhat::Features(a) => bench::features(a, threads, json),
@@ -549,6 +572,7 @@ pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<ScoreOut
                 lissa_tol: a.lissa_tol,
                 seed: 0,
             },
+            rerank: a.rerank,
             ..Default::default()
         },
         top_k: a.top_k,

@@ -29,6 +29,7 @@ impl InfluenceMethod {
             method: "influence".into(),
             preconditioner: self.fixed.unwrap_or(&options.preconditioner).to_string(),
             curvature: options.curvature.clone(),
+            rerank: options.rerank,
         }
     }
 }

@@ -76,6 +76,8 @@ pub struct Options {
     pub probe_batch: usize,
     /// One-step fine-tuning: the step size η.
     pub one_step_lr: f64,
+    /// On a compact store: rescore the best K candidates exactly on its parent.
+    pub rerank: Option<usize>,
 }
 
 impl Default for Options {
@@ -85,6 +87,7 @@ impl Default for Options {
             curvature: curvature::Options::default(),
             probe_batch: 4,
             one_step_lr: 1e-4,
+            rerank: None,
         }
     }
 }
@@ -111,6 +114,9 @@ pub struct Context<'a> {
     pub queries: &'a [Sample],
     /// The file the queries were read from (forward-only methods read them as probes).
     pub queries_path: &'a Path,
+    /// The queries' features, when they came from a query store (`score --queries STORE`)
+    /// rather than being computed here.
+    pub query_features: Option<&'a crate::index::Featurized>,
     pub options: &'a Options,
     /// Per query, keep the top `top_k`; with `full`, also the dense nq × n matrix.
     pub top_k: usize,

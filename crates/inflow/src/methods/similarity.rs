@@ -34,7 +34,11 @@ impl Method for Similarity {
         &[Need::Store, Need::Model]
     }
     fn score(&self, ctx: &Context) -> Result<Scored> {
-        score_spec(&MethodSpec::plain(self.name), ctx)
+        let spec = MethodSpec {
+            rerank: ctx.options.rerank,
+            ..MethodSpec::plain(self.name)
+        };
+        score_spec(&spec, ctx)
     }
     fn self_scores(&self, store: &Store, _options: &Options) -> Result<Option<Vec<f32>>> {
         // Cosine's self-score is 1 by definition, RepSim's lives in another feature set.
@@ -58,6 +62,7 @@ pub(super) fn score_spec(spec: &MethodSpec, ctx: &Context) -> Result<Scored> {
         ctx.full,
         ctx.threads,
         ctx.progress,
+        ctx.query_features,
         &mut |d| (ctx.on_rows)(d),
     )?;
     let train_ids = Store::open(ctx.train.store)?

@@ -146,6 +146,7 @@ impl Ctx<'_> {
             model_path: Some(&self.o.model),
             queries: self.queries,
             queries_path: &self.o.queries,
+            query_features: None,
             options: &options,
             top_k: 1,
             full: true,

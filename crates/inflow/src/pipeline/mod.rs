@@ -3,6 +3,7 @@
 //! CLI parses arguments into these options, implements the reporter with progress bars, and
 //! prints the results.
 
+pub mod compress;
 pub mod fit;
 pub mod generate;
 pub mod index;

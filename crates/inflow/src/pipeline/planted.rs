@@ -349,6 +349,7 @@ pub fn run(o: &PlantedOptions, reporter: &dyn Reporter) -> Result<PlantedReport>
                 model_path: Some(&o.model),
                 queries: &qsamples,
                 queries_path: &written.queries,
+                query_features: None,
                 options: &options,
                 top_k: 1,
                 full: true,

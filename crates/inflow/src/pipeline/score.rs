@@ -117,9 +117,23 @@ pub fn score(o: &ScoreOptions, reporter: &dyn Reporter) -> Result<ScoreOutput> {
     if o.top_k == 0 {
         return Err(Error::Msg("--top-k must be at least 1".into()));
     }
-    let queries = read_queries(&o.queries, o.format, o.limit)?;
-    let nq = queries.len();
     let train = train_set(&o.store)?;
+    // A store folder as --queries: features indexed once, scored against many stores.
+    let (queries, given) = if o.queries.join("manifest.json").exists() {
+        if !method.needs().contains(&Need::Store) || method.needs().contains(&Need::Checkpoints) {
+            return Err(Error::Msg(format!(
+                "--queries {} is a store of query features; `{}` needs the query samples themselves: give the query file",
+                o.queries.display(),
+                method.name()
+            )));
+        }
+        let (s, f) =
+            scores::queries::read_query_store(&o.queries, &Store::open(&o.store)?, o.limit)?;
+        (s, Some(f))
+    } else {
+        (read_queries(&o.queries, o.format, o.limit)?, None)
+    };
+    let nq = queries.len();
     let needs_model = method.needs().contains(&Need::Model);
     // Queries are featurized at the store's weights: its base model plus the adapter or
     // checkpoint recorded in run.json, hash-checked.
@@ -147,6 +161,7 @@ pub fn score(o: &ScoreOptions, reporter: &dyn Reporter) -> Result<ScoreOutput> {
         model_path: o.model.as_deref(),
         queries: &queries,
         queries_path: &o.queries,
+        query_features: given.as_ref(),
         options: &o.options,
         top_k: o.top_k,
         full: want_full,

@@ -255,6 +255,7 @@ impl Selector<'_> {
                 true,
                 self.o.threads,
                 &progress,
+                None,
                 &mut |_| {},
             )
         })?;

@@ -12,6 +12,7 @@ pub mod checkpoints;
 pub mod int8;
 mod output;
 pub mod queries;
+pub mod rerank;
 pub mod table;
 mod topk;
 

@@ -29,6 +29,9 @@ pub struct MethodSpec {
     /// For `influence`: identity, kfac, ekfac, datainf, lissa, exact.
     pub preconditioner: String,
     pub curvature: curvature::Options,
+    /// On a compact store: rescore each query's best `rerank` candidates exactly on the
+    /// parent store (`score --rerank`).
+    pub rerank: Option<usize>,
 }
 
 impl MethodSpec {
@@ -38,6 +41,7 @@ impl MethodSpec {
             method: method.into(),
             preconditioner: "identity".into(),
             curvature: curvature::Options::default(),
+            rerank: None,
         }
     }
 
@@ -50,6 +54,7 @@ impl MethodSpec {
                 damping,
                 ..curvature::Options::default()
             },
+            rerank: None,
         }
     }
 }
@@ -78,8 +83,94 @@ pub fn estimator<'a>(spec: &MethodSpec, store: &'a Store) -> Result<Box<dyn Esti
     }
 }
 
-/// Featurizes `queries` with `model` the way the store at `dir` was indexed and scores them
-/// against it, keeping the top `k` per query and, if `full`, the dense nq × n matrix.
+/// Queries given as a store that `index` wrote from the query file (so their features are
+/// computed once for many scoring runs): the samples as recorded (rendered prompt and
+/// response) and every feature set it holds, checked to come from the same model and feature
+/// settings as the training store `train`. `limit` keeps the first N.
+pub fn read_query_store(
+    dir: &Path,
+    train: &Store,
+    limit: Option<usize>,
+) -> Result<(Vec<Sample>, Featurized)> {
+    let q = Store::open(dir)?;
+    if !q.is_complete() {
+        return Err(Error::Store {
+            path: dir.into(),
+            msg: "is a query store that is not complete: finish its index run first".into(),
+        });
+    }
+    let mut features = q.spec().features.clone();
+    if let (Some(w), Some(have)) = (features.as_object_mut(), train.spec().features.as_object()) {
+        for key in ["gradient", "checkpoint"] {
+            match have.get(key) {
+                Some(v) => w.insert(key.into(), v.clone()),
+                None => w.remove(key),
+            };
+        }
+    }
+    train
+        .check_compatible(&serde_json::json!({"model": q.spec().model, "features": features}))
+        .map_err(|e| Error::Msg(format!("query store {}: {e}", dir.display())))?;
+    let want_dim = train
+        .spec()
+        .compact
+        .as_ref()
+        .map_or(train.dim(), |c| c.parent_dim);
+    if q.dim() != want_dim {
+        return Err(Error::Store {
+            path: dir.into(),
+            msg: format!(
+                "holds query features of dim {}, the training store scores dim {want_dim}",
+                q.dim()
+            ),
+        });
+    }
+    let n = limit.map_or(q.n_samples(), |l| l.min(q.n_samples()));
+    let read = |s: &Store| -> Result<Vec<f32>> {
+        let mut v = Vec::with_capacity(n * s.dim());
+        for sh in 0..s.n_shards() {
+            if s.shard_range(sh).start >= n {
+                break;
+            }
+            v.extend(s.shard_features(sh)?.0);
+        }
+        v.truncate(n * s.dim());
+        Ok(v)
+    };
+    let mut rows = q.samples()?;
+    rows.truncate(n);
+    let sub = |name: &str| -> Result<Vec<f32>> {
+        let d = dir.join(name);
+        if d.join("manifest.json").exists() {
+            read(&Store::open(&d)?)
+        } else {
+            Ok(Vec::new())
+        }
+    };
+    let feats = Featurized {
+        grads: read(&q)?,
+        repsim_last: sub(index::REPSIM_LAST)?,
+        repsim_mean: sub(index::REPSIM_MEAN)?,
+        rows: rows.clone(),
+    };
+    let samples = rows
+        .into_iter()
+        .map(|r| Sample {
+            id: r.id,
+            row: r.row as usize,
+            body: crate::data::Body::Plain {
+                prompt: r.prompt,
+                response: r.response,
+            },
+            meta: Default::default(),
+            input_len: 0,
+        })
+        .collect();
+    Ok((samples, feats))
+}
+
+/// Featurizes `queries` with `model` the way the store at `dir` was indexed (or takes the
+/// `given` features of a query store) and scores them against it, keeping the top `k` per query and, if `full`, the dense nq × n matrix.
 /// Representation methods score the sub-store `index` wrote beside the gradients.
 #[allow(clippy::too_many_arguments)]
 pub fn score_samples(
@@ -91,6 +182,7 @@ pub fn score_samples(
     full: bool,
     threads: usize,
     progress: &Progress,
+    given: Option<&Featurized>,
     on_shard: &mut dyn FnMut(usize),
 ) -> Result<Scored> {
     let store = Store::open(dir)?;
@@ -107,7 +199,24 @@ pub fn score_samples(
     }
     let recorded = train::features::store_weights(dir)?;
     store.check_compatible(&serde_json::json!({ "model": index::model_spec(model)? }))?;
+    let compact = store.spec().compact.clone();
+    let refuse_compact = |needs: &str| {
+        Error::Store {
+        path: dir.into(),
+        msg: format!(
+            "is a compact store (gradient features, projected and quantized by `store compress`); `{}` needs {needs} of the parent store {}: score that one, or use cosine/dot here",
+            spec.method,
+            compact.as_ref().map_or("", |c| c.parent.as_str())
+        ),
+    }
+    };
+    if compact.is_some() && spec.method == "influence" {
+        return Err(refuse_compact("the curvature fitted on the features"));
+    }
     let est = estimator(spec, &store)?;
+    if compact.is_some() && est.features() != "gradients" {
+        return Err(refuse_compact("the hidden-state representations"));
+    }
     if recorded.lora_grads && est.features() != "gradients" {
         return Err(Error::Store {
             path: dir.into(),
@@ -117,8 +226,28 @@ pub fn score_samples(
             ),
         });
     }
-    let feats = featurize_queries(model, &store, &recorded, queries, threads, progress)?;
+    if spec.rerank.is_some() && compact.is_none() {
+        return Err(Error::Store {
+            path: dir.into(),
+            msg: "--rerank rescores a compact store's candidates on its parent; this store is not compact (it is already exact)".into(),
+        });
+    }
+    let computed;
+    let feats = match given {
+        Some(f) => f,
+        None => {
+            computed = featurize_queries(model, &store, &recorded, queries, threads, progress)?;
+            &computed
+        }
+    };
     let (qf, query_rows) = (feats.set(est.features())?, feats.rows.clone());
+    if qf.is_empty() {
+        return Err(Error::Msg(format!(
+            "the query store holds no `{}` features (index the queries without --lora-grads, like the training store)",
+            est.features()
+        )));
+    }
+    let nq = queries.len();
     let sub;
     let scored: &Store = if est.features() == "gradients" {
         &store
@@ -134,7 +263,24 @@ pub fn score_samples(
         sub = Store::open(&sdir)?;
         &sub
     };
-    let result = score_store(scored, qf, queries.len(), est.as_ref(), k, full, on_shard)?;
+    let result = match crate::store::compress::Projection::of(&store) {
+        None => score_store(scored, qf, nq, est.as_ref(), k, full, on_shard)?,
+        Some(proj) => {
+            // Queries at full precision, mapped by the store's own projection and seed.
+            let qc = proj.apply(qf, nq)?;
+            let parent = spec
+                .rerank
+                .map(|_| super::rerank::open_parent(&store))
+                .transpose()?;
+            let kk = spec.rerank.map_or(k, |r| r.max(k));
+            let mut r = score_store(&store, &qc, nq, est.as_ref(), kk, full, on_shard)?;
+            if let Some(parent) = parent {
+                let prepared = est.prepare_queries(qf.to_vec(), proj.from_dim())?;
+                r.topk = super::rerank::rerank(&parent, &prepared, est.as_ref(), &r.topk, k)?;
+            }
+            r
+        }
+    };
     Ok(Scored {
         result,
         method: est.name().to_string(),
@@ -193,9 +339,23 @@ pub fn featurize_queries(
             }
         }
     }
-    store.check_compatible(&serde_json::json!({
-        "features": want,
-        "dim": fz_spec.dim(),
-    }))?;
+    let mut expected = serde_json::json!({ "features": want });
+    // A compact store holds projections of these features: they are checked against its
+    // parent's length and mapped afterwards.
+    match &store.spec().compact {
+        Some(c) if c.parent_dim != fz_spec.dim() => {
+            return Err(Error::Store {
+                path: store.dir().into(),
+                msg: format!(
+                    "was compressed from features of dim {}, the query pass gives {}",
+                    c.parent_dim,
+                    fz_spec.dim()
+                ),
+            })
+        }
+        Some(_) => {}
+        None => expected["dim"] = fz_spec.dim().into(),
+    }
+    store.check_compatible(&expected)?;
     Ok(feats)
 }

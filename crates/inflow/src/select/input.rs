@@ -245,7 +245,7 @@ pub fn seed_set_scores(
     on_shard: &mut dyn FnMut(usize),
 ) -> Result<(Scored, String, String)> {
     let s = crate::scores::queries::score_samples(
-        store_dir, model, seed_set, spec, 1, true, threads, progress, on_shard,
+        store_dir, model, seed_set, spec, 1, true, threads, progress, None, on_shard,
     )?;
     let full = s
         .result

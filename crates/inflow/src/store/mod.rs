@@ -15,6 +15,7 @@
 //! the manifest is always whole. Files the manifest does not name are ignored and overwritten.
 
 pub mod atomic_write;
+pub mod compress;
 mod manifest;
 pub mod npy;
 pub mod quantize;

@@ -1,0 +1,59 @@
+//! `inflow store …`: operations on a store.
+
+use anyhow::Result;
+use clap::Args;
+use inflow::store::compress::CompressOptions;
+use std::path::PathBuf;
+
+use crate::progress::Bars;
+
+/// `inflow store compress`' arguments.
+#[derive(Args)]
+pub(crate) struct CompressArgs {
+    /// The store to compress (made by `index`; it stays as it is).
+    #[arg(long)]
+    store: PathBuf,
+    /// The compact store folder; rerunning the same command resumes it.
+    #[arg(long)]
+    out: PathBuf,
+    /// Projected dimension (seeded Rademacher JL); omit to keep every dimension.
+    #[arg(long)]
+    dim: Option<usize>,
+    /// Element type: int8 (one scale per row), bit (1-bit signs, scored by popcount), f16 or f32.
+    #[arg(long, default_value = "int8")]
+    dtype: String,
+    /// Seed of the projection.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Rows per shard of the compact store.
+    #[arg(long, default_value_t = 4096)]
+    shard_size: usize,
+}
+
+pub(crate) fn compress(a: CompressArgs, json: bool) -> Result<()> {
+    let o = CompressOptions {
+        dim: a.dim,
+        dtype: a.dtype.parse()?,
+        seed: a.seed,
+        shard_size: a.shard_size,
+    };
+    let s = inflow::pipeline::compress::compress(&a.store, &a.out, &o, &Bars::default())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!(
+        "compressed {} rows in {:.1} s: {} × {} ({} B/row) → {} × {} ({} B/row, {:.0}× smaller)\nstore: {}",
+        s.rows,
+        s.seconds,
+        s.parent_dtype,
+        s.parent_dim,
+        s.parent_bytes_per_row,
+        s.dtype,
+        s.dim,
+        s.bytes_per_row,
+        s.parent_bytes_per_row as f64 / s.bytes_per_row as f64,
+        s.out.display()
+    );
+    Ok(())
+}
