@@ -3,7 +3,7 @@
 //! autograd that also computes every weight gradient).
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::DType;
 use clap::Args;
 use inflow::data::{read_samples, Format, ReadOptions};
 use inflow::features::Projection;
@@ -11,39 +11,7 @@ use inflow::index::{FeatureOptions, FeaturePass, Featurizer, Progress};
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// Peak resident memory of this process in bytes (Linux VmHWM).
-pub(crate) fn peak_rss() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-/// f32 GEMM rate (GFLOP/s) of `threads` independent single-threaded n×n×n products at once.
-pub(crate) fn gemm_gflops(threads: usize, n: usize, reps: usize) -> Result<f64> {
-    let a = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
-    let b = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
-    a.matmul(&b)?; // warm-up
-    let t = Instant::now();
-    std::thread::scope(|s| -> Result<()> {
-        let hs: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| -> Result<()> {
-                    for _ in 0..reps {
-                        a.matmul(&b)?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        for h in hs {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("gemm thread panicked"))??;
-        }
-        Ok(())
-    })?;
-    Ok(2.0 * (n * n * n * reps * threads) as f64 / t.elapsed().as_secs_f64() / 1e9)
-}
+pub(crate) use inflow::pipeline::machine::{gemm_gflops, peak_rss};
 
 /// `inflow bench features`' arguments (its help is the `Features` variant's).
 #[derive(Args)]
@@ -239,5 +207,104 @@ pub(crate) fn influence(
             );
         }
     }
+    Ok(())
+}
+
+/// `inflow bench score`'s arguments.
+#[derive(Args)]
+pub(crate) struct ScoreArgs {
+    /// Training rows in the synthetic store.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: usize,
+    #[arg(long, default_value_t = 1024)]
+    dim: usize,
+    /// Element type: int8, bit, f16 or f32.
+    #[arg(long, default_value = "int8")]
+    dtype: String,
+    /// Queries scored in one pass.
+    #[arg(long, default_value_t = 100)]
+    queries: usize,
+    #[arg(long, default_value_t = 10)]
+    top_k: usize,
+    /// Timed passes (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Store folder, reused by later runs with the same settings (default
+    /// runs/bench-score/ROWSxDIM-DTYPE).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Rows per shard.
+    #[arg(long, default_value_t = 65_536)]
+    shard_size: usize,
+    /// Delete the store afterwards.
+    #[arg(long)]
+    remove: bool,
+}
+
+pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<()> {
+    let dtype: inflow::store::Dtype = a.dtype.parse()?;
+    let dir = a
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("runs/bench-score/{}x{}-{dtype}", a.rows, a.dim)));
+    let o = inflow::pipeline::bench_score::BenchScoreOptions {
+        rows: a.rows,
+        dim: a.dim,
+        dtype,
+        queries: a.queries,
+        top_k: a.top_k,
+        dir: dir.clone(),
+        shard_size: a.shard_size,
+        repeats: a.repeats,
+        threads,
+        seed: 0,
+    };
+    let r = inflow::pipeline::bench_score::bench_score(&o, &crate::progress::Bars::default())?;
+    if a.remove {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    let gib = |b: Option<u64>| {
+        b.map_or("n/a".into(), |b| {
+            format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+        })
+    };
+    println!(
+        "inflow bench score — {} rows × {} dims ({}, {:.0} B/row, {:.2} GB), {} queries, top-{}, {} threads, kernel {}",
+        r.rows, r.dim, r.dtype, r.bytes_per_row, r.store_bytes as f64 / 1e9, r.queries, r.top_k, r.threads, r.kernel
+    );
+    for (i, p) in r.passes.iter().enumerate() {
+        println!(
+            "  pass {}: {:.3} s wall, {} CPU",
+            i + 1,
+            p.wall_s,
+            p.cpu_s.map_or("n/a".into(), |c| format!("{c:.2} s"))
+        );
+    }
+    println!(
+        "  median {:.3} s: {:.2} M rows/s, {:.2} GB/s read, {:.1} GOP/s",
+        r.wall_s,
+        r.rows_per_s / 1e6,
+        r.gb_per_s,
+        r.gops
+    );
+    println!(
+        "  this machine, same run: file read {:.2} GB/s, memory read {:.2} GB/s, f32 GEMM {:.1} GFLOP/s, int8 peak {}",
+        r.file_read_gb_s,
+        r.memory_read_gb_s,
+        r.f32_gemm_gflops,
+        r.int8_peak_gops.map_or("n/a (no VNNI)".into(), |p| format!("{p:.1} GOP/s"))
+    );
+    if let Some(f) = r.fraction_of_peak {
+        println!("  {:.0}% of the matching peak", 100.0 * f);
+    }
+    println!(
+        "  peak RSS while scoring {}, whole run {}",
+        gib(r.scoring_peak_rss_bytes),
+        gib(r.peak_rss_bytes)
+    );
     Ok(())
 }

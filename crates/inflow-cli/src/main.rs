@@ -159,6 +159,10 @@ enum BenchWhat {
     /// Per-sample gradient features on the reference model: tokens/s, samples/s, GFLOP/s
     /// beside this machine's measured GEMM GFLOP/s, peak RSS, bytes per sample.
     Features(bench::FeaturesArgs),
+    /// Exact top-k scoring at scale on a synthetic store (seeded, written once, streamed):
+    /// rows/s, GB/s, GOP/s and peak RSS beside this machine's file read, memory bandwidth,
+    /// f32 GEMM and int8 peak, all measured in the same run.
+    Score(bench::ScoreArgs),
 }
 
 #[derive(Args)]
@@ -343,6 +347,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
         },
         Cmd::Bench { what } => match what {
             BenchWhat::Features(a) => bench::features(a, threads, json),
+            BenchWhat::Score(a) => bench::score(a, threads, json),
             BenchWhat::Train(a) => train::bench(a, threads, json),
             BenchWhat::Influence {
                 samples,

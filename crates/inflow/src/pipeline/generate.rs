@@ -256,7 +256,7 @@ pub fn generate(o: &GenerateOptions, reporter: &dyn Reporter) -> Result<Generate
     }
 
     let t0 = Instant::now();
-    let cpu0 = process_cpu_seconds();
+    let cpu0 = super::machine::process_cpu_seconds();
     let progress = Progress::default();
     progress.total.store(todo.len(), Ordering::Relaxed);
     let mut writer = match &o.out {
@@ -350,7 +350,7 @@ pub fn generate(o: &GenerateOptions, reporter: &dyn Reporter) -> Result<Generate
     });
     result?;
     summary.wall_seconds = t0.elapsed().as_secs_f64();
-    summary.cpu_seconds = match (cpu0, process_cpu_seconds()) {
+    summary.cpu_seconds = match (cpu0, super::machine::process_cpu_seconds()) {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
@@ -588,17 +588,4 @@ fn open_out(out: &Path) -> Result<std::fs::File> {
         .append(true)
         .open(out)
         .map_err(|e| Error::io(out, e))
-}
-
-/// User + system CPU seconds of this process, all threads (Linux `/proc/self/stat`, in
-/// clock ticks of 1/100 s, the kernel's USER_HZ on every common Linux build).
-pub fn process_cpu_seconds() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may hold spaces) in parentheses: state is the
-    // first, utime the 12th and stime the 13th.
-    let rest = &s[s.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
 }

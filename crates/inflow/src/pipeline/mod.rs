@@ -3,11 +3,13 @@
 //! CLI parses arguments into these options, implements the reporter with progress bars, and
 //! prints the results.
 
+pub mod bench_score;
 pub mod compress;
 pub mod fit;
 pub mod generate;
 pub mod index;
 pub mod lds;
+pub mod machine;
 pub mod planted;
 pub mod probe;
 pub mod report;

@@ -77,26 +77,17 @@ pub fn has_vnni() -> bool {
 }
 
 /// out (rows × nq, row-major) = s_r · t_j · (z_r · q_j) for `rows` int8 training rows
-/// `z` (bytes of i8 codes, rows × dim) with scales `row_scales`.
+/// `z` (bytes of i8 codes, rows × dim) with scales `row_scales` (which may fold in any other
+/// per-row factor, such as cosine's 1/‖z‖).
 pub fn scores(z: &[u8], row_scales: &[f32], rows: usize, q: &Queries, out: &mut [f32]) {
-    let mut sums = vec![0i32; rows * q.nq];
-    products(z, rows, q, &mut sums, has_vnni());
-    for ((o, s), &sr) in out
-        .chunks_exact_mut(q.nq.max(1))
-        .zip(sums.chunks_exact(q.nq.max(1)))
-        .zip(row_scales)
-    {
-        for ((o, &s), &t) in o.iter_mut().zip(s).zip(&q.scales) {
-            *o = sr * t * s as f32;
-        }
-    }
+    scores_by(z, row_scales, rows, q, out, has_vnni())
 }
 
-/// The exact integer products z_r · q_j into `out` (rows × nq), by the VNNI kernel when
-/// `vnni` (and the CPU has it), else by the portable loop.
-pub fn products(z: &[u8], rows: usize, q: &Queries, out: &mut [i32], vnni: bool) {
+/// [`scores`] by the VNNI kernel when `vnni` (and the CPU has it), else by the portable loop;
+/// both sum the same integers exactly.
+fn scores_by(z: &[u8], row_scales: &[f32], rows: usize, q: &Queries, out: &mut [f32], vnni: bool) {
     let (nq, dim) = (q.nq, q.dim);
-    assert!(z.len() == rows * dim && out.len() == rows * nq);
+    assert!(z.len() == rows * dim && out.len() == rows * nq && row_scales.len() == rows);
     if rows == 0 || nq == 0 {
         return;
     }
@@ -106,15 +97,16 @@ pub fn products(z: &[u8], rows: usize, q: &Queries, out: &mut [i32], vnni: bool)
     #[cfg(target_arch = "x86_64")]
     if vnni && has_vnni() && body > 0 {
         // SAFETY: the CPU features are checked just above; lengths are asserted.
-        unsafe { vnni::products(z, rows, q, out) };
+        unsafe { vnni::scores(z, rows, q, row_scales, out) };
         // The kernel covers the whole groups of four columns; add the rest.
         if body < dim {
             for r in 0..rows {
                 for j in 0..nq {
-                    out[r * nq + j] += dot(
+                    let tail = dot(
                         &zi[r * dim + body..(r + 1) * dim],
                         &q.codes[j * dim + body..(j + 1) * dim],
                     );
+                    out[r * nq + j] += tail as f32 * row_scales[r] * q.scales[j];
                 }
             }
         }
@@ -124,7 +116,8 @@ pub fn products(z: &[u8], rows: usize, q: &Queries, out: &mut [i32], vnni: bool)
     for r in 0..rows {
         let zr = &zi[r * dim..(r + 1) * dim];
         for j in 0..nq {
-            out[r * nq + j] = dot(zr, &q.codes[j * dim..(j + 1) * dim]);
+            let d = dot(zr, &q.codes[j * dim..(j + 1) * dim]);
+            out[r * nq + j] = d as f32 * row_scales[r] * q.scales[j];
         }
     }
 }
@@ -159,23 +152,29 @@ mod vnni {
     const MR: usize = 6;
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn products(z: &[u8], rows: usize, q: &Queries, out: &mut [i32]) {
+    pub(super) unsafe fn scores(
+        z: &[u8],
+        rows: usize,
+        q: &Queries,
+        row_scales: &[f32],
+        out: &mut [f32],
+    ) {
         let (nq, dim) = (q.nq, q.dim);
         let groups = dim / 4;
         let panels = nq.div_ceil(PANEL);
-        // 128 · Σ_i z_ri over the columns the kernel covers, per row.
-        let excess: Vec<i32> = (0..rows)
-            .map(|r| {
-                128 * z[r * dim..r * dim + groups * 4]
-                    .iter()
-                    .map(|&b| b as i8 as i32)
-                    .sum::<i32>()
-            })
-            .collect();
+        // Query scales padded to whole panels (padding queries are never written out).
+        let mut t = vec![0f32; panels * PANEL];
+        t[..nq].copy_from_slice(&q.scales);
         let mut tile = [0i32; MR * 2 * PANEL];
         let mut r0 = 0;
         while r0 < rows {
             let mr = MR.min(rows - r0);
+            // 128 · Σ_i z_ri over the columns the kernel covers (the shift of the queries).
+            let mut excess = [0i32; MR];
+            for (r, e) in excess.iter_mut().enumerate().take(mr) {
+                let row = &z[(r0 + r) * dim..(r0 + r) * dim + groups * 4];
+                *e = 128 * row.iter().map(|&b| b as i8 as i32).sum::<i32>();
+            }
             let mut p = 0;
             while p < panels {
                 let np = if p + 1 < panels { 2 } else { 1 };
@@ -195,12 +194,14 @@ mod vnni {
                     (_, 2) => micro::<1, 2>(zp, dim, panel, groups, &mut tile),
                     _ => micro::<1, 1>(zp, dim, panel, groups, &mut tile),
                 }
+                let j0 = p * PANEL;
+                let width = (np * PANEL).min(nq - j0);
                 for r in 0..mr {
-                    for c in 0..np * PANEL {
-                        let j = p * PANEL + c;
-                        if j < nq {
-                            out[(r0 + r) * nq + j] = tile[r * 2 * PANEL + c] - excess[r0 + r];
-                        }
+                    let (e, sr) = (excess[r], row_scales[r0 + r]);
+                    let sums = &tile[r * 2 * PANEL..r * 2 * PANEL + width];
+                    let o = &mut out[(r0 + r) * nq + j0..(r0 + r) * nq + j0 + width];
+                    for ((o, &s), &t) in o.iter_mut().zip(sums).zip(&t[j0..j0 + width]) {
+                        *o = (s - e) as f32 * sr * t;
                     }
                 }
                 p += np;
@@ -273,7 +274,8 @@ mod tests {
     }
 
     /// Both paths give the exact integer products, for every shape of row and query tails
-    /// (rows not a multiple of 6, queries of 16, columns of 4), extreme codes included.
+    /// (rows not a multiple of 6, queries of 16, columns of 4), extreme codes included: with
+    /// unit scales every sum is an integer well inside f32's exact range.
     #[test]
     fn vnni_and_portable_products_are_exact() {
         for (rows, nq, dim) in [(1, 1, 4), (7, 17, 9), (13, 33, 64), (6, 32, 130), (2, 5, 3)] {
@@ -283,18 +285,19 @@ mod tests {
                 .iter()
                 .map(|&b| b as i8 as f32)
                 .collect();
-            let qs = Queries::new(&q, nq, dim);
-            let mut want = vec![0i32; rows * nq];
+            let mut qs = Queries::new(&q, nq, dim);
+            qs.scales.iter_mut().for_each(|t| *t = 1.0);
+            let mut want = vec![0f32; rows * nq];
             for r in 0..rows {
                 for j in 0..nq {
                     want[r * nq + j] = (0..dim)
                         .map(|i| z[r * dim + i] as i8 as i32 * qs.codes[j * dim + i] as i32)
-                        .sum();
+                        .sum::<i32>() as f32;
                 }
             }
             for vnni in [false, true] {
-                let mut got = vec![0i32; rows * nq];
-                products(&z, rows, &qs, &mut got, vnni);
+                let mut got = vec![0f32; rows * nq];
+                scores_by(&z, &vec![1.0; rows], rows, &qs, &mut got, vnni);
                 assert_eq!(got, want, "rows {rows} nq {nq} dim {dim} vnni {vnni}");
             }
         }

@@ -60,8 +60,8 @@ pub struct ScoreResult {
 /// blocks matter: every block's sgemm repacks all the queries (nq × dim), so small blocks
 /// spend as long packing as multiplying when nq is large.
 const BLOCK_FLOATS: usize = 32 << 20;
-/// f32 values of the block-of-scores buffer between the product and the heaps.
-const CHUNK_FLOATS: usize = 8 << 20;
+/// f32 values of one block's scores (block × nq), read by the heaps while still in cache.
+const CHUNK_FLOATS: usize = 1 << 20;
 
 /// Scores `nq` queries (`queries`: nq × dim row-major, raw features) against every row of a
 /// complete store with `est`, keeping the best `k` per query and, if `full`, the dense matrix.
@@ -77,10 +77,10 @@ pub fn score_store(
     on_shard: &mut dyn FnMut(usize),
 ) -> Result<ScoreResult> {
     let dim = store.dim();
+    // A block's scores (block × nq) stay in cache between the product and the heaps.
     let block = (BLOCK_FLOATS / dim)
         .min(CHUNK_FLOATS / nq.max(1))
         .clamp(16, 1024);
-    let chunk = (CHUNK_FLOATS / nq.max(1) / block).max(1) * block;
     let scoring = Scoring {
         store,
         queries,
@@ -89,7 +89,7 @@ pub fn score_store(
         k,
         full,
     };
-    scoring.run(on_shard, block, chunk)
+    scoring.run(on_shard, block)
 }
 
 /// Self-scores s(z, z) of every stored sample under `est` (the self-influence of Koh & Liang
@@ -126,14 +126,9 @@ struct Scoring<'a> {
 }
 
 impl Scoring<'_> {
-    /// [`score_store`] with explicit block sizes (training rows per sgemm, rows per score
-    /// chunk; `chunk` a multiple of `block`), so tests can exercise many blocks on small data.
-    fn run(
-        self,
-        on_shard: &mut dyn FnMut(usize),
-        block: usize,
-        chunk: usize,
-    ) -> Result<ScoreResult> {
+    /// [`score_store`] with an explicit block size (training rows per product), so tests can
+    /// exercise many blocks on small data.
+    fn run(self, on_shard: &mut dyn FnMut(usize), block: usize) -> Result<ScoreResult> {
         let Scoring {
             store,
             queries,
@@ -169,8 +164,12 @@ impl Scoring<'_> {
         }
         let side = QuerySide::new(store.spec().dtype, q, nq, dim);
         let mut dense = if full { Some(alloc_full(nq, n)?) } else { None };
+        let dense_at = DenseOut(
+            dense
+                .as_mut()
+                .map_or(std::ptr::null_mut(), |d| d.as_mut_ptr()),
+        );
         let mut heaps: Vec<TopK> = (0..nq).map(|_| TopK::new(k)).collect();
-        let mut scores = Vec::new();
         let mut done = 0;
 
         for shard in 0..store.n_shards() {
@@ -181,73 +180,77 @@ impl Scoring<'_> {
             let scales: Vec<f32> = norms.iter().map(|&nrm| est.train_scale(nrm)).collect();
             let rows = feats.rows();
             let direct = feats.as_f32_slice();
-
-            for c0 in (0..rows).step_by(chunk) {
-                let c1 = (c0 + chunk).min(rows);
-                scores.resize((c1 - c0) * nq, 0.0);
-                // S[r, j] for rows c0..c1: one product per block of rows, blocks across threads.
-                scores
-                    .par_chunks_mut(block * nq.max(1))
-                    .enumerate()
-                    .for_each_init(Vec::new, |buf: &mut Vec<f32>, (b, out)| {
-                        let r0 = c0 + b * block;
-                        let r1 = (r0 + block).min(c1);
+            // int8 rows: the code scale and the estimator's row scale in one factor.
+            let int8_scales: Vec<f32> = shard_rows
+                .scales()
+                .iter()
+                .zip(&scales)
+                .map(|(a, b)| a * b)
+                .collect();
+            let blocks: Vec<usize> = (0..rows).step_by(block).collect();
+            // Each job scores its blocks into a buffer that stays in cache and feeds its own
+            // heaps; the heaps are merged afterwards (ties still go to the smaller row).
+            let partial: Vec<Vec<TopK>> = blocks
+                .par_iter()
+                .fold(
+                    || (Vec::new(), Vec::new(), Vec::<TopK>::new()),
+                    |(mut buf, mut out, mut local): (Vec<f32>, Vec<f32>, Vec<TopK>), &r0| {
+                        if local.is_empty() {
+                            local = (0..nq).map(|_| TopK::new(k)).collect();
+                        }
+                        let r1 = (r0 + block).min(rows);
+                        out.resize((r1 - r0) * nq, 0.0);
                         match &side {
                             QuerySide::Float(q) => {
                                 let z = match direct {
                                     Some(all) => &all[r0 * dim..r1 * dim],
                                     None => {
                                         buf.resize((r1 - r0) * dim, 0.0);
-                                        shard_rows.copy_rows_f32(r0, r1, buf);
+                                        shard_rows.copy_rows_f32(r0, r1, &mut buf);
                                         &buf[..]
                                     }
                                 };
-                                block_product(z, q, r1 - r0, nq, dim, out);
+                                block_product(z, q, r1 - r0, nq, dim, &mut out);
                             }
                             QuerySide::I8(q) => int8::scores(
                                 feats.row_bytes(r0, r1),
-                                &shard_rows.scales()[r0..r1],
+                                &int8_scales[r0..r1],
                                 r1 - r0,
                                 q,
-                                out,
+                                &mut out,
                             ),
                             QuerySide::Bit(q) => bits::scores(
                                 feats.row_bytes(r0, r1),
                                 &norms[r0..r1],
                                 r1 - r0,
                                 q,
-                                out,
+                                &mut out,
                             ),
                         }
-                        for (row, s) in out.chunks_exact_mut(nq.max(1)).zip(&scales[r0..r1]) {
-                            row.iter_mut().for_each(|x| *x *= s);
-                        }
-                    });
-                // Each query's heap (and dense row) reads its column of S.
-                let chunk_scores = &scores[..];
-                let update = |j: usize, heap: &mut TopK, dense_row: Option<&mut [f32]>| {
-                    let column = chunk_scores.iter().skip(j).step_by(nq);
-                    let g0 = start + c0;
-                    match dense_row {
-                        Some(d) => {
-                            for (r, (&s, slot)) in column.zip(&mut d[g0..]).enumerate() {
-                                heap.push(g0 + r, s);
-                                *slot = s;
+                        if !matches!(side, QuerySide::I8(_)) {
+                            for (row, s) in out.chunks_exact_mut(nq.max(1)).zip(&scales[r0..r1]) {
+                                row.iter_mut().for_each(|x| *x *= s);
                             }
                         }
-                        None => column.enumerate().for_each(|(r, &s)| heap.push(g0 + r, s)),
-                    }
-                };
-                match dense.as_mut() {
-                    Some(d) if n > 0 => heaps
-                        .par_iter_mut()
-                        .zip(d.par_chunks_mut(n))
-                        .enumerate()
-                        .for_each(|(j, (h, row))| update(j, h, Some(row))),
-                    _ => heaps
-                        .par_iter_mut()
-                        .enumerate()
-                        .for_each(|(j, h)| update(j, h, None)),
+                        // Query by query over the block (in cache): rows in increasing order.
+                        for (j, heap) in local.iter_mut().enumerate() {
+                            for (i, &x) in out.iter().skip(j).step_by(nq.max(1)).enumerate() {
+                                let g = start + r0 + i;
+                                heap.push(g, x);
+                                // SAFETY: dense (when present) is nq × n; (j, g) is in range,
+                                // and each global row g belongs to exactly one block, so no
+                                // two jobs write the same element.
+                                unsafe { dense_at.write(j * n + g, x) };
+                            }
+                        }
+                        (buf, out, local)
+                    },
+                )
+                .map(|(_, _, local)| local)
+                .collect();
+            for local in partial {
+                for (h, l) in heaps.iter_mut().zip(local) {
+                    h.absorb(l);
                 }
             }
             done += rows;
@@ -258,6 +261,24 @@ impl Scoring<'_> {
             full: dense,
             n_train: n,
         })
+    }
+}
+
+/// Where blocks write the dense score matrix, if it is kept (null otherwise).
+#[derive(Clone, Copy)]
+struct DenseOut(*mut f32);
+
+// SAFETY: jobs write disjoint elements (see the write site); the matrix outlives them.
+unsafe impl Send for DenseOut {}
+unsafe impl Sync for DenseOut {}
+
+impl DenseOut {
+    /// Writes `v` at `at` unless no matrix is kept. Callers keep `at` in bounds and never
+    /// write one element from two jobs.
+    unsafe fn write(self, at: usize, v: f32) {
+        if !self.0.is_null() {
+            *self.0.add(at) = v;
+        }
     }
 }
 
@@ -388,7 +409,7 @@ mod tests {
         assert_eq!(store.n_shards(), 5);
         let reference = brute_force(&store, &queries, nq, &Dot);
 
-        for (block, chunk) in [(2, 4), (3, 3), (1024, 1024)] {
+        for block in [1, 2, 3, 1024] {
             for k in [1, 6, 30] {
                 let mut seen = Vec::new();
                 let scoring = Scoring {
@@ -399,7 +420,7 @@ mod tests {
                     k,
                     full: true,
                 };
-                let r = scoring.run(&mut |d| seen.push(d), block, chunk).unwrap();
+                let r = scoring.run(&mut |d| seen.push(d), block).unwrap();
                 assert_eq!(seen, vec![5, 10, 15, 20, 23]);
                 assert_eq!(r.n_train, n);
                 let full = r.full.as_ref().unwrap();
@@ -447,7 +468,7 @@ mod tests {
             k,
             full: true,
         };
-        let r = scoring.run(&mut |_| {}, 3, 6).unwrap();
+        let r = scoring.run(&mut |_| {}, 3).unwrap();
         let full = r.full.as_ref().unwrap();
         for j in 0..nq {
             for (got, want) in full[j * n..(j + 1) * n].iter().zip(&reference[j]) {

@@ -52,6 +52,9 @@ impl Eq for Entry {}
 pub(crate) struct TopK {
     k: usize,
     heap: BinaryHeap<Reverse<Entry>>,
+    /// The worst kept score once k are kept (−∞ before): a score below it cannot enter, which
+    /// settles almost every candidate with one comparison.
+    floor: f32,
 }
 
 impl TopK {
@@ -59,10 +62,16 @@ impl TopK {
         TopK {
             k,
             heap: BinaryHeap::with_capacity(k.min(1 << 20) + 1),
+            floor: f32::NEG_INFINITY,
         }
     }
 
+    #[inline]
     pub(crate) fn push(&mut self, row: usize, score: f32) {
+        // NaN compares false here and takes the full path, where it ranks last.
+        if score < self.floor {
+            return;
+        }
         let e = Entry { score, row };
         if self.heap.len() < self.k {
             self.heap.push(Reverse(e));
@@ -70,6 +79,16 @@ impl TopK {
             if e > worst.0 {
                 *worst = Reverse(e);
             }
+        }
+        if self.heap.len() == self.k {
+            self.floor = self.heap.peek().map_or(f32::NEG_INFINITY, |w| w.0.key());
+        }
+    }
+
+    /// Adds every pair `other` kept (the merge of heaps filled on separate threads).
+    pub(crate) fn absorb(&mut self, other: TopK) {
+        for Reverse(e) in other.heap {
+            self.push(e.row, e.score);
         }
     }
 
