@@ -193,8 +193,14 @@ impl Scoring<'_> {
             let partial: Vec<Vec<TopK>> = blocks
                 .par_iter()
                 .fold(
-                    || (Vec::new(), Vec::new(), Vec::<TopK>::new()),
-                    |(mut buf, mut out, mut local): (Vec<f32>, Vec<f32>, Vec<TopK>), &r0| {
+                    || (Vec::new(), Vec::new(), Vec::<TopK>::new(), Vec::new()),
+                    |(mut buf, mut out, mut local, mut floors): (
+                        Vec<f32>,
+                        Vec<f32>,
+                        Vec<TopK>,
+                        Vec<f32>,
+                    ),
+                     &r0| {
                         if local.is_empty() {
                             local = (0..nq).map(|_| TopK::new(k)).collect();
                         }
@@ -232,21 +238,32 @@ impl Scoring<'_> {
                                 row.iter_mut().for_each(|x| *x *= s);
                             }
                         }
-                        // Query by query over the block (in cache): rows in increasing order.
-                        for (j, heap) in local.iter_mut().enumerate() {
-                            for (i, &x) in out.iter().skip(j).step_by(nq.max(1)).enumerate() {
-                                let g = start + r0 + i;
-                                heap.push(g, x);
-                                // SAFETY: dense (when present) is nq × n; (j, g) is in range,
-                                // and each global row g belongs to exactly one block, so no
-                                // two jobs write the same element.
-                                unsafe { dense_at.write(j * n + g, x) };
+                        // Rows in increasing order; a score under its query's floor (almost
+                        // all of them once the heaps fill) costs one comparison.
+                        floors.clear();
+                        floors.extend(local.iter().map(TopK::floor));
+                        for (i, row) in out.chunks_exact(nq.max(1)).enumerate() {
+                            let g = start + r0 + i;
+                            for (j, &x) in row.iter().enumerate() {
+                                // NaN goes to the heap, which ranks it last.
+                                if x >= floors[j] || x.is_nan() {
+                                    local[j].push(g, x);
+                                    floors[j] = local[j].floor();
+                                }
+                            }
+                            if full {
+                                for (j, &x) in row.iter().enumerate() {
+                                    // SAFETY: dense is nq × n and (j, g) is in range; each
+                                    // global row g belongs to exactly one block, so no two jobs
+                                    // write the same element.
+                                    unsafe { dense_at.write(j * n + g, x) };
+                                }
                             }
                         }
-                        (buf, out, local)
+                        (buf, out, local, floors)
                     },
                 )
-                .map(|(_, _, local)| local)
+                .map(|(_, _, local, _)| local)
                 .collect();
             for local in partial {
                 for (h, l) in heaps.iter_mut().zip(local) {

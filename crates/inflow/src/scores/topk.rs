@@ -85,6 +85,12 @@ impl TopK {
         }
     }
 
+    /// The score a candidate must reach to enter (−∞ until k are kept).
+    #[inline]
+    pub(crate) fn floor(&self) -> f32 {
+        self.floor
+    }
+
     /// Adds every pair `other` kept (the merge of heaps filled on separate threads).
     pub(crate) fn absorb(&mut self, other: TopK) {
         for Reverse(e) in other.heap {
