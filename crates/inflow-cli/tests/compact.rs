@@ -167,4 +167,10 @@ fn compact_stores_score_rerank_to_the_exact_top_k_and_refuse_bad_input() {
     assert!(msg.contains("parent") && msg.contains("not there"), "{msg}");
     // Without --rerank the compact store needs no parent.
     score(&c, &qstore, "no-parent", "");
+    // A damaged shard is named, with what it should hold.
+    let shard = Path::new(&c).join("features-00001.npy");
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() - 10]).unwrap();
+    let msg = fails(&argv("score --store {} --queries {}", &[&c, &qstore]));
+    assert!(msg.contains("features-00001.npy") && msg.contains("truncated"), "{msg}");
 }
