@@ -140,13 +140,37 @@ fn compact_stores_score_rerank_to_the_exact_top_k_and_refuse_bad_input() {
         "{msg}"
     );
     let msg = fails(&argv(
-        "score --store {} --queries {} --method influence",
+        "score --store {} --queries {} --method repsim",
         &[&c, &qstore],
     ));
     assert!(
-        msg.contains("compact store") && msg.contains("curvature"),
+        msg.contains("compact store") && msg.contains("hidden-state"),
         "{msg}"
     );
+    // Influence: the parent's curvature preconditions the query, the compact rows score it,
+    // and --rerank gives the parent's exact EK-FAC top-k.
+    let msg = fails(&argv(
+        "score --store {} --queries {} --method ekfac",
+        &[&c, &qstore],
+    ));
+    assert!(msg.contains("fit"), "{msg}");
+    run_ok(&["fit", "--store", &store]);
+    let (ekfac, ekfac_full) = score(&store, &qstore, "ekfac", "--method ekfac");
+    let (_, f) = score(&c, &qstore, "ekfac-c", "--method ekfac");
+    let r = corr(&f, &ekfac_full);
+    assert!(r > 0.5, "compact EK-FAC vs exact: {r}");
+    let (rr, _) = score(&c, &qstore, "ekfac-rr", "--method ekfac --rerank 40");
+    for (a, b) in rr.iter().zip(&ekfac) {
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(x.0, y.0);
+            assert!(
+                (x.1 - y.1).abs() <= 1e-4 * y.1.abs().max(1e-3),
+                "{} vs {}",
+                x.1,
+                y.1
+            );
+        }
+    }
     let msg = fails(&argv(
         "score --store {} --queries {} --rerank 10",
         &[&store, &qstore],
@@ -172,5 +196,8 @@ fn compact_stores_score_rerank_to_the_exact_top_k_and_refuse_bad_input() {
     let bytes = std::fs::read(&shard).unwrap();
     std::fs::write(&shard, &bytes[..bytes.len() - 10]).unwrap();
     let msg = fails(&argv("score --store {} --queries {}", &[&c, &qstore]));
-    assert!(msg.contains("features-00001.npy") && msg.contains("truncated"), "{msg}");
+    assert!(
+        msg.contains("features-00001.npy") && msg.contains("truncated"),
+        "{msg}"
+    );
 }

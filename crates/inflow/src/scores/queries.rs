@@ -204,16 +204,36 @@ pub fn score_samples(
         Error::Store {
         path: dir.into(),
         msg: format!(
-            "is a compact store (gradient features, projected and quantized by `store compress`); `{}` needs {needs} of the parent store {}: score that one, or use cosine/dot here",
+            "is a compact store (gradient features, projected and quantized by `store compress`); `{}` needs {needs} of the parent store {}: score that one",
             spec.method,
             compact.as_ref().map_or("", |c| c.parent.as_str())
         ),
     }
     };
-    if compact.is_some() && spec.method == "influence" {
-        return Err(refuse_compact("the curvature fitted on the features"));
-    }
-    let est = estimator(spec, &store)?;
+    // Influence on a compact store: the parent's curvature preconditions the query in the
+    // parent's space, q' = (H + λI)⁻¹ q, then q' is projected: z_c · Pᵀq' ≈ z · q'.
+    let parent = match &compact {
+        Some(_) if spec.method == "influence" || spec.rerank.is_some() => {
+            Some(super::rerank::open_parent(&store).map_err(|e| {
+                Error::Msg(format!(
+                    "{e}{}",
+                    if spec.method == "influence" {
+                        " (influence on a compact store needs the curvature fitted on its parent)"
+                    } else {
+                        ""
+                    }
+                ))
+            })?)
+        }
+        _ => None,
+    };
+    let est = estimator(
+        spec,
+        parent
+            .as_ref()
+            .filter(|_| spec.method == "influence")
+            .unwrap_or(&store),
+    )?;
     if compact.is_some() && est.features() != "gradients" {
         return Err(refuse_compact("the hidden-state representations"));
     }
@@ -267,16 +287,37 @@ pub fn score_samples(
         None => score_store(scored, qf, nq, est.as_ref(), k, full, on_shard)?,
         Some(proj) => {
             // Queries at full precision, mapped by the store's own projection and seed.
-            let qc = proj.apply(qf, nq)?;
-            let parent = spec
-                .rerank
-                .map(|_| super::rerank::open_parent(&store))
-                .transpose()?;
             let kk = spec.rerank.map_or(k, |r| r.max(k));
-            let mut r = score_store(&store, &qc, nq, est.as_ref(), kk, full, on_shard)?;
-            if let Some(parent) = parent {
-                let prepared = est.prepare_queries(qf.to_vec(), proj.from_dim())?;
-                r.topk = super::rerank::rerank(&parent, &prepared, est.as_ref(), &r.topk, k)?;
+            let influence = spec.method == "influence";
+            let prepared = if influence || spec.rerank.is_some() {
+                Some(est.prepare_queries(qf.to_vec(), proj.from_dim())?)
+            } else {
+                None
+            };
+            let mut r = match &prepared {
+                // Preconditioned already: the compact rows meet it by a plain dot product
+                // (influence's training scale is 1).
+                Some(p) if influence => score_store(
+                    &store,
+                    &proj.apply(p, nq)?,
+                    nq,
+                    &estimators::Dot,
+                    kk,
+                    full,
+                    on_shard,
+                )?,
+                _ => score_store(
+                    &store,
+                    &proj.apply(qf, nq)?,
+                    nq,
+                    est.as_ref(),
+                    kk,
+                    full,
+                    on_shard,
+                )?,
+            };
+            if let (Some(parent), Some(p), Some(_)) = (&parent, &prepared, spec.rerank) {
+                r.topk = super::rerank::rerank(parent, p, est.as_ref(), &r.topk, k)?;
             }
             r
         }
