@@ -700,6 +700,16 @@ pub(crate) mod tests {
     /// The unit tests' scratch folders, and whether numpy is there for interop checks.
     pub(crate) use inflow_testkit::{python, python_has, scratch as temp_dir};
 
+    /// The list of numbers a Python `script` prints (`repr(list)`), run on the store `dir`.
+    fn python_floats(script: &str, dir: &Path) -> Vec<f32> {
+        python(script, &[dir.to_str().unwrap()])
+            .trim()
+            .trim_matches(['[', ']'])
+            .split(',')
+            .map(|x| x.trim().parse::<f64>().unwrap() as f32)
+            .collect()
+    }
+
     pub(crate) fn spec(dtype: Dtype, dim: usize, shard_size: usize, rank: u32) -> StoreSpec {
         StoreSpec {
             model: json!({"name": "tiny", "sha256": "abc"}),
@@ -836,13 +846,7 @@ pub(crate) mod tests {
             n=np.concatenate([np.load(sys.argv[1]+f'/norms-{i:05d}.npy',mmap_mode='r') for i in range(3)])\n\
             assert a.shape==(5,3) and np.allclose(np.linalg.norm(a,axis=1),n,rtol=1e-6)\n\
             print(repr(a.astype(float).ravel().tolist()))";
-        let text = python(script, &[dir.to_str().unwrap()]);
-        let back: Vec<f32> = text
-            .trim()
-            .trim_matches(['[', ']'])
-            .split(',')
-            .map(|x| x.trim().parse::<f64>().unwrap() as f32)
-            .collect();
+        let back = python_floats(script, &dir);
         assert_eq!(back, feats);
     }
 
@@ -891,13 +895,7 @@ pub(crate) mod tests {
                 \x20       x=s*(np.load(d+'/'+sh['norms'])/np.sqrt(dim))[:,None]\n\
                 \x20   rows.append(x)\n\
                 print(repr(np.concatenate(rows).astype(float).ravel().tolist()))";
-            let text = python(script, &[dir.to_str().unwrap()]);
-            let back: Vec<f32> = text
-                .trim()
-                .trim_matches(['[', ']'])
-                .split(',')
-                .map(|x| x.trim().parse::<f64>().unwrap() as f32)
-                .collect();
+            let back = python_floats(script, &dir);
             for (a, b) in back.iter().zip(&all) {
                 assert!(
                     (a - b).abs() <= 1e-6 * b.abs().max(1.0),
