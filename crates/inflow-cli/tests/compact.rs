@@ -124,6 +124,14 @@ fn compact_stores_score_rerank_to_the_exact_top_k_and_refuse_bad_input() {
             }
         }
     }
+    // `index --dtype int8` writes the same element type directly (no projection).
+    let direct = dir.arg("index-int8");
+    run_ok(&argv(
+        &format!("{index} --dtype int8"),
+        &[&model, &train, "40", &direct],
+    ));
+    let (_, f) = score(&direct, &qstore, "index-int8", "");
+    assert!(corr(&f, &exact_full) > 0.999, "{}", corr(&f, &exact_full));
     // The query file works on a compact store too (features computed, then projected).
     let (from_file, _) = score(&dir.arg("c-int8"), &probes, "c-int8-file", "");
     let (from_qstore, _) = score(&dir.arg("c-int8"), &qstore, "c-int8-qstore", "");
