@@ -25,9 +25,10 @@ pub(crate) struct CompressArgs {
     /// Seed of the projection.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Rows per shard of the compact store.
-    #[arg(long, default_value_t = 4096)]
-    shard_size: usize,
+    /// Rows per shard of the compact store (default: as many as keep a shard's rows within
+    /// 256 MiB as f32, at most 4,096; memory stays bounded whatever the number of rows).
+    #[arg(long)]
+    shard_size: Option<usize>,
 }
 
 pub(crate) fn compress(a: CompressArgs, json: bool) -> Result<()> {

@@ -30,8 +30,9 @@ pub struct CompressOptions {
     pub dtype: Dtype,
     /// Seed of P.
     pub seed: u64,
-    /// Rows per output shard.
-    pub shard_size: usize,
+    /// Rows per output shard; `None`: as many as keep a shard's f32 rows within 256 MiB
+    /// (at most 4,096), which bounds the memory of a run whatever the number of rows.
+    pub shard_size: Option<usize>,
 }
 
 /// The seeded map z ↦ Pᵀ z of a compact store (identity when it has no projection).
@@ -178,7 +179,7 @@ pub fn compress(
             o.dtype
         )));
     }
-    if o.shard_size == 0 {
+    if o.shard_size == Some(0) {
         return Err(Error::Msg("--shard-size must be positive".into()));
     }
     let parent_dir = std::fs::canonicalize(parent.dir()).map_err(|e| Error::io(parent.dir(), e))?;
@@ -191,7 +192,9 @@ pub fn compress(
         features: pspec.features.clone(),
         dtype: o.dtype,
         dim: k,
-        shard_size: o.shard_size,
+        shard_size: o
+            .shard_size
+            .unwrap_or((CHUNK_FLOATS / o.dim.unwrap_or(pdim)).clamp(64, 4096)),
         compact: Some(Compact {
             parent: parent_dir.to_string_lossy().into_owned(),
             parent_spec_sha256: spec_sha256(pspec),
@@ -220,7 +223,11 @@ pub fn compress(
         for c0 in range.clone().step_by(chunk_rows) {
             let c1 = (c0 + chunk_rows).min(range.end);
             let x = reader.features(c0..c1)?;
-            feats.extend(proj.apply(&x, c1 - c0)?);
+            if seed.is_some() {
+                feats.extend(proj.apply(&x, c1 - c0)?);
+            } else {
+                feats.extend_from_slice(&x);
+            }
         }
         let samples = reader.samples(range.clone())?;
         store.write_shard(shard, &feats, &samples)?;
@@ -324,7 +331,7 @@ mod tests {
             dim: Some(8),
             dtype: Dtype::F32,
             seed: 3,
-            shard_size: 5,
+            shard_size: Some(5),
         };
         let mut seen = Vec::new();
         let c = compress(&parent, &out, &o, &mut |d, _| seen.push(d)).unwrap();

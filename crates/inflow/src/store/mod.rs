@@ -360,15 +360,19 @@ impl Store {
             }
             Dtype::I8 => {
                 let (codes, scales) = quantize::quantize_i8(features, dim);
-                let mut as_f32 = vec![0f32; features.len()];
-                quantize::dequantize_i8(&codes, &scales, dim, &mut as_f32);
+                // Norms of the stored rows, s · ‖q‖, so cosine is exact for what is on disk.
+                let norms = codes
+                    .chunks_exact(dim)
+                    .zip(&scales)
+                    .map(|(q, &s)| {
+                        let sq: i64 = q.iter().map(|&c| c as i64 * c as i64).sum();
+                        ((sq as f64).sqrt() * s as f64) as f32
+                    })
+                    .collect();
                 let name = format!("scales-{index:05}.npy");
                 let b = npy::write_file(&self.dir.join(&name), &[rows], &scales)?;
                 scales_name = Some(name);
-                (
-                    b + npy::write_file(&fpath, &shape, &codes)?,
-                    row_norms(&as_f32, dim),
-                )
+                (b + npy::write_file(&fpath, &shape, &codes)?, norms)
             }
             Dtype::Bit => {
                 let bits = quantize::pack_signs(features, dim);
