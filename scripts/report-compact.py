@@ -86,13 +86,14 @@ def curve(runs, teacher, report):
         print("matplotlib not installed: no plot")
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for dtype, mark in (("f16", "o"), ("int8", "s"), ("bit", "^")):
+    for dtype, mark, color in (("f16", "o", "C0"), ("int8", "s", "C1"), ("bit", "^", "C2")):
         rs = [r for r in rows if r["dtype"] == dtype]
         rs.sort(key=lambda r: r["bytes_per_row"])
         x = [r["bytes_per_row"] for r in rs]
-        axes[0].plot(x, [r["spearman"] for r in rs], marker=mark, label=dtype)
-        axes[1].plot(x, [r["recall@10"] for r in rs], marker=mark, label=f"{dtype}")
-        axes[1].plot(x, [r["rerank recall@10"] for r in rs], marker=mark, linestyle="--", label=f"{dtype} + rerank 100")
+        axes[0].plot(x, [r["spearman"] for r in rs], marker=mark, color=color, label=dtype)
+        axes[1].plot(x, [r["recall@10"] for r in rs], marker=mark, color=color, label=f"{dtype}")
+        axes[1].plot(x, [r["rerank recall@10"] for r in rs], marker=mark, color=color, linestyle="--",
+                     label=f"{dtype} + rerank 100")
     for ax, yl in zip(axes, ("mean per-query Spearman vs exact", "recall@10 vs exact")):
         ax.set_xscale("log")
         ax.axvline(1024, color="grey", linewidth=0.8, linestyle=":")
@@ -106,8 +107,8 @@ def curve(runs, teacher, report):
 
 
 def bench(report):
-    lines = ["| rows | dtype | GB on disk | median s | CPU s | M rows/s | GB/s | GOP/s | % of peak | file read GB/s | memory GB/s | f32 GEMM GFLOP/s | int8 peak GOP/s | RSS scoring / run |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| rows | dtype | GB on disk | median s | CPU s | M rows/s | GB/s | GOP/s | % of peak | GOP per CPU-s | % of one core's peak | file read GB/s | memory GB/s | f32 GEMM GFLOP/s | int8 peak GOP/s (1 thread) | RSS scoring / run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     runs = []
     for f in glob.glob(os.path.join(report, "bench-*.json")):
         runs.append(json.load(open(f)))
@@ -115,11 +116,15 @@ def bench(report):
     for r in runs:
         cpu = sorted(p["cpu_s"] for p in r["passes"] if p["cpu_s"] is not None)
         frac = "" if r["fraction_of_peak"] is None else f"{100 * r['fraction_of_peak']:.0f}%"
+        c = r.get("fraction_of_core_peak")
+        core = "" if c is None else f"{100 * c:.0f}%"
         gib = lambda b: "n/a" if b is None else f"{b / 2**30:.2f}"
         lines.append(f"| {r['rows']:,} | {r['dtype']} | {r['store_bytes'] / 1e9:.2f} | {r['wall_s']:.3f} | "
                      f"{cpu[len(cpu) // 2] if cpu else float('nan'):.2f} | {r['rows_per_s'] / 1e6:.2f} | {r['gb_per_s']:.2f} | "
-                     f"{r['gops']:.0f} | {frac} | {r['file_read_gb_s']:.1f} | {r['memory_read_gb_s']:.1f} | "
-                     f"{r['f32_gemm_gflops']:.0f} | {r['int8_peak_gops'] or float('nan'):.0f} | "
+                     f"{r['gops']:.0f} | {frac} | {r.get('gops_per_cpu_s') or float('nan'):.0f} | "
+                     f"{core} | "
+                     f"{r['file_read_gb_s']:.1f} | {r['memory_read_gb_s']:.1f} | "
+                     f"{r['f32_gemm_gflops']:.0f} | {r['int8_peak_gops'] or float('nan'):.0f} ({r.get('int8_peak_gops_1_thread') or float('nan'):.0f}) | "
                      f"{gib(r['scoring_peak_rss_bytes'])} / {gib(r['peak_rss_bytes'])} GiB |")
     open(os.path.join(report, "bench.md"), "w").write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -299,7 +299,13 @@ pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<()> {
         r.int8_peak_gops.map_or("n/a (no VNNI)".into(), |p| format!("{p:.1} GOP/s"))
     );
     if let Some(f) = r.fraction_of_peak {
-        println!("  {:.0}% of the matching peak", 100.0 * f);
+        println!("  {:.0}% of the matching peak (all threads)", 100.0 * f);
+    }
+    if let (Some(g), Some(f)) = (r.gops_per_cpu_s, r.fraction_of_core_peak) {
+        println!(
+            "  per CPU-second: {g:.1} GOP, {:.0}% of one core's peak (robust to cores busy with other work)",
+            100.0 * f
+        );
     }
     println!(
         "  peak RSS while scoring {}, whole run {}",

@@ -69,6 +69,12 @@ pub struct BenchScore {
     pub memory_read_gb_s: f64,
     pub f32_gemm_gflops: f64,
     pub int8_peak_gops: Option<f64>,
+    /// The same peak on one thread: the ceiling of one core.
+    pub int8_peak_gops_1_thread: Option<f64>,
+    /// Operations per CPU-second of the median pass (robust to cores taken by others), and
+    /// its fraction of the one-thread peak (int8) or of one thread's f32 GEMM (floats).
+    pub gops_per_cpu_s: Option<f64>,
+    pub fraction_of_core_peak: Option<f64>,
     /// gops / int8 peak for int8, / f32 GEMM for floats.
     pub fraction_of_peak: Option<f64>,
     /// Peak resident memory during the scoring passes only (reset before them), and over
@@ -151,8 +157,16 @@ pub fn bench_score(o: &BenchScoreOptions, reporter: &dyn Reporter) -> Result<Ben
     let memory = machine::memory_read_gb_s(512 << 20, o.threads);
     let gemm = machine::gemm_gflops(o.threads, 1024, 4)?;
     let peak = machine::int8_peak_gops(o.threads);
+    let peak1 = machine::int8_peak_gops(1);
+    let gemm1 = machine::gemm_gflops(1, 1024, 4)?;
     let ops = 2.0 * o.rows as f64 * o.dim as f64 * o.queries as f64;
     let gops = ops / wall / 1e9;
+    let mut cpus: Vec<f64> = passes.iter().filter_map(|p| p.cpu_s).collect();
+    cpus.sort_by(f64::total_cmp);
+    let per_cpu = cpus
+        .get(cpus.len() / 2)
+        .filter(|&&c| c > 0.0)
+        .map(|c| ops / c / 1e9);
     let kernel = match o.dtype {
         Dtype::I8 if int8::has_vnni() => "avx512-vnni",
         Dtype::Bit if crate::scores::bits::has_vpopcnt() => "avx512-vpopcntdq",
@@ -179,6 +193,13 @@ pub fn bench_score(o: &BenchScoreOptions, reporter: &dyn Reporter) -> Result<Ben
         memory_read_gb_s: memory,
         f32_gemm_gflops: gemm,
         int8_peak_gops: peak,
+        int8_peak_gops_1_thread: peak1,
+        gops_per_cpu_s: per_cpu,
+        fraction_of_core_peak: match o.dtype {
+            Dtype::I8 => per_cpu.zip(peak1).map(|(g, p)| g / p),
+            Dtype::F16 | Dtype::F32 => per_cpu.map(|g| g / gemm1),
+            Dtype::Bit => None,
+        },
         fraction_of_peak: match o.dtype {
             Dtype::I8 => peak.map(|p| gops / p),
             Dtype::F16 | Dtype::F32 => Some(gops / gemm),
