@@ -188,6 +188,8 @@ impl Scoring<'_> {
                 .map(|(a, b)| a * b)
                 .collect();
             let blocks: Vec<usize> = (0..rows).step_by(block).collect();
+            // Earlier shards' rows are smaller: a score under the global floor cannot enter.
+            let above: Vec<f32> = heaps.iter().map(TopK::floor).collect();
             // Each job scores its blocks into a buffer that stays in cache and feeds its own
             // heaps; the heaps are merged afterwards (ties still go to the smaller row).
             let partial: Vec<Vec<TopK>> = blocks
@@ -202,7 +204,7 @@ impl Scoring<'_> {
                     ),
                      &r0| {
                         if local.is_empty() {
-                            local = (0..nq).map(|_| TopK::new(k)).collect();
+                            local = above.iter().map(|&f| TopK::above(k, f)).collect();
                         }
                         let r1 = (r0 + block).min(rows);
                         out.resize((r1 - r0) * nq, 0.0);
@@ -244,6 +246,15 @@ impl Scoring<'_> {
                         floors.extend(local.iter().map(TopK::floor));
                         for (i, row) in out.chunks_exact(nq.max(1)).enumerate() {
                             let g = start + r0 + i;
+                            // One branch-free pass over the row first (vectorized): most rows
+                            // enter no heap once they are full.
+                            let enters = row
+                                .iter()
+                                .zip(&floors)
+                                .fold(false, |a, (&x, &f)| a | (x >= f) | x.is_nan());
+                            if !enters && !full {
+                                continue;
+                            }
                             for (j, &x) in row.iter().enumerate() {
                                 // NaN goes to the heap, which ranks it last.
                                 if x >= floors[j] || x.is_nan() {

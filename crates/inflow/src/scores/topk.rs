@@ -66,6 +66,15 @@ impl TopK {
         }
     }
 
+    /// A heap that only takes scores of at least `floor`: the floor of a heap that already
+    /// holds the best k of earlier (smaller) rows, which a later row must reach to matter.
+    pub(crate) fn above(k: usize, floor: f32) -> Self {
+        TopK {
+            floor,
+            ..TopK::new(k)
+        }
+    }
+
     #[inline]
     pub(crate) fn push(&mut self, row: usize, score: f32) {
         // NaN compares false here and takes the full path, where it ranks last.
