@@ -21,7 +21,7 @@ pub use output::{write_full_npy, write_per_train_parquet, write_topk_parquet};
 use rayon::prelude::*;
 
 use crate::estimators::Estimator;
-use crate::store::{Dtype, Store};
+use crate::store::{Dtype, ShardRows, Store};
 use crate::{Error, Result};
 use topk::TopK;
 
@@ -172,11 +172,20 @@ impl Scoring<'_> {
         let mut heaps: Vec<TopK> = (0..nq).map(|_| TopK::new(k)).collect();
         let mut done = 0;
 
+        // The next shard is opened (mapped and populated) while this one is scored.
+        let open = |i: usize| -> Result<Option<(ShardRows, Vec<f32>)>> {
+            if i >= store.n_shards() {
+                return Ok(None);
+            }
+            Ok(Some((store.shard_rows(i)?, store.shard_norms(i)?)))
+        };
+        let mut next = open(0)?;
         for shard in 0..store.n_shards() {
             let start = store.shard_range(shard).start;
-            let shard_rows = store.shard_rows(shard)?;
+            let Some((shard_rows, norms)) = next.take() else {
+                break;
+            };
             let feats = shard_rows.npy();
-            let norms = store.shard_norms(shard)?;
             let scales: Vec<f32> = norms.iter().map(|&nrm| est.train_scale(nrm)).collect();
             let rows = feats.rows();
             let direct = feats.as_f32_slice();
@@ -192,90 +201,97 @@ impl Scoring<'_> {
             let above: Vec<f32> = heaps.iter().map(TopK::floor).collect();
             // Each job scores its blocks into a buffer that stays in cache and feeds its own
             // heaps; the heaps are merged afterwards (ties still go to the smaller row).
-            let partial: Vec<Vec<TopK>> = blocks
-                .par_iter()
-                .fold(
-                    || (Vec::new(), Vec::new(), Vec::<TopK>::new(), Vec::new()),
-                    |(mut buf, mut out, mut local, mut floors): (
-                        Vec<f32>,
-                        Vec<f32>,
-                        Vec<TopK>,
-                        Vec<f32>,
-                    ),
-                     &r0| {
-                        if local.is_empty() {
-                            local = above.iter().map(|&f| TopK::above(k, f)).collect();
-                        }
-                        let r1 = (r0 + block).min(rows);
-                        out.resize((r1 - r0) * nq, 0.0);
-                        match &side {
-                            QuerySide::Float(q) => {
-                                let z = match direct {
-                                    Some(all) => &all[r0 * dim..r1 * dim],
-                                    None => {
-                                        buf.resize((r1 - r0) * dim, 0.0);
-                                        shard_rows.copy_rows_f32(r0, r1, &mut buf);
-                                        &buf[..]
-                                    }
-                                };
-                                block_product(z, q, r1 - r0, nq, dim, &mut out);
+            let work = || -> Vec<Vec<TopK>> {
+                blocks
+                    .par_iter()
+                    .fold(
+                        || (Vec::new(), Vec::new(), Vec::<TopK>::new(), Vec::new()),
+                        |(mut buf, mut out, mut local, mut floors): (
+                            Vec<f32>,
+                            Vec<f32>,
+                            Vec<TopK>,
+                            Vec<f32>,
+                        ),
+                         &r0| {
+                            if local.is_empty() {
+                                local = above.iter().map(|&f| TopK::above(k, f)).collect();
                             }
-                            QuerySide::I8(q) => int8::scores(
-                                feats.row_bytes(r0, r1),
-                                &int8_scales[r0..r1],
-                                r1 - r0,
-                                q,
-                                &mut out,
-                            ),
-                            QuerySide::Bit(q) => bits::scores(
-                                feats.row_bytes(r0, r1),
-                                &norms[r0..r1],
-                                r1 - r0,
-                                q,
-                                &mut out,
-                            ),
-                        }
-                        if !matches!(side, QuerySide::I8(_)) {
-                            for (row, s) in out.chunks_exact_mut(nq.max(1)).zip(&scales[r0..r1]) {
-                                row.iter_mut().for_each(|x| *x *= s);
+                            let r1 = (r0 + block).min(rows);
+                            out.resize((r1 - r0) * nq, 0.0);
+                            match &side {
+                                QuerySide::Float(q) => {
+                                    let z = match direct {
+                                        Some(all) => &all[r0 * dim..r1 * dim],
+                                        None => {
+                                            buf.resize((r1 - r0) * dim, 0.0);
+                                            shard_rows.copy_rows_f32(r0, r1, &mut buf);
+                                            &buf[..]
+                                        }
+                                    };
+                                    block_product(z, q, r1 - r0, nq, dim, &mut out);
+                                }
+                                QuerySide::I8(q) => int8::scores(
+                                    feats.row_bytes(r0, r1),
+                                    &int8_scales[r0..r1],
+                                    r1 - r0,
+                                    q,
+                                    &mut out,
+                                ),
+                                QuerySide::Bit(q) => bits::scores(
+                                    feats.row_bytes(r0, r1),
+                                    &norms[r0..r1],
+                                    r1 - r0,
+                                    q,
+                                    &mut out,
+                                ),
                             }
-                        }
-                        // Rows in increasing order; a score under its query's floor (almost
-                        // all of them once the heaps fill) costs one comparison.
-                        floors.clear();
-                        floors.extend(local.iter().map(TopK::floor));
-                        for (i, row) in out.chunks_exact(nq.max(1)).enumerate() {
-                            let g = start + r0 + i;
-                            // One branch-free pass over the row first (vectorized): most rows
-                            // enter no heap once they are full.
-                            let enters = row
-                                .iter()
-                                .zip(&floors)
-                                .fold(false, |a, (&x, &f)| a | (x >= f) | x.is_nan());
-                            if !enters && !full {
-                                continue;
-                            }
-                            for (j, &x) in row.iter().enumerate() {
-                                // NaN goes to the heap, which ranks it last.
-                                if x >= floors[j] || x.is_nan() {
-                                    local[j].push(g, x);
-                                    floors[j] = local[j].floor();
+                            if !matches!(side, QuerySide::I8(_)) {
+                                for (row, s) in out.chunks_exact_mut(nq.max(1)).zip(&scales[r0..r1])
+                                {
+                                    row.iter_mut().for_each(|x| *x *= s);
                                 }
                             }
-                            if full {
+                            // Rows in increasing order; a score under its query's floor (almost
+                            // all of them once the heaps fill) costs one comparison.
+                            floors.clear();
+                            floors.extend(local.iter().map(TopK::floor));
+                            for (i, row) in out.chunks_exact(nq.max(1)).enumerate() {
+                                let g = start + r0 + i;
+                                // One branch-free pass over the row first (vectorized): most rows
+                                // enter no heap once they are full.
+                                let enters = row
+                                    .iter()
+                                    .zip(&floors)
+                                    .fold(false, |a, (&x, &f)| a | (x >= f) | x.is_nan());
+                                if !enters && !full {
+                                    continue;
+                                }
                                 for (j, &x) in row.iter().enumerate() {
-                                    // SAFETY: dense is nq × n and (j, g) is in range; each
-                                    // global row g belongs to exactly one block, so no two jobs
-                                    // write the same element.
-                                    unsafe { dense_at.write(j * n + g, x) };
+                                    // NaN goes to the heap, which ranks it last.
+                                    if x >= floors[j] || x.is_nan() {
+                                        local[j].push(g, x);
+                                        floors[j] = local[j].floor();
+                                    }
+                                }
+                                if full {
+                                    for (j, &x) in row.iter().enumerate() {
+                                        // SAFETY: dense is nq × n and (j, g) is in range; each
+                                        // global row g belongs to exactly one block, so no two jobs
+                                        // write the same element.
+                                        unsafe { dense_at.write(j * n + g, x) };
+                                    }
                                 }
                             }
-                        }
-                        (buf, out, local, floors)
-                    },
-                )
-                .map(|(_, _, local, _)| local)
-                .collect();
+                            (buf, out, local, floors)
+                        },
+                    )
+                    .map(|(_, _, local, _)| local)
+                    .collect()
+            };
+            let (partial, opened) = rayon::join(work, || open(shard + 1));
+            next = opened?;
+            // The shard's map is released here, before the next one is scored.
+            drop(shard_rows);
             for local in partial {
                 for (h, l) in heaps.iter_mut().zip(local) {
                     h.absorb(l);
