@@ -127,6 +127,20 @@ fn encoder_train_encode_and_score_end_to_end_with_refusals() {
     let err = fails(&argv(score, &[&store, &qenc2, &arg(&full2), "cosine"]));
     assert!(err.contains("head_sha256"), "{err}");
 
+    // bench encode: index and encode on the same samples, each pass reported.
+    let b = json(&run_ok(&argv(
+        "bench encode --encoder {} --data {} --limit 4 --rounds 1 --scratch {} --threads 1 --json",
+        &[&enc, &train, &dir.arg("bench")],
+    )));
+    let passes = b["passes"].as_array().unwrap();
+    assert_eq!(passes.len(), 2);
+    assert!(passes
+        .iter()
+        .all(|p| p["samples"] == 4 && p["tokens"].as_u64().unwrap() > 0));
+    assert_eq!(b["encode_bytes_per_sample"], 16.0 * 2.0 + 4.0);
+    assert!(b["speedup"].as_f64().unwrap() > 0.0);
+    assert!(!dir.join("bench").exists());
+
     // Bad input: one line, nothing written.
     let small = dir.arg("small");
     run_ok(&argv(index, &[&model, &train, "8", &small]));

@@ -304,7 +304,13 @@ pub fn train(o: &TrainOptions, reporter: &dyn Reporter) -> Result<TrainSummary> 
                 diffs.join("; ")
             )));
         }
-    } else if o.out.exists() && std::fs::read_dir(&o.out).is_ok_and(|mut d| d.next().is_some()) {
+    } else if o.out.exists()
+        && std::fs::read_dir(&o.out).is_ok_and(|d| {
+            // A folder holding only a `cache/` (copied from an encoder of the same trunk) is
+            // taken as a start.
+            d.flatten().any(|e| e.file_name() != "cache")
+        })
+    {
         return Err(Error::Msg(format!(
             "{} exists and is not an encoder folder: nothing written; give a new --out",
             o.out.display()
