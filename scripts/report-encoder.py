@@ -75,9 +75,15 @@ for name in ["encode-train", "encode-probes"]:
     if os.path.exists(p):
         e = load(p)
         s = e["summary"]
+        wall = os.path.join(runs, f"{name}.wall")
+        cpu = ""
+        if os.path.exists(wall):
+            w = open(wall).read().split()
+            if len(w) >= 3:
+                cpu = f", process wall {float(w[0]):.0f} s, CPU {float(w[1]) + float(w[2]):.0f} s (user + system)"
         lines.append(
-            f"`{name}`: {s['n_samples']} samples, {s['tokens']} tokens in {e['seconds']:.0f} s "
-            f"({s['n_written'] / max(e['seconds'], 1e-9):.1f} samples/s), {s['bytes_per_sample']:.0f} bytes/sample."
+            f"- `{name}`: {s['n_samples']} samples, {s['tokens']} tokens in {e['seconds']:.0f} s "
+            f"({s['n_written'] / max(e['seconds'], 1e-9):.1f} samples/s){cpu}, {s['bytes_per_sample']:.0f} bytes/sample."
         )
 lines.append("")
 
@@ -100,11 +106,13 @@ if os.path.exists(top):
     lines.append("Top-3 training samples of a few probes (encoder store of the full pool):\n")
     for q in shown:
         qr = text.get((probes, int(q.split("-")[0])), {})
-        lines.append(f"- probe `{q}` ({qr.get('task', '?')}): {qr.get('instruction', '')[:90]!r}")
+        lines.append(
+            f"- probe `{q}` ({qr.get('task', '?')}): input {qr.get('input', '')[:80]!r} → {qr.get('output', '')[:50]!r}"
+        )
         for rk, tr, sc in sorted(qrows[q]):
             r = text.get((train, int(tr.split("-")[0])), {})
             lines.append(
-                f"  {rk}. `{tr}` {sc:.3f} ({r.get('task', '?')}) {r.get('instruction', '')[:70]!r}"
+                f"  {rk}. `{tr}` {sc:.3f} ({r.get('task', '?')}) {r.get('input', '')[:60]!r} → {r.get('output', '')[:40]!r}"
             )
     lines.append("")
 

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/natural-instructions}
 TEACHER=${TEACHER:-../runs/ni-teacher}
 QSTORE=${QSTORE:-../runs/ni-probes}
-LAYERS=${LAYERS:-6}
+LAYERS=${LAYERS:-"3 6"}
 FULL=${FULL:-1}
 P=$DATA/probe.jsonl
 D=$DATA/train.jsonl
@@ -32,8 +32,8 @@ done
 k=${LAYERS%% *}
 if [ "$FULL" = 1 ]; then
   # The whole pool and the probes, forward only; then downstream `score` unchanged.
-  step $R/encode-train.json bash -c "/usr/bin/time -f '%e' -o $R/encode-train.wall $I encode --encoder $R/enc-k$k --data $D --out $R/ni-enc --json"
-  step $R/encode-probes.json bash -c "/usr/bin/time -f '%e' -o $R/encode-probes.wall $I encode --encoder $R/enc-k$k --data $P --out $R/ni-enc-probes --json"
+  step $R/encode-train.json bash -c "/usr/bin/time -f '%e %U %S' -o $R/encode-train.wall $I encode --encoder $R/enc-k$k --data $D --out $R/ni-enc --json"
+  step $R/encode-probes.json bash -c "/usr/bin/time -f '%e %U %S' -o $R/encode-probes.wall $I encode --encoder $R/enc-k$k --data $P --out $R/ni-enc-probes --json"
   step $R/score-top3.json $I score --store $R/ni-enc --queries $R/ni-enc-probes --top-k 3 \
     --out $R/top3.parquet --json
 fi

@@ -44,7 +44,7 @@ pub(crate) struct TrainArgs {
     #[arg(long, default_value_t = 6)]
     layers: usize,
     /// Pooling of the trunk's states: last (last prompt token), mean (response tokens) or
-    /// last-mean (both, concatenated).
+    /// last-mean (both, concatenated) or all (both and the mean over the prompt tokens).
     #[arg(long, default_value = "last-mean")]
     pooling: String,
     /// Hidden width of the head's MLP (0: linear head).

@@ -119,9 +119,13 @@ fn encoder_train_encode_and_score_end_to_end_with_refusals() {
     let err = fails(&argv(score, &[&teacher, &probes, &arg(&full2), "encoder"]));
     assert!(err.contains("inflow encode"), "{err}");
 
-    // A store of another encoder's queries is refused, naming the difference.
+    // A store of another encoder's queries (other seed and pooling) is refused, naming the
+    // difference.
     let enc2 = dir.arg("enc2");
-    run_ok(&argv(line, &[&teacher, &probes, &qstore, &enc2, "3"]));
+    run_ok(&argv(
+        &format!("{line} --pooling all"),
+        &[&teacher, &probes, &qstore, &enc2, "3"],
+    ));
     let qenc2 = dir.arg("qenc2");
     run_ok(&argv(encode, &[&enc2, &probes, "6", &qenc2]));
     let err = fails(&argv(score, &[&store, &qenc2, &arg(&full2), "cosine"]));

@@ -49,15 +49,18 @@ pub enum Pooling {
     Mean,
     /// Both, concatenated (2 × hidden).
     LastMean,
+    /// Both and the mean over the prompt tokens (3 × hidden).
+    All,
 }
 
-crate::error::names!(Pooling: "--pooling", Last = "last", Mean = "mean", LastMean = "last-mean");
+crate::error::names!(Pooling: "--pooling", Last = "last", Mean = "mean", LastMean = "last-mean", All = "all");
 
 impl Pooling {
     /// The pooled width for a trunk of width `hidden`.
     pub fn width(self, hidden: usize) -> usize {
         match self {
             Pooling::LastMean => 2 * hidden,
+            Pooling::All => 3 * hidden,
             _ => hidden,
         }
     }
@@ -302,7 +305,27 @@ fn pool(llama: &Llama, seqs: &[TokenSeq], pooling: Pooling) -> Result<Vec<f32>> 
             .zip(mean.chunks(h))
             .flat_map(|(a, b)| a.iter().chain(b).copied())
             .collect(),
+        Pooling::All => {
+            let prompt = prompt_means(&hidden, seqs)?;
+            last.chunks(h)
+                .zip(mean.chunks(h))
+                .zip(prompt.chunks(h))
+                .flat_map(|((a, b), c)| a.iter().chain(b).chain(c).copied())
+                .collect()
+        }
     })
+}
+
+/// The mean hidden state over each sample's prompt tokens (B × hidden, flat).
+fn prompt_means(hidden: &Tensor, seqs: &[TokenSeq]) -> Result<Vec<f32>> {
+    let h = hidden.to_dtype(DType::F32)?;
+    let mut out = Vec::new();
+    for (b, s) in seqs.iter().enumerate() {
+        let n = s.loss_mask.iter().take_while(|&&m| !m).count().max(1);
+        let m = h.get(b)?.narrow(0, 0, n.min(s.ids.len()))?.mean(0)?;
+        out.extend(m.to_vec1::<f32>()?);
+    }
+    Ok(out)
 }
 
 /// The feature spec an encoder pass reports: a `dense` row of the head's width with no
