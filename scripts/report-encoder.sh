@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/natural-instructions}
 TEACHER=${TEACHER:-../runs/ni-teacher}
 QSTORE=${QSTORE:-../runs/ni-probes}
-LAYERS=${LAYERS:-"3 6"}
+LAYERS=${LAYERS:-"3 6 2"}
 FULL=${FULL:-1}
 P=$DATA/probe.jsonl
 D=$DATA/train.jsonl
@@ -30,6 +30,8 @@ for k in $LAYERS; do
   step $R/bench-k$k.json $I bench encode --encoder $R/enc-k$k --data $D --limit 32 --rounds 2 --json
 done
 k=${LAYERS%% *}
+# A longer bench for the pool's encoder (start-up costs matter less).
+step $R/bench128-k$k.json $I bench encode --encoder $R/enc-k$k --data $D --limit 128 --rounds 2 --json
 if [ "$FULL" = 1 ]; then
   # The whole pool and the probes, forward only; then downstream `score` unchanged.
   step $R/encode-train.json bash -c "/usr/bin/time -f '%e %U %S' -o $R/encode-train.wall $I encode --encoder $R/enc-k$k --data $D --out $R/ni-enc --json"
@@ -37,6 +39,6 @@ if [ "$FULL" = 1 ]; then
   step $R/score-top3.json $I score --store $R/ni-enc --queries $R/ni-enc-probes --top-k 3 \
     --out $R/top3.parquet --json
 fi
-cp $R/*.json "$OUT/" 2>/dev/null || true
+cp $R/train-*.json $R/bench*.json $R/encode-*.json "$OUT/" 2>/dev/null || true
 python3 scripts/report-encoder.py "$R" "$OUT" "$P" "$D" $LAYERS
 echo "wrote $OUT/figures.md (report.md quotes it)"
