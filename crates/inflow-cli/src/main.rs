@@ -4,6 +4,7 @@
 mod args;
 mod bench;
 mod demo;
+mod encoder;
 mod generate;
 mod lds;
 mod planted;
@@ -102,6 +103,15 @@ enum Cmd {
         #[command(subcommand)]
         what: StoreWhat,
     },
+    /// The amortized encoder (Influcoder): distil a gradient store into a forward-only
+    /// encoder (`encoder train`), then `encode` data with it.
+    Encoder {
+        #[command(subcommand)]
+        what: encoder::EncoderWhat,
+    },
+    /// Encode data with a trained encoder into an ordinary store (forward only, resumable):
+    /// `score`, `select` and `compare` use it like an index store.
+    Encode(encoder::EncodeArgs),
     /// Throughput benchmarks.
     Bench {
         #[command(subcommand)]
@@ -163,6 +173,9 @@ enum BenchWhat {
     /// rows/s, GB/s, GOP/s and peak RSS beside this machine's file read, memory bandwidth,
     /// f32 GEMM and int8 peak, all measured in the same run.
     Score(bench::ScoreArgs),
+    /// `encode` against `index` on the same samples in the same run, interleaved: samples/s,
+    /// tokens/s, wall and CPU seconds, bytes per sample and the speed-up.
+    Encode(encoder::BenchArgs),
 }
 
 #[derive(Args)]
@@ -342,6 +355,8 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             EvalWhat::Selection(a) => selection_eval::run(a, threads, json),
             EvalWhat::Lds(a) => lds::run(a, threads, json),
         },
+        Cmd::Encoder { what } => encoder::run(what, threads, json),
+        Cmd::Encode(a) => encoder::encode(a, threads, json),
         Cmd::Store { what } => match what {
             StoreWhat::Compress(a) => store_cmd::compress(a, json),
         },
@@ -349,6 +364,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             BenchWhat::Features(a) => bench::features(a, threads, json),
             BenchWhat::Score(a) => bench::score(a, threads, json),
             BenchWhat::Train(a) => train::bench(a, threads, json),
+            BenchWhat::Encode(a) => encoder::bench(a, threads, json),
             BenchWhat::Influence {
                 samples,
                 queries,

@@ -112,7 +112,10 @@ pub trait FeaturePass: Sync {
 }
 
 /// (last prompt token, mean over response tokens) hidden states of each sample of a batch.
-fn pooled_hidden(hidden: &candle_core::Tensor, seqs: &[TokenSeq]) -> Result<(Vec<f32>, Vec<f32>)> {
+pub fn pooled_hidden(
+    hidden: &candle_core::Tensor,
+    seqs: &[TokenSeq],
+) -> Result<(Vec<f32>, Vec<f32>)> {
     let h = hidden.to_dtype(candle_core::DType::F32)?;
     let (mut last, mut mean) = (Vec::new(), Vec::new());
     for (b, s) in seqs.iter().enumerate() {

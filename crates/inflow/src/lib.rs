@@ -6,6 +6,7 @@
 
 pub mod curvature;
 pub mod data;
+pub mod encoder;
 pub mod error;
 pub mod estimators;
 pub mod eval;

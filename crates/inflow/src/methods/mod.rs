@@ -8,11 +8,13 @@
 //! pipeline exactly like a built-in one.
 
 mod checkpoint;
+mod encoder;
 mod influence;
 mod probe;
 mod similarity;
 
 pub use checkpoint::CheckpointMethod;
+pub use encoder::EncoderMethod;
 pub use influence::InfluenceMethod;
 pub use probe::ProbeScorer;
 pub use similarity::Similarity;
@@ -206,6 +208,7 @@ pub const REGISTRY: &[(&str, Constructor)] = &[
     ("less", || Box::new(CheckpointMethod::Less)),
     ("icp", || Box::new(ProbeScorer::Icp)),
     ("one-step", || Box::new(ProbeScorer::OneStep)),
+    ("encoder", || Box::new(EncoderMethod)),
 ];
 
 /// Methods added at run time with [`register`].

@@ -727,6 +727,47 @@ impl Llama {
         })
     }
 
+    /// The first `k` blocks of this model, then its final RMSNorm: the frozen trunk of an
+    /// amortized encoder (`crate::encoder`). Weights are shared, not copied.
+    pub fn truncated(&self, k: usize) -> Result<Llama> {
+        if k == 0 || k > self.blocks.len() {
+            return Err(Error::Msg(format!(
+                "a trunk of {k} blocks: the model has {} (give 1 to {})",
+                self.blocks.len(),
+                self.blocks.len()
+            )));
+        }
+        let blocks = self.blocks[..k]
+            .iter()
+            .map(|b| Block {
+                attn_norm: b.attn_norm.clone(),
+                mlp_norm: b.mlp_norm.clone(),
+                linears: b.linears.clone(),
+            })
+            .collect();
+        let mut config = self.config.clone();
+        config.num_hidden_layers = k;
+        Ok(Llama {
+            config,
+            embed: self.embed.clone(),
+            blocks,
+            norm: self.norm.clone(),
+            lm_head: self.lm_head.clone(),
+            device: self.device.clone(),
+            dtype: self.dtype,
+            trainable: false,
+            branch: self.branch.clone(),
+            decode_weights: Default::default(),
+        })
+    }
+
+    /// Final-norm hidden states (B, T, H) of a right-padded batch, forward only (causal, so a
+    /// sequence's states do not depend on the padding after it).
+    pub fn hidden_batch(&self, batch: &[TokenSeq]) -> Result<Tensor> {
+        let (ids, _) = pad_batch(batch, &self.device)?;
+        self.hidden(&ids, None)
+    }
+
     /// Log-probabilities log p(ids[t] | ids[<t]) for t ≥ 1 of one sequence (no gradients).
     pub fn token_logprobs(&self, ids: &[u32]) -> Result<Vec<f32>> {
         if ids.len() < 2 {

@@ -5,6 +5,7 @@
 
 pub mod bench_score;
 pub mod compress;
+pub mod encoder;
 pub mod fit;
 pub mod generate;
 pub mod index;

@@ -343,6 +343,10 @@ pub fn featurize_queries(
     threads: usize,
     progress: &Progress,
 ) -> Result<Featurized> {
+    // A store `encode` wrote: the queries go through the same encoder.
+    if crate::encoder::is_encoder_store(store) {
+        return crate::encoder::featurize_queries(model, store, queries, threads, progress);
+    }
     let run = &recorded.run;
     let (feats, fz_spec) = if recorded.lora_grads {
         let stored: FeatureSpec =
