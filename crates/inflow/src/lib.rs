@@ -17,6 +17,7 @@ pub mod model;
 pub mod pipeline;
 pub mod probe;
 pub mod random;
+pub mod rank;
 pub mod scores;
 pub mod select;
 pub mod store;

@@ -23,46 +23,15 @@ pub struct Agreement {
     pub n_candidates: usize,
 }
 
-/// Ranks (1-based, ties averaged) of `v`.
-pub fn ranks(v: &[f64]) -> Vec<f64> {
-    let mut idx: Vec<usize> = (0..v.len()).collect();
-    idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
-    let mut r = vec![0.0; v.len()];
-    let mut i = 0;
-    while i < idx.len() {
-        let mut j = i;
-        while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
-            j += 1;
-        }
-        let avg = (i + j) as f64 / 2.0 + 1.0;
-        for &k in &idx[i..=j] {
-            r[k] = avg;
-        }
-        i = j + 1;
-    }
-    r
-}
-
-/// Pearson correlation of two equally long series (0 when either is constant).
-pub fn pearson(a: &[f64], b: &[f64]) -> f64 {
-    let n = a.len().max(1) as f64;
-    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
-    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
-        sab += (x - ma) * (y - mb);
-        saa += (x - ma) * (x - ma);
-        sbb += (y - mb) * (y - mb);
-    }
-    if saa <= 0.0 || sbb <= 0.0 {
+/// Spearman's ρ ([`crate::rank::spearman`]), 0 when either side is constant (a scorer that
+/// ties every candidate agrees with nothing).
+pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    let r = crate::rank::spearman(a, b);
+    if r.is_nan() {
         0.0
     } else {
-        sab / (saa * sbb).sqrt()
+        r
     }
-}
-
-/// Spearman's ρ: the Pearson correlation of the ranks.
-pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
-    pearson(&ranks(a), &ranks(b))
 }
 
 /// Indices of the `k` largest values, best first, ties by smaller index.
@@ -154,7 +123,10 @@ mod tests {
         let a = [1.0, 2.0, 3.0, 10.0];
         assert!((spearman(&a, &[0.1, 0.2, 0.5, 0.6]) - 1.0).abs() < 1e-12);
         assert!((spearman(&a, &[4.0, 3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
-        assert_eq!(ranks(&[3.0, 1.0, 3.0]), vec![2.5, 1.0, 2.5]);
+        assert_eq!(
+            crate::rank::average_ranks(&[3.0, 1.0, 3.0]),
+            vec![2.5, 1.0, 2.5]
+        );
     }
 
     #[test]

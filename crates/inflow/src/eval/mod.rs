@@ -5,7 +5,8 @@ pub mod compare;
 pub mod lds;
 pub mod planted;
 pub mod plot;
-pub mod rank;
+/// Rank statistics live below the layers that use them (the encoder's agreement too).
+pub use crate::rank;
 pub mod retrain;
 pub mod retrieval;
 pub mod selection;

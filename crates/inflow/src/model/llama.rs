@@ -713,8 +713,14 @@ impl Llama {
             let w = &b.linears[flat % 7];
             b.linears[flat % 7] = (w + d.to_dtype(w.dtype())?)?;
         }
-        Ok(Llama {
-            config: self.config.clone(),
+        Ok(self.with_blocks(blocks, self.config.clone()))
+    }
+
+    /// This model's embedding, norm, head and branch around other `blocks` (shared weights),
+    /// not trainable.
+    fn with_blocks(&self, blocks: Vec<Block>, config: LlamaConfig) -> Llama {
+        Llama {
+            config,
             embed: self.embed.clone(),
             blocks,
             norm: self.norm.clone(),
@@ -724,7 +730,7 @@ impl Llama {
             trainable: false,
             branch: self.branch.clone(),
             decode_weights: Default::default(),
-        })
+        }
     }
 
     /// The first `k` blocks of this model, then its final RMSNorm: the frozen trunk of an
@@ -747,18 +753,7 @@ impl Llama {
             .collect();
         let mut config = self.config.clone();
         config.num_hidden_layers = k;
-        Ok(Llama {
-            config,
-            embed: self.embed.clone(),
-            blocks,
-            norm: self.norm.clone(),
-            lm_head: self.lm_head.clone(),
-            device: self.device.clone(),
-            dtype: self.dtype,
-            trainable: false,
-            branch: self.branch.clone(),
-            decode_weights: Default::default(),
-        })
+        Ok(self.with_blocks(blocks, config))
     }
 
     /// Final-norm hidden states (B, T, H) of a right-padded batch, forward only (causal, so a
