@@ -586,8 +586,7 @@ pub fn index_pass<P: FeaturePass, O: PassObserver>(
         shards_reused: reused,
         dim,
         tokens,
-        bytes_per_sample: (opts.dtype.row_bytes(dim)
-            + 4
-            + if opts.dtype == Dtype::I8 { 4 } else { 0 }) as f64,
+        // Features (and int8 scale) plus the f32 norm.
+        bytes_per_sample: (opts.dtype.stored_row_bytes(dim) + 4) as f64,
     })
 }

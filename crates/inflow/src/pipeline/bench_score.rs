@@ -147,9 +147,7 @@ pub fn bench_score(o: &BenchScoreOptions, reporter: &dyn Reporter) -> Result<Ben
         });
     }
     let scoring_rss = if reset { machine::peak_rss() } else { None };
-    let mut walls: Vec<f64> = passes.iter().map(|p| p.wall_s).collect();
-    walls.sort_by(f64::total_cmp);
-    let wall = walls[walls.len() / 2];
+    let wall = machine::median(passes.iter().map(|p| p.wall_s).collect());
 
     reporter.note("measuring this machine: file read, memory, f32 GEMM, int8 peak");
     let paths: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
@@ -161,11 +159,9 @@ pub fn bench_score(o: &BenchScoreOptions, reporter: &dyn Reporter) -> Result<Ben
     let gemm1 = machine::gemm_gflops(1, 1024, 4)?;
     let ops = 2.0 * o.rows as f64 * o.dim as f64 * o.queries as f64;
     let gops = ops / wall / 1e9;
-    let mut cpus: Vec<f64> = passes.iter().filter_map(|p| p.cpu_s).collect();
-    cpus.sort_by(f64::total_cmp);
-    let per_cpu = cpus
-        .get(cpus.len() / 2)
-        .filter(|&&c| c > 0.0)
+    let cpus: Vec<f64> = passes.iter().filter_map(|p| p.cpu_s).collect();
+    let per_cpu = Some(machine::median(cpus))
+        .filter(|&c| c > 0.0)
         .map(|c| ops / c / 1e9);
     let kernel = match o.dtype {
         Dtype::I8 if int8::has_vnni() => "avx512-vnni",

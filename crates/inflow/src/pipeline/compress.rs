@@ -40,7 +40,6 @@ pub fn compress(
     });
     reporter.finish("compress");
     let c = r?;
-    let bytes = |d: Dtype, dim: usize| d.row_bytes(dim) + if d == Dtype::I8 { 4 } else { 0 };
     Ok(CompressSummary {
         out: out.to_path_buf(),
         parent: parent.to_path_buf(),
@@ -49,8 +48,8 @@ pub fn compress(
         dim: c.dim(),
         parent_dtype: p.spec().dtype,
         dtype: c.spec().dtype,
-        parent_bytes_per_row: bytes(p.spec().dtype, p.dim()),
-        bytes_per_row: bytes(c.spec().dtype, c.dim()),
+        parent_bytes_per_row: p.spec().dtype.stored_row_bytes(p.dim()),
+        bytes_per_row: c.spec().dtype.stored_row_bytes(c.dim()),
         seconds: t.elapsed().as_secs_f64(),
     })
 }

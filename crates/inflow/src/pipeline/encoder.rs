@@ -689,15 +689,6 @@ pub struct BenchResult {
     pub threads: usize,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        0.0
-    } else {
-        v[v.len() / 2]
-    }
-}
-
 /// `bench encode`: `index` (the teacher's settings and element type) and `encode` (f16) on
 /// the same first `limit` samples, interleaved for `rounds` rounds in this process, each
 /// into a fresh scratch store; wall and CPU seconds of each.
@@ -774,7 +765,7 @@ pub fn bench(o: &BenchOptions, reporter: &dyn Reporter) -> Result<BenchResult> {
     }
     let _ = std::fs::remove_dir(&o.scratch);
     let med = |w: &str, f: fn(&BenchPass) -> f64| {
-        median(passes.iter().filter(|p| p.what == w).map(f).collect())
+        super::machine::median(passes.iter().filter(|p| p.what == w).map(f).collect())
     };
     let (i, e) = (
         med("index", |p| p.samples_per_s),

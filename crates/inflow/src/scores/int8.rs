@@ -50,16 +50,6 @@ impl Queries {
             packed,
         }
     }
-
-    /// Number of queries.
-    pub fn len(&self) -> usize {
-        self.nq
-    }
-
-    /// Whether there are no queries.
-    pub fn is_empty(&self) -> bool {
-        self.nq == 0
-    }
 }
 
 /// Whether this CPU runs the VNNI kernel.

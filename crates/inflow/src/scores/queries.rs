@@ -100,14 +100,7 @@ pub fn read_query_store(
         });
     }
     let mut features = q.spec().features.clone();
-    if let (Some(w), Some(have)) = (features.as_object_mut(), train.spec().features.as_object()) {
-        for key in ["gradient", "checkpoint"] {
-            match have.get(key) {
-                Some(v) => w.insert(key.into(), v.clone()),
-                None => w.remove(key),
-            };
-        }
-    }
+    take_store_own_fields(&mut features, train);
     train
         .check_compatible(&serde_json::json!({"model": q.spec().model, "features": features}))
         .map_err(|e| Error::Msg(format!("query store {}: {e}", dir.display())))?;
@@ -214,16 +207,12 @@ pub fn score_samples(
     // parent's space, q' = (H + λI)⁻¹ q, then q' is projected: z_c · Pᵀq' ≈ z · q'.
     let parent = match &compact {
         Some(_) if spec.method == "influence" || spec.rerank.is_some() => {
-            Some(super::rerank::open_parent(&store).map_err(|e| {
-                Error::Msg(format!(
-                    "{e}{}",
-                    if spec.method == "influence" {
-                        " (influence on a compact store needs the curvature fitted on its parent)"
-                    } else {
-                        ""
-                    }
-                ))
-            })?)
+            let purpose = if spec.method == "influence" {
+                "influence (the curvature fitted on the parent)"
+            } else {
+                "--rerank"
+            };
+            Some(super::rerank::open_parent(&store, purpose)?)
         }
         _ => None,
     };
@@ -375,15 +364,7 @@ pub fn featurize_queries(
         )
     };
     let mut want = serde_json::to_value(&fz_spec).map_err(|e| Error::Msg(e.to_string()))?;
-    // A checkpoint store's own fields (its checkpoint, hash-checked with the model, and its
-    // gradient kind) are not settings of the query pass.
-    if let (Some(w), Some(have)) = (want.as_object_mut(), store.spec().features.as_object()) {
-        for key in ["gradient", "checkpoint"] {
-            if let Some(v) = have.get(key) {
-                w.insert(key.into(), v.clone());
-            }
-        }
-    }
+    take_store_own_fields(&mut want, store);
     let mut expected = serde_json::json!({ "features": want });
     // A compact store holds projections of these features: they are checked against its
     // parent's length and mapped afterwards.
@@ -403,4 +384,18 @@ pub fn featurize_queries(
     }
     store.check_compatible(&expected)?;
     Ok(feats)
+}
+
+/// Sets the fields of `features` that belong to a store rather than to a feature pass (a
+/// checkpoint store's checkpoint, hash-checked with the model, and its gradient kind) to
+/// `store`'s, so comparing the two compares only settings of the pass.
+fn take_store_own_fields(features: &mut serde_json::Value, store: &Store) {
+    if let (Some(w), Some(have)) = (features.as_object_mut(), store.spec().features.as_object()) {
+        for key in ["gradient", "checkpoint"] {
+            match have.get(key) {
+                Some(v) => w.insert(key.into(), v.clone()),
+                None => w.remove(key),
+            };
+        }
+    }
 }

@@ -9,18 +9,19 @@ use crate::store::compress::spec_sha256;
 use crate::store::Store;
 use crate::{Error, Result};
 
-/// The parent a compact store names, checked to be the store it was made from.
-pub fn open_parent(compact: &Store) -> Result<Store> {
+/// The parent a compact store names, checked to be the store it was made from; `purpose`
+/// says what needs it (e.g. "--rerank"), for the messages.
+pub fn open_parent(compact: &Store, purpose: &str) -> Result<Store> {
     let c = compact.spec().compact.as_ref().ok_or_else(|| Error::Store {
         path: compact.dir().into(),
-        msg: "is not a compact store (made by `store compress`): --rerank has no parent to rescore from".into(),
+        msg: format!("is not a compact store (made by `store compress`): {purpose} has no parent to read"),
     })?;
     let dir = Path::new(&c.parent);
     if !dir.join("manifest.json").exists() {
         return Err(Error::Store {
             path: compact.dir().into(),
             msg: format!(
-                "names {} as its parent for --rerank, and that store is not there (moved or deleted?): restore it, or score without --rerank",
+                "names {} as its parent, which {purpose} needs, and that store is not there (moved or deleted?): restore it",
                 dir.display()
             ),
         });

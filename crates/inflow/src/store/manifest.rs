@@ -37,6 +37,11 @@ impl Dtype {
         }
     }
 
+    /// Bytes one row's features take on disk with the row's scale (int8); the norm is extra.
+    pub fn stored_row_bytes(self, dim: usize) -> usize {
+        self.row_bytes(dim) + if self == Dtype::I8 { 4 } else { 0 }
+    }
+
     /// Columns of the `.npy` feature matrix for rows of `dim` values (packed bytes for bits).
     pub fn file_cols(self, dim: usize) -> usize {
         match self {
