@@ -129,6 +129,7 @@ impl StoreArgs {
             shard_size: self.shard_size,
             batch_size: self.batch_size,
             threads,
+            part: None,
         })
     }
 }
@@ -182,4 +183,9 @@ impl FeatureArgs {
             labels: Default::default(),
         })
     }
+}
+
+/// `--shard I/N` / `--part I/N`: part I (from 0) of N, for clap.
+pub(crate) fn part(text: &str) -> std::result::Result<inflow::store::Part, String> {
+    inflow::store::Part::parse(text, "I/N")
 }

@@ -104,6 +104,10 @@ pub(crate) struct EncodeArgs {
     /// Samples per forward pass per worker (1 avoids padding).
     #[arg(long, default_value_t = 1)]
     batch_size: usize,
+    /// Encode only part I of N (counted from 0: contiguous whole shards) into a part store,
+    /// for `inflow store merge`.
+    #[arg(long, value_name = "I/N", value_parser = crate::args::part)]
+    shard: Option<inflow::store::Part>,
 }
 
 #[derive(Args)]
@@ -228,6 +232,7 @@ pub(crate) fn encode(a: EncodeArgs, threads: usize, json: bool) -> Result<()> {
         shard_size: a.shard_size,
         batch_size: a.batch_size,
         threads,
+        part: a.shard,
     };
     let t = std::time::Instant::now();
     let s = pipe::encode(&o, &Bars::default())?;

@@ -10,6 +10,7 @@ mod lds;
 mod planted;
 mod probe;
 mod progress;
+mod scores_cmd;
 mod select;
 mod selection_eval;
 mod show;
@@ -98,10 +99,15 @@ enum Cmd {
     /// Merge an adapter or checkpoint into the model and write a Hugging Face folder.
     Export(train::ExportArgs),
     /// Operations on a store: `compress` makes a compact copy (seeded projection, int8 or
-    /// 1-bit signs) that scores in a fraction of the time and disk.
+    /// 1-bit signs) that scores in a fraction of the time and disk; `merge` joins part stores.
     Store {
         #[command(subcommand)]
         what: StoreWhat,
+    },
+    /// Operations on score files: `merge` joins the partial files of `score --part I/N`.
+    Scores {
+        #[command(subcommand)]
+        what: ScoresWhat,
     },
     /// The amortized encoder (Influcoder): distil a gradient store into a forward-only
     /// encoder (`encoder train`), then `encode` data with it.
@@ -130,6 +136,19 @@ enum StoreWhat {
     /// (Johnson–Lindenstrauss), then cast to --dtype. Streamed and resumable; `score` maps the
     /// queries the same way, and `score --rerank K` rescores candidates on this parent.
     Compress(store_cmd::CompressArgs),
+    /// Join the part stores of `index --shard I/N` (or `encode --shard`) into one store: checks
+    /// that the parts share one spec and cover every row once, then hard-links their shards
+    /// (copies across filesystems) under one manifest. Equal, row for row, to one process's
+    /// store; K-FAC token statistics and RepSim sub-stores are merged too.
+    Merge(store_cmd::MergeArgs),
+}
+
+#[derive(Subcommand)]
+enum ScoresWhat {
+    /// Join partial score files of `score --part I/N` (all top-k or per-sample .parquet, or all
+    /// --full .npy) into the file one `score` over the whole store writes: exact, with checks
+    /// that the parts come from one run and cover every row once.
+    Merge(scores_cmd::MergeArgs),
 }
 
 #[derive(Subcommand)]
@@ -201,6 +220,11 @@ struct IndexArgs {
     /// One store per checkpoint (--out/{checkpoint}), each recording its step and learning rate.
     #[arg(long, num_args = 1..)]
     checkpoints: Vec<PathBuf>,
+    /// Index only part I of N (counted from 0: contiguous whole shards, so row ids do not
+    /// change) into a part store; `inflow store merge` joins the parts. One task's share
+    /// under Ray, a Slurm array or a Kubernetes Indexed Job.
+    #[arg(long, value_name = "I/N", value_parser = crate::args::part)]
+    shard: Option<inflow::store::Part>,
 }
 
 #[derive(Args)]
@@ -262,6 +286,11 @@ struct ScoreArgs {
     /// from it, then rescore them exactly on the full-precision parent store.
     #[arg(long)]
     rerank: Option<usize>,
+    /// Score only part I of N of the store's shards (as `index --shard` splits them) and write
+    /// a partial result (top-k with `train_row`, or --aggregate/--full over the part's rows);
+    /// `inflow scores merge` joins the parts exactly.
+    #[arg(long, value_name = "I/N", value_parser = crate::args::part)]
+    part: Option<inflow::store::Part>,
 }
 
 /// `score --method`'s long help, from the registry.
@@ -357,8 +386,12 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
         },
         Cmd::Encoder { what } => encoder::run(what, threads, json),
         Cmd::Encode(a) => encoder::encode(a, threads, json),
+        Cmd::Scores { what } => match what {
+            ScoresWhat::Merge(a) => scores_cmd::merge(a, json),
+        },
         Cmd::Store { what } => match what {
             StoreWhat::Compress(a) => store_cmd::compress(a, json),
+            StoreWhat::Merge(a) => store_cmd::merge(a, json),
         },
         Cmd::Bench { what } => match what {
             BenchWhat::Features(a) => bench::features(a, threads, json),
@@ -542,7 +575,8 @@ pub(crate) fn index(
     json: bool,
 ) -> Result<inflow::index::IndexSummary> {
     let model = load_model(&a.model.path)?;
-    let opts = a.store.index_options(&a.input, &a.features, threads)?;
+    let mut opts = a.store.index_options(&a.input, &a.features, threads)?;
+    opts.part = a.shard;
     let t = Instant::now();
     let summary =
         inflow::pipeline::index::index(&model, &opts, &a.out, "index", &progress::Bars::default())?;
@@ -594,6 +628,7 @@ pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<ScoreOut
                 seed: 0,
             },
             rerank: a.rerank,
+            part: a.part,
             ..Default::default()
         },
         top_k: a.top_k,

@@ -58,3 +58,43 @@ pub(crate) fn compress(a: CompressArgs, json: bool) -> Result<()> {
     );
     Ok(())
 }
+
+/// `inflow store merge`' arguments.
+#[derive(Args)]
+pub(crate) struct MergeArgs {
+    /// The part stores (`index --shard I/N --out PART`), in any order, e.g. `parts/ni-*`.
+    #[arg(required = true, num_args = 1..)]
+    parts: Vec<PathBuf>,
+    /// The merged store folder (new or empty; rerunning finishes an interrupted merge).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub(crate) fn merge(a: MergeArgs, json: bool) -> Result<()> {
+    let t = std::time::Instant::now();
+    let s = inflow::store::merge::merge(&a.parts, &a.out)?;
+    let secs = t.elapsed().as_secs_f64();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"out": a.out, "summary": s, "seconds": secs})
+        );
+        return Ok(());
+    }
+    println!(
+        "merged {} parts into {}: {} rows in {} shards, {} files linked, {} copied{} ({:.1} s)",
+        s.parts,
+        a.out.display(),
+        s.n_samples,
+        s.shards,
+        s.linked,
+        s.copied,
+        if s.sub_stores.is_empty() {
+            String::new()
+        } else {
+            format!("; sub-stores {}", s.sub_stores.join(", "))
+        },
+        secs
+    );
+    Ok(())
+}

@@ -302,7 +302,10 @@ pub(crate) fn index_checkpoints(a: crate::IndexArgs, threads: usize, json: bool)
         a.adam,
     )?;
     let o = CheckpointsOptions {
-        index: a.store.index_options(&a.input, &a.features, threads)?,
+        index: inflow::index::IndexOptions {
+            part: a.shard,
+            ..a.store.index_options(&a.input, &a.features, threads)?
+        },
         model: a.model.path,
         adapter: a.model.adapter,
         checkpoints: a.checkpoints,

@@ -6,7 +6,7 @@ use crate::data::tokens::{Cuts, Renderer, Template, Truncate};
 use crate::data::{self, ReadOptions, Sample};
 use crate::features::{FeatureSpec, Projection, Projector};
 use crate::model::{select_modules, Captured, Labels, LoadedModel, TokenSeq};
-use crate::store::{Dtype, SampleRow, Store, StoreSpec};
+use crate::store::{Dtype, Part, SampleRow, Store, StoreSpec};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -169,6 +169,9 @@ pub struct IndexOptions {
     pub batch_size: usize,
     /// Worker threads; each runs candle single-threaded on its own micro-batches.
     pub threads: usize,
+    /// Index only this part of the rows into a part store (`index --shard I/N`), for
+    /// `store merge` to join; `None`: every row.
+    pub part: Option<Part>,
 }
 
 /// Where the inputs of a store live, written beside the manifest as `run.json` so `score`
@@ -513,18 +516,20 @@ pub fn index_pass<P: FeaturePass, O: PassObserver>(
         dim: hidden,
         ..spec.clone()
     };
-    let mut store = Store::create_or_resume(out, spec.clone(), n)?;
+    let mut store = Store::create_or_resume_part(out, spec.clone(), n, opts.part)?;
     let mut subs = Vec::new();
     if extras.repsim {
-        subs.push(Store::create_or_resume(
+        subs.push(Store::create_or_resume_part(
             &out.join(REPSIM_LAST),
             rep_spec("last prompt token"),
             n,
+            opts.part,
         )?);
-        subs.push(Store::create_or_resume(
+        subs.push(Store::create_or_resume_part(
             &out.join(REPSIM_MEAN),
             rep_spec("mean over response tokens"),
             n,
+            opts.part,
         )?);
     }
     let mut run = run_info(model, opts, &report)?;
@@ -533,11 +538,15 @@ pub fn index_pass<P: FeaturePass, O: PassObserver>(
     }
     write_run_info(out, &run)?;
     // A shard is pending while any of the stores lacks it (a kill between writes).
-    let pending: Vec<usize> = (0..store.n_shards())
+    let own = store.own_shards();
+    let pending: Vec<usize> = own
+        .clone()
         .filter(|&i| !store.is_shard_done(i) || subs.iter().any(|s| !s.is_shard_done(i)))
         .collect();
+    // A part store's rows: its part's.
+    let n = store.manifest().rows_of(&own).len();
     progress.total.store(n, Ordering::Relaxed);
-    let reused = store.n_shards() - pending.len();
+    let reused = own.len() - pending.len();
     progress
         .samples
         .store(store.n_done_rows(), Ordering::Relaxed);

@@ -42,6 +42,7 @@ fn index_options(
     (shard, batch, threads): (usize, usize, usize),
 ) -> IndexOptions {
     IndexOptions {
+        part: None,
         data,
         read: alpaca(Some(n)),
         features: f,

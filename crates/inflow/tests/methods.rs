@@ -33,6 +33,7 @@ impl Method for RowIndex {
                 topk: methods::top_k_of(&full, nq, ctx.top_k),
                 full: Some(full),
                 n_train: n,
+                part: None,
             },
             method: self.name().into(),
             sign_convention: "test: larger row, larger score".into(),
@@ -65,6 +66,7 @@ fn a_registered_method_reaches_score_and_lds() {
     let store = dir.join("store");
     let m = pipeline::score::load_model(&model, &Silent).unwrap();
     let opts = inflow::index::IndexOptions {
+        part: None,
         data: assets("train.jsonl"),
         read: inflow::data::ReadOptions {
             limit: Some(6),

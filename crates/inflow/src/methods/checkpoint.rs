@@ -53,6 +53,7 @@ impl Method for CheckpointMethod {
             result: ScoreResult {
                 topk: top_k_of(&full, nq, ctx.top_k),
                 n_train: ids.len(),
+                part: None,
                 full: Some(full),
             },
             method: CheckpointMethod::name(*self).to_string(),

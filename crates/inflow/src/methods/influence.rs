@@ -30,6 +30,7 @@ impl InfluenceMethod {
             preconditioner: self.fixed.unwrap_or(&options.preconditioner).to_string(),
             curvature: options.curvature.clone(),
             rerank: options.rerank,
+            part: options.part,
         }
     }
 }

@@ -80,6 +80,9 @@ pub struct Options {
     pub one_step_lr: f64,
     /// On a compact store: rescore the best K candidates exactly on its parent.
     pub rerank: Option<usize>,
+    /// Score only this part of the store's shards (`score --part I/N`): a partial result for
+    /// `scores merge`. Methods that score one store's features take it.
+    pub part: Option<crate::store::Part>,
 }
 
 impl Default for Options {
@@ -90,6 +93,7 @@ impl Default for Options {
             probe_batch: 4,
             one_step_lr: 1e-4,
             rerank: None,
+            part: None,
         }
     }
 }

@@ -116,6 +116,7 @@ impl Method for ProbeScorer {
             result: ScoreResult {
                 topk: top_k_of(&full, nq, ctx.top_k),
                 n_train: n,
+                part: None,
                 full: if ctx.full { Some(full) } else { None },
             },
             method: self.name().to_string(),

@@ -36,6 +36,7 @@ impl Method for Similarity {
     fn score(&self, ctx: &Context) -> Result<Scored> {
         let spec = MethodSpec {
             rerank: ctx.options.rerank,
+            part: ctx.options.part,
             ..MethodSpec::plain(self.name)
         };
         score_spec(&spec, ctx)

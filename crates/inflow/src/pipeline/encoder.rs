@@ -151,6 +151,7 @@ fn trunk_store(
     reporter: &dyn Reporter,
 ) -> Result<Vec<f32>> {
     let opts = IndexOptions {
+        part: None,
         data: data.to_path_buf(),
         read: read.clone(),
         features: spec.features.clone(),
@@ -590,6 +591,8 @@ pub struct EncodeOptions {
     pub shard_size: usize,
     pub batch_size: usize,
     pub threads: usize,
+    /// Encode only this part of the rows into a part store (`encode --shard I/N`).
+    pub part: Option<crate::store::Part>,
 }
 
 /// Loads the encoder's model (`model` or the one encoder.json names).
@@ -615,6 +618,7 @@ pub fn encode_with(
     let enc = Encoder::load(&o.encoder, model)?;
     let fields = enc.store_fields();
     let opts = IndexOptions {
+        part: o.part,
         data: o.data.clone(),
         read: o.read.clone(),
         features: enc.spec.features.clone(),
@@ -717,6 +721,7 @@ pub fn bench(o: &BenchOptions, reporter: &dyn Reporter) -> Result<BenchResult> {
             let t = Instant::now();
             let s = if what == "index" {
                 let opts = IndexOptions {
+                    part: None,
                     data: o.data.clone(),
                     read: read.clone(),
                     features: spec.features.clone(),
@@ -730,6 +735,7 @@ pub fn bench(o: &BenchOptions, reporter: &dyn Reporter) -> Result<BenchResult> {
                 encode_with(
                     &model,
                     &EncodeOptions {
+                        part: None,
                         encoder: o.encoder.clone(),
                         data: o.data.clone(),
                         read: read.clone(),

@@ -38,6 +38,7 @@ pub struct Fitted {
 /// sampled-label draws under STORE/fisher/, at the store's adapter or checkpoint if any.
 pub fn fit(o: &FitOptions, reporter: &dyn Reporter) -> Result<Fitted> {
     let s = Store::open(&o.store)?;
+    s.require_whole("fitting curvature")?;
     let samples = match o.fisher {
         Fisher::Empirical => FisherSamples::empirical(&s)?,
         Fisher::True { .. } => {
@@ -78,6 +79,7 @@ pub fn store_run(
     }
     let m = super::store_model::load(s.dir(), model, reporter)?;
     let opts = IndexOptions {
+        part: None,
         data: m.run.data_path.clone(),
         read: super::score::recorded_read(s, &m.run)?,
         features: m.run.features.clone(),

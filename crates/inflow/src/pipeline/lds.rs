@@ -96,6 +96,7 @@ impl Ctx<'_> {
     /// Indexes the training samples once (resumable) and fits K-FAC/EK-FAC when asked.
     fn store(&self, fit: bool) -> Result<()> {
         let opts = IndexOptions {
+            part: None,
             data: self.o.data.clone(),
             read: read(self.o.format, Some(self.o.limit)),
             features: self.features.clone(),
@@ -271,6 +272,7 @@ impl Ctx<'_> {
             topk: vec![Vec::new(); self.queries.len()],
             full: Some(m.scores.clone()),
             n_train: self.n,
+            part: None,
         };
         let qids: Vec<String> = self.queries.iter().map(|q| q.id.clone()).collect();
         crate::scores::write_full_npy(&npy_path, &result, &qids, &m.estimator, &m.sign)?;

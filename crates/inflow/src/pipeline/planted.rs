@@ -185,6 +185,7 @@ fn alpaca() -> ReadOptions {
 /// Index options over the mix with features of `projection` at the model's weights.
 fn mix_index(o: &PlantedOptions, mix: &Path, projection: Projection) -> IndexOptions {
     IndexOptions {
+        part: None,
         data: mix.to_path_buf(),
         read: alpaca(),
         features: FeatureOptions {

@@ -117,6 +117,15 @@ pub fn score(o: &ScoreOptions, reporter: &dyn Reporter) -> Result<ScoreOutput> {
     if o.top_k == 0 {
         return Err(Error::Msg("--top-k must be at least 1".into()));
     }
+    if let Some(p) = o.options.part {
+        if method.needs().contains(&Need::Checkpoints) || !method.needs().contains(&Need::Store) {
+            return Err(Error::Msg(format!(
+                "--part {p} scores a share of one store's shards; `{}` does not score from a \
+                 single store (score it whole)",
+                method.name()
+            )));
+        }
+    }
     let train = train_set(&o.store)?;
     // A store folder as --queries: features indexed once, scored against many stores.
     let (queries, given) = if o.queries.join("manifest.json").exists() {
@@ -190,6 +199,8 @@ pub fn score(o: &ScoreOptions, reporter: &dyn Reporter) -> Result<ScoreOutput> {
         .out
         .clone()
         .unwrap_or_else(|| o.store.join(format!("scores-{}.parquet", scored.method)));
+    // A partial run's per-sample scores and ids: its part's rows.
+    let part_rows = scored.result.part.as_ref().map(|p| p.rows.clone());
     let per_train = match (o.aggregate, &scored.per_train) {
         (Some(Aggregate::Mean), _) => Some(PerTrain {
             scores: scores::mean_over_queries(
@@ -205,12 +216,15 @@ pub fn score(o: &ScoreOptions, reporter: &dyn Reporter) -> Result<ScoreOutput> {
     match &per_train {
         Some(p) => scores::write_per_train_parquet(
             &out,
-            &scored.train_ids,
+            part_rows
+                .clone()
+                .map_or(&scored.train_ids[..], |r| &scored.train_ids[r]),
             &p.scores,
             nq,
             &scored.method,
             &scored.sign_convention,
             &p.what,
+            scored.result.part.as_ref(),
         )?,
         None => scores::write_topk_parquet(
             &out,

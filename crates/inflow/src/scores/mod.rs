@@ -10,6 +10,7 @@
 pub mod bits;
 pub mod checkpoints;
 pub mod int8;
+pub mod merge;
 mod output;
 pub mod queries;
 pub mod rerank;
@@ -21,7 +22,7 @@ pub use output::{write_full_npy, write_per_train_parquet, write_topk_parquet};
 use rayon::prelude::*;
 
 use crate::estimators::Estimator;
-use crate::store::{Dtype, ShardRows, Store};
+use crate::store::{Dtype, Part, ShardRows, Store};
 use crate::{Error, Result};
 use topk::TopK;
 
@@ -54,6 +55,21 @@ pub struct ScoreResult {
     pub full: Option<Vec<f32>>,
     /// Number of training rows scored.
     pub n_train: usize,
+    /// For a run over one part of a store's shards (`score --part`): which rows it scored.
+    /// Columns of `full` are then rows `part.rows`; `scores merge` joins the parts.
+    pub part: Option<PartScope>,
+}
+
+/// The share of a store one partial score run covered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartScope {
+    pub part: Part,
+    /// Global rows scored, `[start, end)`.
+    pub rows: std::ops::Range<usize>,
+    /// Rows of the whole store.
+    pub n_rows: usize,
+    /// Entries kept per query (the run's k; a part with fewer rows keeps fewer).
+    pub top_k: usize,
 }
 
 /// f32 values of training features per block (bounds per-thread memory: 128 MiB). Large
@@ -76,20 +92,50 @@ pub fn score_store(
     full: bool,
     on_shard: &mut dyn FnMut(usize),
 ) -> Result<ScoreResult> {
+    score_store_part(store, None, queries, nq, est, k, full, on_shard)
+}
+
+/// [`score_store`] over part `part` of the store's shards only ([`Part::shards`]): the
+/// result's top-k lists hold global rows of that part, `full` its columns, and
+/// [`ScoreResult::part`] says which. `None` scores every row, as [`score_store`].
+#[allow(clippy::too_many_arguments)]
+pub fn score_store_part(
+    store: &Store,
+    part: Option<Part>,
+    queries: &[f32],
+    nq: usize,
+    est: &dyn Estimator,
+    k: usize,
+    full: bool,
+    on_shard: &mut dyn FnMut(usize),
+) -> Result<ScoreResult> {
     let dim = store.dim();
     // A block's scores (block × nq) stay in cache between the product and the heaps.
     let block = (BLOCK_FLOATS / dim)
         .min(CHUNK_FLOATS / nq.max(1))
         .clamp(16, 1024);
-    let scoring = Scoring {
+    if let Some(p) = part {
+        if p.count > store.n_shards() {
+            return Err(Error::Store {
+                path: store.dir().to_path_buf(),
+                msg: format!(
+                    "--part {p}: the store has only {} shards; ask for at most {} parts",
+                    store.n_shards(),
+                    store.n_shards()
+                ),
+            });
+        }
+    }
+    Scoring {
         store,
         queries,
         nq,
         est,
         k,
         full,
-    };
-    scoring.run(on_shard, block)
+        part,
+    }
+    .run(on_shard, block)
 }
 
 /// Self-scores s(z, z) of every stored sample under `est` (the self-influence of Koh & Liang
@@ -123,6 +169,7 @@ struct Scoring<'a> {
     est: &'a dyn Estimator,
     k: usize,
     full: bool,
+    part: Option<Part>,
 }
 
 impl Scoring<'_> {
@@ -136,15 +183,19 @@ impl Scoring<'_> {
             est,
             k,
             full,
+            part,
         } = self;
-        let (dim, n) = (store.dim(), store.n_samples());
+        store.require_whole("scoring")?;
+        let shards = part.map_or(0..store.n_shards(), |p| p.shards(store.n_shards()));
+        let rows_scored = store.manifest().rows_of(&shards);
+        let (dim, n, first_row) = (store.dim(), rows_scored.len(), rows_scored.start);
         if !store.is_complete() {
             return Err(Error::Store {
                 path: store.dir().to_path_buf(),
                 msg: format!(
                     "is not complete ({} of {} rows indexed); finish indexing before scoring",
                     store.n_done_rows(),
-                    n
+                    store.n_samples()
                 ),
             });
         }
@@ -174,13 +225,13 @@ impl Scoring<'_> {
 
         // The next shard is opened (mapped and populated) while this one is scored.
         let open = |i: usize| -> Result<Option<(ShardRows, Vec<f32>)>> {
-            if i >= store.n_shards() {
+            if i >= shards.end {
                 return Ok(None);
             }
             Ok(Some((store.shard_rows(i)?, store.shard_norms(i)?)))
         };
-        let mut next = open(0)?;
-        for shard in 0..store.n_shards() {
+        let mut next = open(shards.start)?;
+        for shard in shards.clone() {
             let start = store.shard_range(shard).start;
             let Some((shard_rows, norms)) = next.take() else {
                 break;
@@ -278,7 +329,7 @@ impl Scoring<'_> {
                                         // SAFETY: dense is nq × n and (j, g) is in range; each
                                         // global row g belongs to exactly one block, so no two jobs
                                         // write the same element.
-                                        unsafe { dense_at.write(j * n + g, x) };
+                                        unsafe { dense_at.write(j * n + g - first_row, x) };
                                     }
                                 }
                             }
@@ -304,6 +355,12 @@ impl Scoring<'_> {
             topk: heaps.into_iter().map(TopK::into_sorted).collect(),
             full: dense,
             n_train: n,
+            part: part.map(|part| PartScope {
+                part,
+                rows: rows_scored,
+                n_rows: store.n_samples(),
+                top_k: k,
+            }),
         })
     }
 }
@@ -463,6 +520,7 @@ mod tests {
                     est: &Dot,
                     k,
                     full: true,
+                    part: None,
                 };
                 let r = scoring.run(&mut |d| seen.push(d), block).unwrap();
                 assert_eq!(seen, vec![5, 10, 15, 20, 23]);
@@ -511,6 +569,7 @@ mod tests {
             est: est.as_ref(),
             k,
             full: true,
+            part: None,
         };
         let r = scoring.run(&mut |_| {}, 3).unwrap();
         let full = r.full.as_ref().unwrap();

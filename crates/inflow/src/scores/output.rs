@@ -5,14 +5,14 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::{Float32Array, RecordBatch, StringArray, UInt32Array};
+use arrow_array::{ArrayRef, Float32Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use serde_json::json;
 
-use super::ScoreResult;
+use super::{PartScope, ScoreResult};
 use crate::store::{atomic_write::write_atomic, npy};
 use crate::{Error, Result};
 
@@ -22,6 +22,8 @@ const BATCH_ROWS: usize = 1 << 16;
 /// Writes the top-k lists as Parquet: columns `query_id`, `train_id` (utf8), `score` (f32),
 /// `rank` (u32, 1 = best), `method` (utf8); file key-value metadata `inflow.method`,
 /// `inflow.sign_convention`, `inflow.version`. `train_ids[row]` names global train row `row`.
+/// A partial result (`score --part`) also has the column `train_row` (u64, the global row, which
+/// breaks ties when `scores merge` joins parts) and the metadata of [`part_metadata`].
 pub fn write_topk_parquet(
     path: &Path,
     query_ids: &[String],
@@ -34,39 +36,45 @@ pub fn write_topk_parquet(
         path: path.to_path_buf(),
         msg: e.to_string(),
     };
-    if query_ids.len() != result.topk.len() || train_ids.len() != result.n_train {
+    let n_rows = result.part.as_ref().map_or(result.n_train, |p| p.n_rows);
+    if query_ids.len() != result.topk.len() || train_ids.len() != n_rows {
         return Err(Error::Msg(format!(
             "{}: {} query ids for {} queries, {} train ids for {} training rows",
             path.display(),
             query_ids.len(),
             result.topk.len(),
             train_ids.len(),
-            result.n_train
+            n_rows
         )));
     }
-    let meta = [
+    let mut meta: Vec<(String, String)> = [
         ("inflow.method", method),
         ("inflow.sign_convention", sign_convention),
         ("inflow.version", crate::version()),
-    ];
-    let fields = vec![
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    meta.extend(result.part.as_ref().map(part_metadata).unwrap_or_default());
+    let mut fields = vec![
         Field::new("query_id", DataType::Utf8, false),
         Field::new("train_id", DataType::Utf8, false),
         Field::new("score", DataType::Float32, false),
         Field::new("rank", DataType::UInt32, false),
         Field::new("method", DataType::Utf8, false),
     ];
+    if result.part.is_some() {
+        fields.push(Field::new("train_row", DataType::UInt64, false));
+    }
     // In the Arrow schema too: pyarrow's `schema.metadata` (and pandas) read it from there,
     // while Parquet-level readers see the file key-value metadata.
     let schema = Arc::new(Schema::new_with_metadata(
         fields,
-        meta.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        meta.iter().cloned().collect(),
     ));
     let kv = meta
         .iter()
-        .map(|(k, v)| KeyValue::new(k.to_string(), v.to_string()))
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
         .collect();
     let props = WriterProperties::builder()
         .set_key_value_metadata(Some(kv))
@@ -88,22 +96,24 @@ pub fn write_topk_parquet(
     write_atomic(path, |file| {
         let mut w = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| pq(&e))?;
         for part in rows.chunks(BATCH_ROWS) {
-            let batch = RecordBatch::try_new(
-                schema.clone(),
-                vec![
-                    Arc::new(StringArray::from_iter_values(part.iter().map(|r| r.0))),
-                    Arc::new(StringArray::from_iter_values(
-                        part.iter().map(|r| &train_ids[r.2]),
-                    )),
-                    Arc::new(Float32Array::from_iter_values(part.iter().map(|r| r.3))),
-                    Arc::new(UInt32Array::from_iter_values(part.iter().map(|r| r.1))),
-                    Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-                        method,
-                        part.len(),
-                    ))),
-                ],
-            )
-            .map_err(|e| pq(&e))?;
+            let mut columns: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from_iter_values(part.iter().map(|r| r.0))),
+                Arc::new(StringArray::from_iter_values(
+                    part.iter().map(|r| &train_ids[r.2]),
+                )),
+                Arc::new(Float32Array::from_iter_values(part.iter().map(|r| r.3))),
+                Arc::new(UInt32Array::from_iter_values(part.iter().map(|r| r.1))),
+                Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                    method,
+                    part.len(),
+                ))),
+            ];
+            if result.part.is_some() {
+                columns.push(Arc::new(UInt64Array::from_iter_values(
+                    part.iter().map(|r| r.2 as u64),
+                )));
+            }
+            let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| pq(&e))?;
             w.write(&batch).map_err(|e| pq(&e))?;
         }
         w.close().map_err(|e| pq(&e))?;
@@ -139,7 +149,7 @@ pub fn write_full_npy(
     }
     npy::write_file(path, &[nq, n], full)?;
     let sidecar = path.with_extension("json");
-    let text = serde_json::to_string_pretty(&json!({
+    let mut side = json!({
         "method": method,
         "sign_convention": sign_convention,
         "inflow_version": crate::version(),
@@ -149,8 +159,16 @@ pub fn write_full_npy(
         "columns": "training samples: column j is global row j of the store \
                     (row j of its samples.parquet)",
         "query_ids": query_ids,
-    }))
-    .map_err(|e| Error::Msg(e.to_string()))?;
+    });
+    if let Some(p) = &result.part {
+        side["columns"] = json!(format!(
+            "training samples: column j is global row {} + j of the store (part {} of its \
+             rows: {}..{} of {}); `inflow scores merge` joins the parts",
+            p.rows.start, p.part, p.rows.start, p.rows.end, p.n_rows
+        ));
+        side["part"] = json!({"part": p.part.to_string(), "rows": [p.rows.start, p.rows.end], "n_rows": p.n_rows});
+    }
+    let text = serde_json::to_string_pretty(&side).map_err(|e| Error::Msg(e.to_string()))?;
     write_atomic(&sidecar, |file| {
         file.write_all(text.as_bytes())
             .and_then(|_| file.write_all(b"\n"))
@@ -162,6 +180,8 @@ pub fn write_full_npy(
 /// Writes one score per training sample as Parquet: `train_id`, `score`, `rank` (1 = best),
 /// `n_queries` (queries combined), `method`; metadata `inflow.method`, `inflow.sign_convention` and `inflow.aggregate` (how the
 /// per-query scores were combined).
+/// A partial result (`part`) covers the part's rows only and carries [`part_metadata`].
+#[allow(clippy::too_many_arguments)]
 pub fn write_per_train_parquet(
     path: &Path,
     train_ids: &[String],
@@ -170,9 +190,17 @@ pub fn write_per_train_parquet(
     method: &str,
     sign_convention: &str,
     aggregate: &str,
+    part: Option<&PartScope>,
 ) -> Result<()> {
     use super::table::{write_table, Column};
     let n = train_ids.len();
+    let extra = part.map(part_metadata).unwrap_or_default();
+    let mut meta = vec![
+        ("inflow.method", method),
+        ("inflow.sign_convention", sign_convention),
+        ("inflow.aggregate", aggregate),
+    ];
+    meta.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     write_table(
         path,
         vec![
@@ -182,12 +210,22 @@ pub fn write_per_train_parquet(
             ("n_queries", Column::U32(vec![n_queries as u32; n])),
             ("method", Column::Str(vec![method.to_string(); n])),
         ],
-        &[
-            ("inflow.method", method),
-            ("inflow.sign_convention", sign_convention),
-            ("inflow.aggregate", aggregate),
-        ],
+        &meta,
     )
+}
+
+/// File metadata of a partial score file: `inflow.part` (I/N), `inflow.rows` (`start..end`,
+/// global rows scored), `inflow.n_rows` (rows of the whole store), `inflow.top_k`.
+pub fn part_metadata(p: &PartScope) -> Vec<(String, String)> {
+    vec![
+        ("inflow.part".into(), p.part.to_string()),
+        (
+            "inflow.rows".into(),
+            format!("{}..{}", p.rows.start, p.rows.end),
+        ),
+        ("inflow.n_rows".into(), p.n_rows.to_string()),
+        ("inflow.top_k".into(), p.top_k.to_string()),
+    ]
 }
 
 #[cfg(test)]
@@ -202,6 +240,7 @@ mod tests {
             topk: vec![vec![(2, 0.9), (0, 0.5)], vec![(1, 0.7), (2, -0.1)]],
             full: Some(vec![0.5, 0.2, 0.9, 0.0, 0.7, -0.1]),
             n_train: 3,
+            part: None,
         }
     }
 

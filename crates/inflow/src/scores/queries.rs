@@ -19,7 +19,7 @@ use crate::train::{
 };
 use crate::{Error, Result};
 
-use super::{score_store, ScoreResult};
+use super::{score_store_part, ScoreResult};
 
 /// Which method scores the queries.
 #[derive(Debug, Clone)]
@@ -32,6 +32,8 @@ pub struct MethodSpec {
     /// On a compact store: rescore each query's best `rerank` candidates exactly on the
     /// parent store (`score --rerank`).
     pub rerank: Option<usize>,
+    /// Score only this part of the store's shards (`score --part`).
+    pub part: Option<crate::store::Part>,
 }
 
 impl MethodSpec {
@@ -42,6 +44,7 @@ impl MethodSpec {
             preconditioner: "identity".into(),
             curvature: curvature::Options::default(),
             rerank: None,
+            part: None,
         }
     }
 
@@ -55,6 +58,7 @@ impl MethodSpec {
                 ..curvature::Options::default()
             },
             rerank: None,
+            part: None,
         }
     }
 }
@@ -273,7 +277,7 @@ pub fn score_samples(
         &sub
     };
     let result = match crate::store::compress::Projection::of(&store) {
-        None => score_store(scored, qf, nq, est.as_ref(), k, full, on_shard)?,
+        None => score_store_part(scored, spec.part, qf, nq, est.as_ref(), k, full, on_shard)?,
         Some(proj) => {
             // Queries at full precision, mapped by the store's own projection and seed.
             let kk = spec.rerank.map_or(k, |r| r.max(k));
@@ -286,8 +290,9 @@ pub fn score_samples(
             let mut r = match &prepared {
                 // Preconditioned already: the compact rows meet it by a plain dot product
                 // (influence's training scale is 1).
-                Some(p) if influence => score_store(
+                Some(p) if influence => score_store_part(
                     &store,
+                    spec.part,
                     &proj.apply(p, nq)?,
                     nq,
                     &estimators::Dot,
@@ -295,8 +300,9 @@ pub fn score_samples(
                     full,
                     on_shard,
                 )?,
-                _ => score_store(
+                _ => score_store_part(
                     &store,
+                    spec.part,
                     &proj.apply(qf, nq)?,
                     nq,
                     est.as_ref(),

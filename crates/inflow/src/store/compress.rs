@@ -156,6 +156,7 @@ pub fn compress(
     on_shard: &mut dyn FnMut(usize, usize),
 ) -> Result<Store> {
     let pdim = parent.dim();
+    parent.require_whole("compressing")?;
     if !parent.is_complete() {
         return Err(Error::Store {
             path: parent.dir().into(),

@@ -174,6 +174,72 @@ pub struct Manifest {
     pub n_samples: usize,
     /// Written shards, sorted by index.
     pub shards: Vec<ShardInfo>,
+    /// For a part store (`index --shard I/N`): which part of the rows it holds. Absent for a
+    /// whole store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<PartInfo>,
+}
+
+/// Part `index` of `count` of a sharded run: a contiguous range of whole shards, so that
+/// row ids and order do not depend on how the work was split. Part i holds shards
+/// `[⌊i·S/N⌋, ⌊(i+1)·S/N⌋)` of the S shards (sizes differ by at most one shard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    /// 0-based part number.
+    pub index: usize,
+    /// Number of parts.
+    pub count: usize,
+}
+
+impl Part {
+    /// Parses `I/N` (0 ≤ I < N), naming `flag` in the error.
+    pub fn parse(text: &str, flag: &str) -> std::result::Result<Part, String> {
+        let bad = || {
+            format!("{flag} {text}: expected I/N, part I (counted from 0) of N parts, e.g. 3/64")
+        };
+        let (i, n) = text.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (
+            i.trim().parse::<usize>().map_err(|_| bad())?,
+            n.trim().parse::<usize>().map_err(|_| bad())?,
+        );
+        if count == 0 || index >= count {
+            return Err(format!(
+                "{flag} {text}: the part number must be below the number of parts (0 ≤ I < N)"
+            ));
+        }
+        Ok(Part { index, count })
+    }
+
+    /// The shards of this part among `n_shards`.
+    pub fn shards(&self, n_shards: usize) -> Range<usize> {
+        (self.index * n_shards / self.count)..((self.index + 1) * n_shards / self.count)
+    }
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// What a part store's manifest records of its part: the part, and its shards and global
+/// rows as half-open ranges `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartInfo {
+    pub index: usize,
+    pub count: usize,
+    pub shards: [usize; 2],
+    pub rows: [usize; 2],
+}
+
+impl PartInfo {
+    /// The part.
+    pub fn part(&self) -> Part {
+        Part {
+            index: self.index,
+            count: self.count,
+        }
+    }
 }
 
 impl Manifest {
@@ -186,6 +252,22 @@ impl Manifest {
     pub fn shard_range(&self, index: usize) -> Range<usize> {
         let start = (index * self.spec.shard_size).min(self.n_samples);
         start..((index + 1) * self.spec.shard_size).min(self.n_samples)
+    }
+
+    /// The shards this store holds: its part's, or all.
+    pub fn own_shards(&self) -> Range<usize> {
+        match &self.part {
+            Some(p) => p.shards[0]..p.shards[1],
+            None => 0..self.n_shards(),
+        }
+    }
+
+    /// Global rows of shards `shards` (a range of this store's shards).
+    pub fn rows_of(&self, shards: &Range<usize>) -> Range<usize> {
+        if shards.is_empty() {
+            return 0..0;
+        }
+        self.shard_range(shards.start).start..self.shard_range(shards.end - 1).end
     }
 }
 
@@ -275,6 +357,7 @@ mod tests {
             status: Status::InProgress,
             n_samples: 10,
             shards: vec![],
+            part: None,
         };
         assert_eq!(m.n_shards(), 3);
         assert_eq!(
@@ -283,5 +366,34 @@ mod tests {
         );
         let s = serde_json::to_string(&m).unwrap();
         assert!(s.contains("\"dtype\":\"f16\"") && s.contains("\"status\":\"in_progress\""));
+        assert!(
+            !s.contains("part"),
+            "a whole store's manifest is unchanged: {s}"
+        );
+    }
+
+    #[test]
+    fn parts_split_shards_contiguously_and_cover_them_once() {
+        for (n_shards, count) in [(10, 3), (7, 7), (64, 5), (3, 1)] {
+            let mut next = 0;
+            for index in 0..count {
+                let r = Part { index, count }.shards(n_shards);
+                assert_eq!(r.start, next, "{n_shards} shards, part {index}/{count}");
+                assert!(r.len() >= n_shards / count && r.len() <= n_shards.div_ceil(count));
+                next = r.end;
+            }
+            assert_eq!(next, n_shards);
+        }
+        assert_eq!(
+            Part::parse("3/64", "--shard"),
+            Ok(Part {
+                index: 3,
+                count: 64
+            })
+        );
+        for bad in ["64/64", "3", "a/4", "1/0", "-1/4"] {
+            let e = Part::parse(bad, "--shard").unwrap_err();
+            assert!(e.contains("--shard") && e.contains(bad), "{e}");
+        }
     }
 }

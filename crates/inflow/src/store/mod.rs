@@ -16,7 +16,9 @@
 
 pub mod atomic_write;
 pub mod compress;
+pub mod lock;
 mod manifest;
+pub mod merge;
 pub mod npy;
 pub mod quantize;
 mod samples;
@@ -30,8 +32,10 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use serde_json::Value;
 
+pub use lock::WriterLock;
 pub use manifest::{
-    differences, Compact, Dtype, Manifest, ShardInfo, Status, StoreSpec, FORMAT_VERSION,
+    differences, Compact, Dtype, Manifest, Part, PartInfo, ShardInfo, Status, StoreSpec,
+    FORMAT_VERSION,
 };
 pub use npy::NpyFile;
 pub use samples::{read_samples, SampleRow};
@@ -48,6 +52,8 @@ pub struct Store {
     dir: PathBuf,
     manifest: Manifest,
     writable: bool,
+    /// Held by a writable store: one writing process per folder.
+    lock: Option<WriterLock>,
 }
 
 impl Store {
@@ -57,13 +63,57 @@ impl Store {
     /// differing field with both values. Shards whose files are missing or have another size
     /// than recorded are dropped from the manifest so they get written again.
     pub fn create_or_resume(dir: &Path, spec: StoreSpec, n_samples: usize) -> Result<Store> {
+        Store::create_or_resume_part(dir, spec, n_samples, None)
+    }
+
+    /// [`Store::create_or_resume`] for part `part` of a sharded run (`None`: the whole store):
+    /// the store holds only that part's shards ([`Part::shards`]), with their global shard
+    /// numbers and rows, and is complete once they are written. `inflow store merge` joins
+    /// the parts ([`merge::merge`]). Takes the folder's writer lock for the store's life.
+    pub fn create_or_resume_part(
+        dir: &Path,
+        spec: StoreSpec,
+        n_samples: usize,
+        part: Option<Part>,
+    ) -> Result<Store> {
         validate_spec(dir, &spec)?;
+        let n_shards = n_samples.div_ceil(spec.shard_size);
+        let part = match part {
+            Some(p) if p.count > n_shards => {
+                return Err(store_err(
+                    dir,
+                    format!(
+                        "part {p}: the {n_samples} rows make only {n_shards} shards of {} rows,                          fewer than the {} parts asked for; use at most {n_shards} parts or a                          smaller --shard-size",
+                        spec.shard_size, p.count
+                    ),
+                ))
+            }
+            Some(p) => {
+                let shards = p.shards(n_shards);
+                let rows = {
+                    let m = |i: usize| (i * spec.shard_size).min(n_samples);
+                    [m(shards.start), m(shards.end)]
+                };
+                Some(PartInfo {
+                    index: p.index,
+                    count: p.count,
+                    shards: [shards.start, shards.end],
+                    rows,
+                })
+            }
+            None => None,
+        };
         let manifest_path = dir.join(MANIFEST);
         if manifest_path.exists() {
+            let lock = WriterLock::acquire(dir)?;
             let mut store = Store::open(dir)?;
             store.writable = true;
-            let have = spec_value(&store.manifest.spec, store.manifest.n_samples);
-            let want = spec_value(&spec, n_samples);
+            store.lock = Some(lock);
+            let have = part_value(
+                spec_value(&store.manifest.spec, store.manifest.n_samples),
+                store.manifest.part,
+            );
+            let want = part_value(spec_value(&spec, n_samples), part);
             store.refuse_differences(
                 &have,
                 &want,
@@ -77,7 +127,11 @@ impl Store {
             }
             return Ok(store);
         }
-        if let Ok(mut entries) = fs::read_dir(dir) {
+        if let Ok(entries) = fs::read_dir(dir) {
+            let mut entries = entries.filter(|e| {
+                e.as_ref()
+                    .map_or(true, |e| e.file_name() != lock::LOCK_FILE)
+            });
             if entries.next().is_some() {
                 return Err(store_err(
                     dir,
@@ -86,7 +140,7 @@ impl Store {
                 ));
             }
         }
-        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let lock = WriterLock::acquire(dir)?;
         let store = Store {
             dir: dir.to_path_buf(),
             manifest: Manifest {
@@ -96,8 +150,10 @@ impl Store {
                 status: Status::InProgress,
                 n_samples,
                 shards: Vec::new(),
+                part,
             },
             writable: true,
+            lock: Some(lock),
         };
         store.save_manifest()?;
         Ok(store)
@@ -125,10 +181,23 @@ impl Store {
                 "shard entries are not in strictly increasing index order",
             ));
         }
+        if let Some(p) = &manifest.part {
+            let shards = p.part().shards(manifest.n_shards());
+            if p.count == 0
+                || [shards.start, shards.end] != p.shards
+                || manifest.rows_of(&shards) != (p.rows[0]..p.rows[1])
+            {
+                return Err(store_err(
+                    &path,
+                    format!("part entry {p:?} is inconsistent with the spec"),
+                ));
+            }
+        }
+        let own = manifest.own_shards();
         for s in &manifest.shards {
             let expected = manifest.shard_range(s.index);
             let plain = |n: &str| Path::new(n).file_name() == Some(n.as_ref());
-            if s.index >= manifest.n_shards()
+            if !own.contains(&s.index)
                 || (s.start_row, s.end_row) != (expected.start, expected.end)
                 || ![&s.features, &s.norms, &s.samples].iter().all(|n| plain(n))
             {
@@ -145,7 +214,43 @@ impl Store {
             dir: dir.to_path_buf(),
             manifest,
             writable: false,
+            lock: None,
         })
+    }
+
+    /// Which part of a sharded run this store holds (`None`: a whole store).
+    pub fn part(&self) -> Option<PartInfo> {
+        self.manifest.part
+    }
+
+    /// The shards this store holds: its part's, or all of them.
+    pub fn own_shards(&self) -> Range<usize> {
+        self.manifest.own_shards()
+    }
+
+    /// Refuses a part store for work that needs every row (`purpose`, e.g. "scoring"),
+    /// saying how to get a whole one.
+    pub fn require_whole(&self, purpose: &str) -> Result<()> {
+        match &self.manifest.part {
+            None => Ok(()),
+            Some(p) => Err(store_err(
+                &self.dir,
+                format!(
+                    "is part {} of a sharded index (rows {}..{} of {}); {purpose} needs the whole \
+                     store: join the parts with `inflow store merge PART... --out DIR` first \
+                     (and score in parts with `score --part I/N` on the merged store)",
+                    p.part(),
+                    p.rows[0],
+                    p.rows[1],
+                    self.manifest.n_samples
+                ),
+            )),
+        }
+    }
+
+    /// The writer lock, when this store is open for writing.
+    pub fn writer_lock(&self) -> Option<&WriterLock> {
+        self.lock.as_ref()
     }
 
     /// Checks that the store was built with the given settings: `expected` is a JSON object
@@ -250,7 +355,7 @@ impl Store {
 
     /// Shards still to write, in increasing order.
     pub fn pending_shards(&self) -> Vec<usize> {
-        (0..self.n_shards())
+        self.own_shards()
             .filter(|&i| !self.is_shard_done(i))
             .collect()
     }
@@ -303,6 +408,15 @@ impl Store {
                 format!(
                     "shard {index} does not exist (store has {} shards)",
                     self.n_shards()
+                ),
+            ));
+        }
+        if !self.own_shards().contains(&index) {
+            return Err(store_err(
+                &self.dir,
+                format!(
+                    "shard {index} is not in this part store's shards {:?}",
+                    self.own_shards()
                 ),
             ));
         }
@@ -405,11 +519,46 @@ impl Store {
         self.save_manifest()
     }
 
+    /// Lists shards whose files are already in the folder (linked by [`merge::merge`]) as
+    /// written, after checking each against its recorded size and rows; one manifest write.
+    fn adopt_shards(&mut self, infos: Vec<ShardInfo>) -> Result<()> {
+        for info in infos {
+            let expected = self.shard_range(info.index);
+            if !self.own_shards().contains(&info.index)
+                || (info.start_row, info.end_row) != (expected.start, expected.end)
+            {
+                return Err(store_err(
+                    &self.dir,
+                    format!(
+                        "shard entry {} does not fit this store: {info:?}",
+                        info.index
+                    ),
+                ));
+            }
+            if !shard_files_intact(&self.dir, &info) {
+                return Err(store_err(
+                    &self.dir,
+                    format!(
+                        "the files of shard {} are missing or not the size recorded ({} bytes)",
+                        info.index, info.bytes
+                    ),
+                ));
+            }
+            if !self.is_shard_done(info.index) {
+                self.manifest.shards.push(info);
+            }
+        }
+        self.manifest.shards.sort_by_key(|s| s.index);
+        self.save_manifest()
+    }
+
     /// Writes `samples.parquet` (every row in order) and marks the store complete once all
     /// shards are written. Calling it again on a complete store does nothing.
     pub fn finish(&mut self) -> Result<()> {
         let all = self.dir.join(SAMPLES);
         if self.is_complete() && all.exists() {
+            self.writable = false;
+            self.lock = None;
             return Ok(());
         }
         if !self.writable {
@@ -430,13 +579,17 @@ impl Store {
         }
         atomic_write::write_atomic(&all, |file| {
             let mut w = samples::SamplesWriter::new(&all, file)?;
-            for i in 0..self.n_shards() {
+            for i in self.own_shards() {
                 w.write(&self.shard_samples(i)?)?;
             }
             w.close()
         })?;
         self.manifest.status = Status::Complete;
-        self.save_manifest()
+        self.save_manifest()?;
+        // A complete store takes no more writes: let the next writer (a resume) in.
+        self.writable = false;
+        self.lock = None;
+        Ok(())
     }
 
     /// The mapped feature file of a written shard, checked to be rows × dim in the store dtype
@@ -543,14 +696,11 @@ impl Store {
         let all = self.dir.join(SAMPLES);
         if self.is_complete() && all.exists() {
             let rows = read_samples(&all)?;
-            if rows.len() != self.n_samples() {
+            let want = self.manifest.rows_of(&self.own_shards()).len();
+            if rows.len() != want {
                 return Err(store_err(
                     &all,
-                    format!(
-                        "has {} rows, the manifest expects {}",
-                        rows.len(),
-                        self.n_samples()
-                    ),
+                    format!("has {} rows, the manifest expects {want}", rows.len()),
                 ));
             }
             return Ok(rows);
@@ -595,6 +745,17 @@ fn validate_spec(dir: &Path, spec: &StoreSpec) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// A spec value with the part it holds (`part`: absent for a whole store), to compare both.
+fn part_value(mut v: Value, part: Option<PartInfo>) -> Value {
+    if let (Value::Object(m), Some(p)) = (&mut v, part) {
+        m.insert(
+            "part".into(),
+            serde_json::to_value(p.part()).unwrap_or(Value::Null),
+        );
+    }
+    v
 }
 
 /// The spec plus `n_samples` as one JSON object, so one diff covers everything compared.
@@ -987,6 +1148,7 @@ pub(crate) mod tests {
             msg.contains("truncated") && msg.contains("features-00000.npy"),
             "{msg}"
         );
+        drop(s);
         let s = Store::create_or_resume(&dir, sp, n).unwrap();
         assert_eq!(s.pending_shards(), vec![0, 2]);
     }
