@@ -234,9 +234,9 @@ fn a_second_writer_is_refused_by_pid_and_a_killed_writers_lock_is_taken_over() {
         .unwrap();
     // Wait for its first shard, so it holds the lock and has work left.
     let t = Instant::now();
-    while manifest(Path::new(&out)).is_none_or(|m| {
-        m["shards"].as_array().is_none_or(|s| s.is_empty())
-    }) {
+    while manifest(Path::new(&out))
+        .is_none_or(|m| m["shards"].as_array().is_none_or(|s| s.is_empty()))
+    {
         assert!(t.elapsed() < Duration::from_secs(120), "no shard written");
         std::thread::sleep(Duration::from_millis(50));
     }

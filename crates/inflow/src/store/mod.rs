@@ -83,7 +83,9 @@ impl Store {
                 return Err(store_err(
                     dir,
                     format!(
-                        "part {p}: the {n_samples} rows make only {n_shards} shards of {} rows,                          fewer than the {} parts asked for; use at most {n_shards} parts or a                          smaller --shard-size",
+                        "part {p}: the {n_samples} rows make only {n_shards} shards of {} rows, \
+                         fewer than the {} parts asked for; use at most {n_shards} parts or a \
+                         smaller --shard-size",
                         spec.shard_size, p.count
                     ),
                 ))
