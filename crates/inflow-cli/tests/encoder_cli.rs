@@ -86,6 +86,27 @@ fn encoder_train_encode_and_score_end_to_end_with_refusals() {
     assert_eq!(man["spec"]["features"]["kind"], "encoder");
     assert_eq!(man["spec"]["dim"], 16);
     assert!(man["spec"]["features"]["encoder"]["head_sha256"].is_string());
+    // encode --shard: two part stores that merge into the same store, file for file.
+    let (p0, p1, merged) = (dir.arg("enc-p0"), dir.arg("enc-p1"), dir.arg("enc-merged"));
+    for (i, p) in [(0, &p0), (1, &p1)] {
+        let mut a = argv(encode, &[&enc, &train, "64", p]);
+        let part = format!("{i}/2");
+        a.extend(["--shard", part.as_str()]);
+        run_ok(&a);
+    }
+    run_ok(&argv("store merge {} {} --out {}", &[&p1, &p0, &merged]));
+    for f in [
+        "features-00000.npy",
+        "features-00003.npy",
+        "norms-00002.npy",
+        "samples.parquet",
+    ] {
+        assert!(
+            std::fs::read(dir.join("store").join(f)).unwrap()
+                == std::fs::read(dir.join("enc-merged").join(f)).unwrap(),
+            "{f}: merged encode parts differ from one encode"
+        );
+    }
 
     // score: queries through the same encoder, equal to the cosines of encoded features.
     let full = dir.join("full.npy");
