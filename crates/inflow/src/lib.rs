@@ -14,6 +14,7 @@ pub mod features;
 pub mod index;
 pub mod methods;
 pub mod model;
+pub mod output_guard;
 pub mod pipeline;
 pub mod probe;
 pub mod random;

@@ -185,7 +185,10 @@ pub fn generate(o: &GenerateOptions, reporter: &dyn Reporter) -> Result<Generate
         seed: o.seed,
     };
     decode.validate()?;
-    // Check the output before the (slow) model load.
+    // Check the output before the (slow) model load: never the prompts file itself.
+    if let (Some(out), Prompts::File { path, .. }) = (&o.out, &o.prompts) {
+        crate::output_guard::check_output("--out", out, &[path])?;
+    }
     let done = match &o.out {
         Some(out) => done_ids(out, o.resume)?,
         None => HashSet::new(),

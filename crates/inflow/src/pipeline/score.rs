@@ -7,6 +7,7 @@ use super::report::{watch, Reporter};
 use crate::data::{self, Format, ReadOptions, Sample};
 use crate::index::{self, Progress};
 use crate::methods::{self, Context, Need, PerTrain, TrainSet};
+use crate::output_guard::check_output;
 use crate::scores::{self, ScoreResult};
 use crate::store::{SampleRow, Store};
 use crate::{Error, Result};
@@ -125,6 +126,15 @@ pub fn score(o: &ScoreOptions, reporter: &dyn Reporter) -> Result<ScoreOutput> {
                 method.name()
             )));
         }
+    }
+    // Outputs must not replace an input or a store's own files (checked before any work).
+    if let Some(out) = &o.out {
+        check_output("--out", out, &[&o.queries])?;
+        check_output("--out", &report_path(out), &[&o.queries])?;
+    }
+    if let Some(full) = &o.full {
+        check_output("--full", full, &[&o.queries])?;
+        check_output("--full", &full.with_extension("json"), &[&o.queries])?;
     }
     let train = train_set(&o.store)?;
     // A store folder as --queries: features indexed once, scored against many stores.

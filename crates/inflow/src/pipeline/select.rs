@@ -126,6 +126,21 @@ fn need_scores<'a>(o: &'a SelectOptions, missing: &str) -> Result<&'a Path> {
 /// Selects, writes the chosen samples in the input's format and the manifest of why each was
 /// chosen; G-DIG's seed-set scoring reports stages "seed set" and "score".
 pub fn run(o: &SelectOptions, reporter: &dyn Reporter) -> Result<SelectOutput> {
+    // The selection and its manifest must not replace an input (checked before any work).
+    let inputs: Vec<&Path> = [
+        Some(&o.data),
+        o.scores.as_ref(),
+        o.seed_set.as_ref(),
+        o.queries.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(PathBuf::as_path)
+    .collect();
+    let (mpq, mjs) = write::manifest_paths(&o.out);
+    for out in [&o.out, &mpq, &mjs] {
+        crate::output_guard::check_output("--out", out, &inputs)?;
+    }
     let samples = read_data(&o.data, o.format)?;
     let mut settings = json!({
         "method": o.method,

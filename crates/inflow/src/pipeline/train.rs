@@ -98,6 +98,8 @@ pub fn train(o: &TrainRunOptions, reporter: &dyn Reporter) -> Result<Trained> {
         Resume::Latest => (&o.out, true),
         Resume::In(dir) => (dir, true),
     };
+    // One trainer per run folder: a second would interleave checkpoints (held to the end).
+    let _lock = crate::store::WriterLock::acquire(out)?;
     let t = Instant::now();
     let (mut tokens, mut first) = (0usize, true);
     let summary = crate::train::train(&mut m, &data, &o.train, out, resume, &mut |r, total| {

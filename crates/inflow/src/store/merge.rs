@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::lock::LOCK_FILE;
-use super::{differences, spec_value, store_err, PartInfo, Store, MANIFEST, SAMPLES};
+use super::{differences, spec_value, store_err, PartInfo, Store, MANIFEST};
 use crate::{Error, Result};
 
 /// Folders a store may hold that are not merged: scratch space of scoring runs.
@@ -241,7 +240,8 @@ fn side_files(root: &Path, dir: &Path, out: &Path, summary: &mut MergeSummary) -
             side_files(root, &path, out, summary)?;
             continue;
         }
-        if (top && is_store_file(&name)) || is_temporary(&name) {
+        // The layout's own files are written or linked by the manifest; run.json is copied.
+        if (top && super::is_layout_file(&name) && name != "run.json") || is_temporary(&name) {
             continue;
         }
         if dst.exists() {
@@ -264,16 +264,6 @@ fn side_files(root: &Path, dir: &Path, out: &Path, summary: &mut MergeSummary) -
         transfer(&path, &dst, summary)?;
     }
     Ok(())
-}
-
-/// Files of the store layout itself, which the merge writes or links by the manifest.
-fn is_store_file(name: &str) -> bool {
-    name == MANIFEST
-        || name == SAMPLES
-        || name == LOCK_FILE
-        || ["features-", "norms-", "scales-", "samples-"]
-            .iter()
-            .any(|p| name.starts_with(p))
 }
 
 /// A file being written by [`super::atomic_write`] (`.NAME.tmp.PID`), not yet in place.

@@ -749,6 +749,15 @@ fn validate_spec(dir: &Path, spec: &StoreSpec) -> Result<()> {
     Ok(())
 }
 
+/// Whether a file named `name` in a store folder is part of the store's own layout (manifest,
+/// run.json, shards, samples table, writer lock), which only the store's writers may write.
+pub fn is_layout_file(name: &str) -> bool {
+    [MANIFEST, SAMPLES, "run.json", lock::LOCK_FILE].contains(&name)
+        || ["features-", "norms-", "scales-", "samples-"]
+            .iter()
+            .any(|p| name.starts_with(p))
+}
+
 /// A spec value with the part it holds (`part`: absent for a whole store), to compare both.
 fn part_value(mut v: Value, part: Option<PartInfo>) -> Value {
     if let (Value::Object(m), Some(p)) = (&mut v, part) {
