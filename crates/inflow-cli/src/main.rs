@@ -13,6 +13,7 @@ mod progress;
 mod scores_cmd;
 mod select;
 mod selection_eval;
+mod serve;
 mod show;
 mod store_cmd;
 mod train;
@@ -118,6 +119,11 @@ enum Cmd {
     /// Encode data with a trained encoder into an ordinary store (forward only, resumable):
     /// `score`, `select` and `compare` use it like an index store.
     Encode(encoder::EncodeArgs),
+    /// A local web page to explore a store's attributions: overview, each query's top
+    /// training samples per method side by side, each sample's reverse lookup, live queries
+    /// (with --model) and selections downloaded in the input's format. Loopback only unless
+    /// --host is given; every asset is embedded (no network needed).
+    Serve(serve::ServeArgs),
     /// Throughput benchmarks.
     Bench {
         #[command(subcommand)]
@@ -375,6 +381,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             Ok(())
         }
         Cmd::Demo(a) => demo::run(a, threads, json),
+        Cmd::Serve(a) => serve::run(a, threads),
         Cmd::Select(a) => select::select(a, threads, json),
         Cmd::Train(a) => train::train(a, threads, json),
         Cmd::EvalLoss(a) => train::eval_loss(a, threads, json),
