@@ -101,29 +101,20 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = top.add_subparsers(dest="verb", required=True)
 
-    p = sub.add_parser(
-        "index",
-        parents=[common],
-        help="inflow index in N parts, then inflow store merge",
-        description="Each task runs `inflow --threads T index --model M --data D --shard i/N "
-        "--out PARTS/part-i-of-N [extra]`; then `inflow store merge` writes OUT.",
-    )
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--parts", type=_positive, required=True, help="N: how many parts (tasks)")
-    p.add_argument("--out", required=True, help="the merged store")
-
-    p = sub.add_parser(
-        "encode",
-        parents=[common],
-        help="inflow encode in N parts, then inflow store merge",
-        description="Each task runs `inflow --threads T encode --encoder ENC --data D --shard i/N "
-        "--out PARTS/part-i-of-N [extra]`; then `inflow store merge` writes OUT.",
-    )
-    p.add_argument("--encoder", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--parts", type=_positive, required=True, help="N: how many parts (tasks)")
-    p.add_argument("--out", required=True, help="the merged store")
+    # index and encode both write a store in parts (`--shard i/N`) that `store merge` joins;
+    # they differ only in what featurizes the data.
+    for verb, source, value in (("index", "--model", "M"), ("encode", "--encoder", "ENC")):
+        p = sub.add_parser(
+            verb,
+            parents=[common],
+            help=f"inflow {verb} in N parts, then inflow store merge",
+            description=f"Each task runs `inflow --threads T {verb} {source} {value} --data D "
+            "--shard i/N --out PARTS/part-i-of-N [extra]`; then `inflow store merge` writes OUT.",
+        )
+        p.add_argument(source, required=True)
+        p.add_argument("--data", required=True)
+        p.add_argument("--parts", type=_positive, required=True, help="N: how many parts (tasks)")
+        p.add_argument("--out", required=True, help="the merged store")
 
     p = sub.add_parser(
         "score",

@@ -110,9 +110,7 @@ pub(crate) fn features(a: FeaturesArgs, threads: usize, json: bool) -> Result<()
         "baseline_samples": nb, "ours_1_thread_s": ours_1t, "plain_autograd_1_thread_s": autograd_1t,
         "speedup_vs_plain_autograd": autograd_1t / ours_1t,
     });
-    if json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    } else {
+    crate::output::pretty(json, &out, || {
         println!(
             "inflow bench features — {} ({:.1} M params), LoGra rank {rank}, {threads} workers",
             model_path.display(),
@@ -138,8 +136,8 @@ pub(crate) fn features(a: FeaturesArgs, threads: usize, json: bool) -> Result<()
                 r as f64 / (1u64 << 30) as f64
             );
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// `inflow bench influence`: EK-FAC fit and influence scoring at scale on synthetic features.
@@ -193,9 +191,7 @@ pub(crate) fn influence(
         "peak_rss_bytes": peak_rss(), "peak_rss_before_fit_bytes": rss0,
         "topk_per_query": r.topk.first().map(|t| t.len()),
     });
-    if json {
-        println!("{}", serde_json::to_string_pretty(&outv)?);
-    } else {
+    crate::output::pretty(json, &outv, || {
         println!("inflow bench influence — {n} stored × {nq} queries, dim {dim} (210 layers × rank {rank}²), {threads} threads");
         println!("  fit EK-FAC (factors from samples, eigen, eigenvalue pass)  {fit_s:.1} s");
         println!("  score (EK-FAC-preconditioned queries, streamed, top-10)      {score_s:.1} s: {:.1} GFLOP/s", gflop / score_s);
@@ -206,8 +202,8 @@ pub(crate) fn influence(
                 b as f64 / (1u64 << 30) as f64
             );
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// `inflow bench score`'s arguments.
@@ -263,54 +259,52 @@ pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<()> {
     if a.remove {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-        return Ok(());
-    }
-    let gib = |b: Option<u64>| {
-        b.map_or("n/a".into(), |b| {
-            format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
-        })
-    };
-    println!(
-        "inflow bench score — {} rows × {} dims ({}, {:.0} B/row, {:.2} GB), {} queries, top-{}, {} threads, kernel {}",
-        r.rows, r.dim, r.dtype, r.bytes_per_row, r.store_bytes as f64 / 1e9, r.queries, r.top_k, r.threads, r.kernel
-    );
-    for (i, p) in r.passes.iter().enumerate() {
+    crate::output::pretty(json, &r, || {
+        let gib = |b: Option<u64>| {
+            b.map_or("n/a".into(), |b| {
+                format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+            })
+        };
         println!(
-            "  pass {}: {:.3} s wall, {} CPU",
-            i + 1,
-            p.wall_s,
-            p.cpu_s.map_or("n/a".into(), |c| format!("{c:.2} s"))
+            "inflow bench score — {} rows × {} dims ({}, {:.0} B/row, {:.2} GB), {} queries, top-{}, {} threads, kernel {}",
+            r.rows, r.dim, r.dtype, r.bytes_per_row, r.store_bytes as f64 / 1e9, r.queries, r.top_k, r.threads, r.kernel
         );
-    }
-    println!(
-        "  median {:.3} s: {:.2} M rows/s, {:.2} GB/s read, {:.1} GOP/s",
-        r.wall_s,
-        r.rows_per_s / 1e6,
-        r.gb_per_s,
-        r.gops
-    );
-    println!(
-        "  this machine, same run: file read {:.2} GB/s, memory read {:.2} GB/s, f32 GEMM {:.1} GFLOP/s, int8 peak {}",
-        r.file_read_gb_s,
-        r.memory_read_gb_s,
-        r.f32_gemm_gflops,
-        r.int8_peak_gops.map_or("n/a (no VNNI)".into(), |p| format!("{p:.1} GOP/s"))
-    );
-    if let Some(f) = r.fraction_of_peak {
-        println!("  {:.0}% of the matching peak (all threads)", 100.0 * f);
-    }
-    if let (Some(g), Some(f)) = (r.gops_per_cpu_s, r.fraction_of_core_peak) {
+        for (i, p) in r.passes.iter().enumerate() {
+            println!(
+                "  pass {}: {:.3} s wall, {} CPU",
+                i + 1,
+                p.wall_s,
+                p.cpu_s.map_or("n/a".into(), |c| format!("{c:.2} s"))
+            );
+        }
         println!(
-            "  per CPU-second: {g:.1} GOP, {:.0}% of one core's peak (robust to cores busy with other work)",
-            100.0 * f
+            "  median {:.3} s: {:.2} M rows/s, {:.2} GB/s read, {:.1} GOP/s",
+            r.wall_s,
+            r.rows_per_s / 1e6,
+            r.gb_per_s,
+            r.gops
         );
-    }
-    println!(
-        "  peak RSS while scoring {}, whole run {}",
-        gib(r.scoring_peak_rss_bytes),
-        gib(r.peak_rss_bytes)
-    );
-    Ok(())
+        println!(
+            "  this machine, same run: file read {:.2} GB/s, memory read {:.2} GB/s, f32 GEMM {:.1} GFLOP/s, int8 peak {}",
+            r.file_read_gb_s,
+            r.memory_read_gb_s,
+            r.f32_gemm_gflops,
+            r.int8_peak_gops.map_or("n/a (no VNNI)".into(), |p| format!("{p:.1} GOP/s"))
+        );
+        if let Some(f) = r.fraction_of_peak {
+            println!("  {:.0}% of the matching peak (all threads)", 100.0 * f);
+        }
+        if let (Some(g), Some(f)) = (r.gops_per_cpu_s, r.fraction_of_core_peak) {
+            println!(
+                "  per CPU-second: {g:.1} GOP, {:.0}% of one core's peak (robust to cores busy with other work)",
+                100.0 * f
+            );
+        }
+        println!(
+            "  peak RSS while scoring {}, whole run {}",
+            gib(r.scoring_peak_rss_bytes),
+            gib(r.peak_rss_bytes)
+        );
+        Ok(())
+    })
 }

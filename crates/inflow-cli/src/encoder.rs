@@ -165,60 +165,58 @@ fn train(a: TrainArgs, threads: usize, json: bool) -> Result<()> {
         stop_after: None,
     };
     let s = pipe::train(&o, &Bars::default())?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
-        return Ok(());
-    }
-    println!(
-        "encoder {}: {} steps{}, {} → {} dims; {} + {} training samples, {} + {} queries (train + held out)",
-        s.out.display(),
-        s.steps,
-        s.resumed_from
-            .map(|r| format!(" (resumed at {r})"))
-            .unwrap_or_default(),
-        s.d_in,
-        s.dim,
-        s.n_train,
-        s.n_val,
-        s.nq_train,
-        s.nq_val
-    );
-    println!(
-        "  trunk features {:.1} s, teacher targets {:.1} s, distillation {:.1} s, final loss {:.4}",
-        s.seconds_trunk,
-        s.seconds_teacher,
-        s.seconds_distil,
-        s.final_loss.unwrap_or(f64::NAN)
-    );
-    if let Some(m) = &s.metrics {
-        for (title, table) in [
-            ("held-out training samples", &m.held_out_samples),
-            ("held-out queries", &m.held_out_queries),
-        ] {
-            if table.is_empty() {
-                continue;
-            }
-            println!("agreement with the teacher on {title} (mean per query):");
-            println!(
-                "  {:<16} {:>9} {:>14} {:>7} {:>7}",
-                "scorer", "spearman", "within-task", "top10", "top50"
-            );
-            for (name, g) in table {
+    crate::output::pretty(json, &s, || {
+        println!(
+            "encoder {}: {} steps{}, {} → {} dims; {} + {} training samples, {} + {} queries (train + held out)",
+            s.out.display(),
+            s.steps,
+            s.resumed_from
+                .map(|r| format!(" (resumed at {r})"))
+                .unwrap_or_default(),
+            s.d_in,
+            s.dim,
+            s.n_train,
+            s.n_val,
+            s.nq_train,
+            s.nq_val
+        );
+        println!(
+            "  trunk features {:.1} s, teacher targets {:.1} s, distillation {:.1} s, final loss {:.4}",
+            s.seconds_trunk,
+            s.seconds_teacher,
+            s.seconds_distil,
+            s.final_loss.unwrap_or(f64::NAN)
+        );
+        if let Some(m) = &s.metrics {
+            for (title, table) in [
+                ("held-out training samples", &m.held_out_samples),
+                ("held-out queries", &m.held_out_queries),
+            ] {
+                if table.is_empty() {
+                    continue;
+                }
+                println!("agreement with the teacher on {title} (mean per query):");
                 println!(
-                    "  {:<16} {:>9.3} {:>14} {:>7.3} {:>7.3}",
-                    name,
-                    g.spearman,
-                    g.spearman_within_task
-                        .map_or("n/a".into(), |v| format!("{v:.3}")),
-                    g.top10,
-                    g.top50
+                    "  {:<16} {:>9} {:>14} {:>7} {:>7}",
+                    "scorer", "spearman", "within-task", "top10", "top50"
                 );
+                for (name, g) in table {
+                    println!(
+                        "  {:<16} {:>9.3} {:>14} {:>7.3} {:>7.3}",
+                        name,
+                        g.spearman,
+                        g.spearman_within_task
+                            .map_or("n/a".into(), |v| format!("{v:.3}")),
+                        g.top10,
+                        g.top50
+                    );
+                }
             }
+        } else {
+            println!("  not finished: rerun the same command to continue");
         }
-    } else {
-        println!("  not finished: rerun the same command to continue");
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 pub(crate) fn encode(a: EncodeArgs, threads: usize, json: bool) -> Result<()> {
@@ -234,27 +232,13 @@ pub(crate) fn encode(a: EncodeArgs, threads: usize, json: bool) -> Result<()> {
         threads,
         part: a.shard,
     };
-    let t = std::time::Instant::now();
-    let s = pipe::encode(&o, &Bars::default())?;
-    let secs = t.elapsed().as_secs_f64();
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({"out": a.out, "summary": s, "seconds": secs})
-        );
-    } else {
-        println!(
-            "encoded {} samples into {} ({} shards written, {} already done) in {:.1} s: dim {}, {:.0} bytes/sample, {:.1} samples/s",
-            s.n_samples,
-            a.out.display(),
-            s.shards_written,
-            s.shards_reused,
-            secs,
-            s.dim,
-            s.bytes_per_sample,
-            s.n_written as f64 / secs.max(1e-9)
-        );
-    }
+    let encode = || Ok(pipe::encode(&o, &Bars::default())?);
+    crate::output::store_written(json, &a.out, encode, |s, secs| {
+        let rate = s.n_written as f64 / secs.max(1e-9);
+        let head = crate::output::stored("encoded", &a.out, s, secs);
+        println!("{head}, {rate:.1} samples/s");
+        Ok(())
+    })?;
     Ok(())
 }
 
@@ -269,44 +253,42 @@ pub(crate) fn bench(a: BenchArgs, threads: usize, json: bool) -> Result<()> {
         scratch: a.scratch,
     };
     let r = pipe::bench(&o, &Bars::default())?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-        return Ok(());
-    }
-    println!(
-        "{:<7} {:>5} {:>8} {:>7} {:>8} {:>7} {:>9} {:>10} {:>10}",
-        "pass",
-        "round",
-        "samples",
-        "tokens",
-        "wall s",
-        "cpu s",
-        "samples/s",
-        "tokens/s",
-        "B/sample"
-    );
-    for p in &r.passes {
+    crate::output::pretty(json, &r, || {
         println!(
-            "{:<7} {:>5} {:>8} {:>7} {:>8.2} {:>7} {:>9.2} {:>10.0} {:>10.0}",
-            p.what,
-            p.round,
-            p.samples,
-            p.tokens,
-            p.wall_s,
-            p.cpu_s.map_or("n/a".into(), |c| format!("{c:.2}")),
-            p.samples_per_s,
-            p.tokens_per_s,
-            p.bytes_per_sample
+            "{:<7} {:>5} {:>8} {:>7} {:>8} {:>7} {:>9} {:>10} {:>10}",
+            "pass",
+            "round",
+            "samples",
+            "tokens",
+            "wall s",
+            "cpu s",
+            "samples/s",
+            "tokens/s",
+            "B/sample"
         );
-    }
-    println!(
-        "median samples/s: index {:.2}, encode {:.2}: speed-up {:.1}x; bytes/sample {:.0} → {:.0} ({} threads)",
-        r.index_samples_per_s,
-        r.encode_samples_per_s,
-        r.speedup,
-        r.index_bytes_per_sample,
-        r.encode_bytes_per_sample,
-        r.threads
-    );
-    Ok(())
+        for p in &r.passes {
+            println!(
+                "{:<7} {:>5} {:>8} {:>7} {:>8.2} {:>7} {:>9.2} {:>10.0} {:>10.0}",
+                p.what,
+                p.round,
+                p.samples,
+                p.tokens,
+                p.wall_s,
+                p.cpu_s.map_or("n/a".into(), |c| format!("{c:.2}")),
+                p.samples_per_s,
+                p.tokens_per_s,
+                p.bytes_per_sample
+            );
+        }
+        println!(
+            "median samples/s: index {:.2}, encode {:.2}: speed-up {:.1}x; bytes/sample {:.0} → {:.0} ({} threads)",
+            r.index_samples_per_s,
+            r.encode_samples_per_s,
+            r.speedup,
+            r.index_bytes_per_sample,
+            r.encode_bytes_per_sample,
+            r.threads
+        );
+        Ok(())
+    })
 }

@@ -110,9 +110,7 @@ pub(crate) fn run(a: GenerateArgs, threads: usize, json: bool) -> Result<()> {
         }
         return Ok(());
     }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
-    } else {
+    crate::output::pretty(json, &s, || {
         let out = s
             .out
             .as_ref()
@@ -131,8 +129,8 @@ pub(crate) fn run(a: GenerateArgs, threads: usize, json: bool) -> Result<()> {
                 s.empty.join(", ")
             );
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// "answered 16 prompts: 1024 tokens in 12.3 s wall, 24.1 s CPU, 83.2 tok/s (3 ended at a stop token)".

@@ -118,9 +118,7 @@ pub(crate) fn run(a: LdsArgs, threads: usize, json_out: bool) -> Result<()> {
     };
     let report = inflow::pipeline::lds::run(&o, &crate::progress::Bars::default())?;
     let (n, nq) = (report.n_train, report.n_queries);
-    if json_out {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
+    crate::output::pretty(json_out, &report, || {
         println!(
             "LDS over M = {} subsets of {} / {} training samples, {} queries (Spearman of Σ score vs −loss):",
             report.m, report.subset_size, n, nq
@@ -146,6 +144,6 @@ pub(crate) fn run(a: LdsArgs, threads: usize, json_out: bool) -> Result<()> {
             o.out.display(),
             t0.elapsed().as_secs_f64()
         );
-    }
-    Ok(())
+        Ok(())
+    })
 }

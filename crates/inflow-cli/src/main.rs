@@ -7,6 +7,7 @@ mod demo;
 mod encoder;
 mod generate;
 mod lds;
+mod output;
 mod planted;
 mod probe;
 mod progress;
@@ -440,9 +441,7 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
         "bos_token": m.bos_token,
         "eos_token": m.eos_token,
     });
-    if json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    } else {
+    crate::output::pretty(json, &out, || {
         println!("model        {} ({})", path.display(), m.source.kind);
         println!("sha256       {}", m.source.sha256);
         println!(
@@ -470,8 +469,8 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
             m.bos_token,
             m.eos_token
         );
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 fn logprob(path: &Path, text: &str, json: bool) -> Result<()> {
@@ -560,20 +559,19 @@ fn fit(a: FitArgs, threads: usize, json: bool) -> Result<()> {
     };
     let f = inflow::pipeline::fit::fit(&o, &progress::Bars::default())?;
     let secs = t.elapsed().as_secs_f64();
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({"out": f.out, "fisher": f.fisher, "seconds": secs})
-        );
-    } else {
-        println!(
-            "fitted K-FAC and EK-FAC on the {} Fisher of {} samples in {secs:.2} s: {}",
-            f.fisher,
-            f.n_samples,
-            f.out.display()
-        );
-    }
-    Ok(())
+    crate::output::line(
+        json,
+        &serde_json::json!({"out": f.out, "fisher": f.fisher, "seconds": secs}),
+        || {
+            println!(
+                "fitted K-FAC and EK-FAC on the {} Fisher of {} samples in {secs:.2} s: {}",
+                f.fisher,
+                f.n_samples,
+                f.out.display()
+            );
+            Ok(())
+        },
+    )
 }
 
 pub(crate) fn index(
@@ -584,21 +582,15 @@ pub(crate) fn index(
     let model = load_model(&a.model.path)?;
     let mut opts = a.store.index_options(&a.input, &a.features, threads)?;
     opts.part = a.shard;
-    let t = Instant::now();
-    let summary =
-        inflow::pipeline::index::index(&model, &opts, &a.out, "index", &progress::Bars::default())?;
-    let secs = t.elapsed().as_secs_f64();
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({"out": a.out, "summary": summary, "seconds": secs})
-        );
-    } else {
-        println!(
-            "indexed {} samples into {} ({} shards written, {} already done) in {:.1} s: dim {}, {:.0} bytes/sample, {} bad records skipped",
-            summary.n_samples, a.out.display(), summary.shards_written, summary.shards_reused, secs,
-            summary.dim, summary.bytes_per_sample, summary.n_skipped_bad
-        );
+    let index = || {
+        let bars = progress::Bars::default();
+        Ok(inflow::pipeline::index::index(
+            &model, &opts, &a.out, "index", &bars,
+        )?)
+    };
+    crate::output::store_written(json, &a.out, index, |summary, secs| {
+        let head = crate::output::stored("indexed", &a.out, summary, secs);
+        println!("{head}, {} bad records skipped", summary.n_skipped_bad);
         println!(
             "  {}{}",
             summary.cuts.describe(
@@ -612,8 +604,8 @@ pub(crate) fn index(
                 ""
             }
         );
-    }
-    Ok(summary)
+        Ok(())
+    })
 }
 
 pub(crate) use inflow::pipeline::score::ScoreOutput;

@@ -124,33 +124,31 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
         return Ok(());
     }
     let r = planted::run(&o, &bars)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&r.json)?);
-        return Ok(());
-    }
-    println!(
-        "planted {kind}: {} of {} samples, {} queries; query loss {} → {}",
-        r.n_planted,
-        r.n_mix,
-        r.n_queries,
-        r.query_loss_before
-            .map_or("-".into(), |l| format!("{l:.3}")),
-        r.query_loss_after.map_or("-".into(), |l| format!("{l:.3}")),
-    );
-    if kind == Kind::Mislabel {
-        println!("{:<12} {:>14}", "method", "self-score AUC");
-        for m in &r.methods {
-            println!("{:<12} {:>14.3}", m.name, m.auc);
+    crate::output::pretty(json, &r.json, || {
+        println!(
+            "planted {kind}: {} of {} samples, {} queries; query loss {} → {}",
+            r.n_planted,
+            r.n_mix,
+            r.n_queries,
+            r.query_loss_before
+                .map_or("-".into(), |l| format!("{l:.3}")),
+            r.query_loss_after.map_or("-".into(), |l| format!("{l:.3}")),
+        );
+        if kind == Kind::Mislabel {
+            println!("{:<12} {:>14}", "method", "self-score AUC");
+            for m in &r.methods {
+                println!("{:<12} {:>14.3}", m.name, m.auc);
+            }
+        } else {
+            println!("{:<12} {:>6} {:>6} {:>6}", "method", "Acc", "Cover", "AUC");
+            for m in &r.methods {
+                println!(
+                    "{:<12} {:>6.3} {:>6.3} {:>6.3}",
+                    m.name, m.acc, m.cover, m.auc
+                );
+            }
         }
-    } else {
-        println!("{:<12} {:>6} {:>6} {:>6}", "method", "Acc", "Cover", "AUC");
-        for m in &r.methods {
-            println!(
-                "{:<12} {:>6.3} {:>6.3} {:>6.3}",
-                m.name, m.acc, m.cover, m.auc
-            );
-        }
-    }
-    println!("wrote {}", r.path.display());
-    Ok(())
+        println!("wrote {}", r.path.display());
+        Ok(())
+    })
 }

@@ -79,9 +79,7 @@ pub(crate) fn probe(a: ProbeArgs, threads: usize, json: bool) -> Result<()> {
         threads,
     };
     let out = inflow::pipeline::probe::run(&o, &crate::progress::Bars::default())?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    } else {
+    crate::output::pretty(json, &out, || {
         println!(
             "{} scores for the training samples in {:.1} s ({} probes): {}",
             out.method,
@@ -92,8 +90,8 @@ pub(crate) fn probe(a: ProbeArgs, threads: usize, json: bool) -> Result<()> {
         if let Some(n) = &out.naive_check {
             println!("naive vs cached ICP: {}", serde_json::to_string(n)?);
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 #[derive(Args)]
@@ -133,11 +131,9 @@ pub(crate) fn compare_cmd(a: CompareArgs, json: bool) -> Result<()> {
             c.spearman, c.kendall_tau_b, c.n_common
         ),
     )?;
-    if json {
-        let mut v = serde_json::to_value(&c)?;
-        v["plot"] = serde_json::json!(plot);
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
+    let mut v = serde_json::to_value(&c)?;
+    v["plot"] = serde_json::json!(plot);
+    crate::output::pretty(json, &v, || {
         println!(
             "{} vs {} on {} common {} keys",
             c.method_a, c.method_b, c.n_common, c.keys
@@ -148,6 +144,6 @@ pub(crate) fn compare_cmd(a: CompareArgs, json: bool) -> Result<()> {
             println!("  top-{k:<4} overlap {:.3}", o);
         }
         println!("  plot           {}", plot.display());
-    }
-    Ok(())
+        Ok(())
+    })
 }

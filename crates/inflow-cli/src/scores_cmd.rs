@@ -17,9 +17,7 @@ pub(crate) struct MergeArgs {
 
 pub(crate) fn merge(a: MergeArgs, json: bool) -> Result<()> {
     let m = inflow::scores::merge::merge(&a.files, &a.out)?;
-    if json {
-        println!("{}", serde_json::to_string(&m)?);
-    } else {
+    crate::output::line(json, &m, || {
         println!(
             "merged {} partial {} files of `{}` into {}: {} queries × {} training rows",
             m.files,
@@ -29,6 +27,6 @@ pub(crate) fn merge(a: MergeArgs, json: bool) -> Result<()> {
             m.n_queries,
             m.n_rows
         );
-    }
-    Ok(())
+        Ok(())
+    })
 }

@@ -96,9 +96,7 @@ pub(crate) fn select(a: SelectArgs, threads: usize, json: bool) -> Result<()> {
         threads,
     };
     let r = inflow::pipeline::select::run(&o, &crate::progress::Bars::default())?;
-    if json {
-        println!("{}", serde_json::to_value(&r)?);
-    } else {
+    crate::output::line(json, &serde_json::to_value(&r)?, || {
         let sel = &r.selection;
         println!(
             "selected {} of {} samples ({}) into {}; manifest {}",
@@ -118,6 +116,6 @@ pub(crate) fn select(a: SelectArgs, threads: usize, json: bool) -> Result<()> {
         if sel.picks.len() > 5 {
             println!("  … {} more", sel.picks.len() - 5);
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }

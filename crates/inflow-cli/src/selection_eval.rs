@@ -130,44 +130,42 @@ pub(crate) fn run(a: SelectionEvalArgs, threads: usize, json: bool) -> Result<()
     };
     let r = inflow::pipeline::selection::run(&o, &crate::progress::Bars::default())?;
     let report = &r.report;
-    if json {
-        println!("{}", serde_json::to_string(report)?);
-        return Ok(());
-    }
-    println!(
-        "selection experiment: pool {}, size {} ({}), {} test samples of the target tasks; {}",
-        report.n_pool,
-        r.size,
-        a.size,
-        report.n_test,
-        o.out.join("report.json").display()
-    );
-    println!(
-        "{:<10} {:>4} {:>6} {:>16} {:>16} {:>16}",
-        "method", "runs", "train", "loss", "exact match", "ROUGE-L"
-    );
-    for s in &report.summary {
-        let f = |st: &Stat| {
-            if s.n_runs > 1 {
-                format!("{:.4} ± {:.4}", st.mean, st.std)
-            } else {
-                format!("{:.4}", st.mean)
-            }
-        };
+    crate::output::line(json, report, || {
+        println!(
+            "selection experiment: pool {}, size {} ({}), {} test samples of the target tasks; {}",
+            report.n_pool,
+            r.size,
+            a.size,
+            report.n_test,
+            o.out.join("report.json").display()
+        );
         println!(
             "{:<10} {:>4} {:>6} {:>16} {:>16} {:>16}",
-            s.method,
-            s.n_runs,
-            s.n_train,
-            f(&s.loss),
-            f(&s.exact_match),
-            f(&s.rouge_l)
+            "method", "runs", "train", "loss", "exact match", "ROUGE-L"
         );
-    }
-    println!(
-        "plots: {}, {}",
-        o.out.join("loss.png").display(),
-        o.out.join("rouge_l.png").display()
-    );
-    Ok(())
+        for s in &report.summary {
+            let f = |st: &Stat| {
+                if s.n_runs > 1 {
+                    format!("{:.4} ± {:.4}", st.mean, st.std)
+                } else {
+                    format!("{:.4}", st.mean)
+                }
+            };
+            println!(
+                "{:<10} {:>4} {:>6} {:>16} {:>16} {:>16}",
+                s.method,
+                s.n_runs,
+                s.n_train,
+                f(&s.loss),
+                f(&s.exact_match),
+                f(&s.rouge_l)
+            );
+        }
+        println!(
+            "plots: {}, {}",
+            o.out.join("loss.png").display(),
+            o.out.join("rouge_l.png").display()
+        );
+        Ok(())
+    })
 }

@@ -39,24 +39,22 @@ pub(crate) fn compress(a: CompressArgs, json: bool) -> Result<()> {
         shard_size: a.shard_size,
     };
     let s = inflow::pipeline::compress::compress(&a.store, &a.out, &o, &Bars::default())?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
-        return Ok(());
-    }
-    println!(
-        "compressed {} rows in {:.1} s: {} × {} ({} B/row) → {} × {} ({} B/row, {:.0}× smaller)\nstore: {}",
-        s.rows,
-        s.seconds,
-        s.parent_dtype,
-        s.parent_dim,
-        s.parent_bytes_per_row,
-        s.dtype,
-        s.dim,
-        s.bytes_per_row,
-        s.parent_bytes_per_row as f64 / s.bytes_per_row as f64,
-        s.out.display()
-    );
-    Ok(())
+    crate::output::pretty(json, &s, || {
+        println!(
+            "compressed {} rows in {:.1} s: {} × {} ({} B/row) → {} × {} ({} B/row, {:.0}× smaller)\nstore: {}",
+            s.rows,
+            s.seconds,
+            s.parent_dtype,
+            s.parent_dim,
+            s.parent_bytes_per_row,
+            s.dtype,
+            s.dim,
+            s.bytes_per_row,
+            s.parent_bytes_per_row as f64 / s.bytes_per_row as f64,
+            s.out.display()
+        );
+        Ok(())
+    })
 }
 
 /// `inflow store merge`' arguments.
@@ -71,30 +69,24 @@ pub(crate) struct MergeArgs {
 }
 
 pub(crate) fn merge(a: MergeArgs, json: bool) -> Result<()> {
-    let t = std::time::Instant::now();
-    let s = inflow::store::merge::merge(&a.parts, &a.out)?;
-    let secs = t.elapsed().as_secs_f64();
-    if json {
+    let merge = || Ok(inflow::store::merge::merge(&a.parts, &a.out)?);
+    crate::output::store_written(json, &a.out, merge, |s, secs| {
         println!(
-            "{}",
-            serde_json::json!({"out": a.out, "summary": s, "seconds": secs})
+            "merged {} parts into {}: {} rows in {} shards, {} files linked, {} copied{} ({:.1} s)",
+            s.parts,
+            a.out.display(),
+            s.n_samples,
+            s.shards,
+            s.linked,
+            s.copied,
+            if s.sub_stores.is_empty() {
+                String::new()
+            } else {
+                format!("; sub-stores {}", s.sub_stores.join(", "))
+            },
+            secs
         );
-        return Ok(());
-    }
-    println!(
-        "merged {} parts into {}: {} rows in {} shards, {} files linked, {} copied{} ({:.1} s)",
-        s.parts,
-        a.out.display(),
-        s.n_samples,
-        s.shards,
-        s.linked,
-        s.copied,
-        if s.sub_stores.is_empty() {
-            String::new()
-        } else {
-            format!("; sub-stores {}", s.sub_stores.join(", "))
-        },
-        secs
-    );
+        Ok(())
+    })?;
     Ok(())
 }

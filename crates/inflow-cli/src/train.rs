@@ -190,9 +190,7 @@ pub(crate) fn train(a: TrainArgs, threads: usize, json: bool) -> Result<()> {
         resume,
     };
     let t = pipeline::train::train(&o, &Bars::default())?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&t)?);
-    } else {
+    crate::output::pretty(json, &t, || {
         let s = &t.summary;
         println!(
             "trained {} ({} parameters) for steps {}..{} of {} on {} samples in {:.1} s ({:.0} tokens/s): loss {} → {}; {}",
@@ -211,8 +209,8 @@ pub(crate) fn train(a: TrainArgs, threads: usize, json: bool) -> Result<()> {
         for c in &s.checkpoints {
             println!("  wrote {}", c.display());
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 pub(crate) fn eval_loss(a: EvalLossArgs, threads: usize, json: bool) -> Result<()> {
@@ -229,9 +227,7 @@ pub(crate) fn eval_loss(a: EvalLossArgs, threads: usize, json: bool) -> Result<(
         threads,
     };
     let e = pipeline::train::eval_loss(&o, &Bars::default())?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&e)?);
-    } else {
+    crate::output::pretty(json, &e, || {
         println!(
             "{} samples: mean loss {:.4} (per-token {:.4} over {} response tokens, perplexity {:.2}); {}; {:.1} s",
             e.n_samples,
@@ -242,8 +238,8 @@ pub(crate) fn eval_loss(a: EvalLossArgs, threads: usize, json: bool) -> Result<(
             e.cut_line,
             e.seconds
         );
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 pub(crate) fn export(a: ExportArgs, json: bool) -> Result<()> {
@@ -314,9 +310,7 @@ pub(crate) fn index_checkpoints(a: crate::IndexArgs, threads: usize, json: bool)
         out: a.out,
     };
     let results = pipeline::index::checkpoints(&o, &Bars::default())?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
-    } else {
+    crate::output::pretty(json, &results, || {
         for r in &results {
             println!(
                 "indexed {} samples into {} from {} (step {}, lr {}) in {:.1} s: dim {}",
@@ -329,8 +323,8 @@ pub(crate) fn index_checkpoints(a: crate::IndexArgs, threads: usize, json: bool)
                 r.summary.dim
             );
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// `inflow bench train`.
@@ -385,9 +379,7 @@ pub(crate) fn bench(a: BenchTrainArgs, threads: usize, json: bool) -> Result<()>
         "gemm_gflops_all_threads": gemm_n, "methods": rows,
         "peak_rss_bytes": crate::bench::peak_rss(),
     });
-    if json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    } else {
+    crate::output::pretty(json, &out, || {
         println!(
             "inflow bench train — {}, {threads} threads, batch {}, ≤ {} tokens/sample",
             model_path.display(),
@@ -405,6 +397,6 @@ pub(crate) fn bench(a: BenchTrainArgs, threads: usize, json: bool) -> Result<()>
                 100.0 * r["fraction_of_gemm"].as_f64().unwrap_or(0.0)
             );
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{arg, argv, asset, fails, json, run_ok, tiny_scratch};
+use common::{
+    arg, argv, asset, dense, fails, index_train_and_probes, json, run_ok, tiny_index, tiny_scratch,
+};
 use std::path::Path;
 
 /// Per query, (train id, score) in rank order, from a top-k parquet file.
@@ -26,25 +28,16 @@ fn topk(path: &Path) -> Vec<Vec<(String, f64)>> {
     out
 }
 
-fn dense(path: &Path) -> Vec<f32> {
-    inflow::store::npy::NpyFile::open(path)
-        .unwrap()
-        .to_f32_vec()
-}
-
 #[test]
 fn compact_stores_score_rerank_to_the_exact_top_k_and_refuse_bad_input() {
     let (dir, model) = tiny_scratch("compact", 32, 2, 3);
     let (store, qstore) = (dir.arg("store"), dir.arg("queries"));
-    let (train, probes) = (asset("train.jsonl"), asset("probe-tasks.jsonl"));
-    let index = "index --model {} --data {} --limit {} --out {} --rank 4 --max-tokens 96 \
-                 --shard-size 8 --threads 1";
-    run_ok(&argv(index, &[&model, &train, "40", &store]));
-    // Queries stored as f32: then they score bit for bit as computed ones (f16 would round).
-    run_ok(&argv(
-        &format!("{index} --dtype f32"),
-        &[&model, &probes, "6", &qstore],
-    ));
+    index_train_and_probes(&model, 8, (&store, 40), (&qstore, 6));
+    let (index, train, probes) = (
+        tiny_index(8),
+        asset("train.jsonl"),
+        asset("probe-tasks.jsonl"),
+    );
 
     // Queries from their store score exactly as queries computed from the file.
     let score = |s: &str,

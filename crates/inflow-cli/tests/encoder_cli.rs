@@ -6,13 +6,10 @@
 
 mod common;
 
-use common::{arg, argv, asset, fails, json, run_ok, tiny_model, tiny_scratch};
-
-fn dense(path: &std::path::Path) -> Vec<f32> {
-    inflow::store::npy::NpyFile::open(path)
-        .unwrap()
-        .to_f32_vec()
-}
+use common::{
+    arg, argv, asset, dense, fails, index_train_and_probes, json, run_ok, tiny_index, tiny_model,
+    tiny_scratch,
+};
 
 /// Every row of a complete store as f32.
 fn rows(dir: &std::path::Path) -> (Vec<f32>, usize) {
@@ -28,14 +25,8 @@ fn rows(dir: &std::path::Path) -> (Vec<f32>, usize) {
 fn encoder_train_encode_and_score_end_to_end_with_refusals() {
     let (dir, model) = tiny_scratch("encoder-cli", 32, 3, 5);
     let (teacher, qstore) = (dir.arg("teacher"), dir.arg("qstore"));
+    index_train_and_probes(&model, 16, (&teacher, 64), (&qstore, 32));
     let (train, probes) = (asset("train.jsonl"), asset("probe-tasks.jsonl"));
-    let index = "index --model {} --data {} --limit {} --out {} --rank 4 --max-tokens 96 \
-                 --shard-size 16 --threads 1";
-    run_ok(&argv(index, &[&model, &train, "64", &teacher]));
-    run_ok(&argv(
-        &format!("{index} --dtype f32"),
-        &[&model, &probes, "32", &qstore],
-    ));
 
     let enc = dir.arg("enc");
     let line = "encoder train --teacher {} --queries {} --query-store {} --out {} --layers 2 \
@@ -168,7 +159,7 @@ fn encoder_train_encode_and_score_end_to_end_with_refusals() {
 
     // Bad input: one line, nothing written.
     let small = dir.arg("small");
-    run_ok(&argv(index, &[&model, &train, "8", &small]));
+    run_ok(&argv(&tiny_index(16), &[&model, &train, "8", &small]));
     let err = fails(&argv(
         line,
         &[&small, &probes, &qstore, &dir.arg("enc-small"), "1"],

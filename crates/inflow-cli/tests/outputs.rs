@@ -37,56 +37,20 @@ fn outputs_over_inputs_or_store_files_are_refused_and_nothing_changes() {
     let before: Vec<Vec<u8>> = watched.iter().map(|p| bytes(p)).collect();
     let manifest = arg(&store_dir.join("manifest.json"));
     let features = arg(&store_dir.join("features-00000.npy"));
+    // Each refused command line and what its error must say.
+    let select = "select --scores {} --size 2 --data {} --out {}";
+    let score = "score --store {} --queries {} --limit 2 --out {}";
+    let score_full = "score --store {} --queries {} --limit 2 --full {}";
+    let generate = "generate --model {} --prompts {} --out {}";
+    let (input, owned) = ("also an input", "belongs to the store");
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (
-            argv(
-                "select --scores {} --size 2 --data {} --out {}",
-                &[&scores, &d, &d],
-            ),
-            "also an input",
-        ),
-        (
-            argv(
-                "select --scores {} --size 2 --data {} --out {}",
-                &[&scores, &d, &scores],
-            ),
-            "also an input",
-        ),
-        (
-            argv(
-                "score --store {} --queries {} --limit 2 --out {}",
-                &[&store, &q, &manifest],
-            ),
-            "belongs to the store",
-        ),
-        (
-            argv(
-                "score --store {} --queries {} --limit 2 --full {}",
-                &[&store, &q, &features],
-            ),
-            "belongs to the store",
-        ),
-        (
-            argv(
-                "score --store {} --queries {} --limit 2 --out {}",
-                &[&store, &d, &d],
-            ),
-            "also an input",
-        ),
-        (
-            argv(
-                "score --store {} --queries {} --limit 2 --out {}",
-                &[&store, &q, &store],
-            ),
-            "is a folder",
-        ),
-        (
-            argv(
-                "generate --model {} --prompts {} --out {}",
-                &[&model, &d, &d],
-            ),
-            "also an input",
-        ),
+        (argv(select, &[&scores, &d, &d]), input),
+        (argv(select, &[&scores, &d, &scores]), input),
+        (argv(score, &[&store, &q, &manifest]), owned),
+        (argv(score_full, &[&store, &q, &features]), owned),
+        (argv(score, &[&store, &d, &d]), input),
+        (argv(score, &[&store, &q, &store]), "is a folder"),
+        (argv(generate, &[&model, &d, &d]), input),
     ];
     for (args, want) in &cases {
         let e = fails(args);

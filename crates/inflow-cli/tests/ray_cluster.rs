@@ -560,9 +560,8 @@ fn ray_index_and_score_in_parts_equal_one_process() {
     // process over the whole store.
     let (top_one, full_one) = (dirp.join("top-one.parquet"), dirp.join("full-one.npy"));
     let store = arg(&ray);
-    run_ok(&[
-        "--threads",
-        "1",
+    // The same score request, to one process and to the driver.
+    let score = [
         "score",
         "--store",
         &store,
@@ -572,38 +571,30 @@ fn ray_index_and_score_in_parts_equal_one_process() {
         "cosine",
         "--top-k",
         "5",
-        "--out",
-        &arg(&top_one),
-        "--full",
-        &arg(&full_one),
-    ]);
+    ];
+    let (top_one_arg, full_one_arg) = (arg(&top_one), arg(&full_one));
+    let one_process = ["--out", &top_one_arg, "--full", &full_one_arg];
+    run_ok(&[&["--threads", "1"][..], &score, &one_process].concat());
     let (top_ray, full_ray) = (dirp.join("top-ray.parquet"), dirp.join("full-ray.npy"));
-    let score_args: Vec<String> = [
-        "score",
-        "--store",
-        &store,
-        "--queries",
-        &queries,
-        "--method",
-        "cosine",
-        "--top-k",
-        "5",
-        "--parts",
-        "3",
-        "--out",
-        &arg(&top_ray),
-        "--full",
-        &arg(&full_ray),
-        "--address",
-        &head.address,
-        "--inflow",
-        &bin,
-        "--progress-interval",
-        "1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let score_args: Vec<String> = score
+        .iter()
+        .copied()
+        .chain([
+            "--parts",
+            "3",
+            "--out",
+            &arg(&top_ray),
+            "--full",
+            &arg(&full_ray),
+            "--address",
+            &head.address,
+            "--inflow",
+            &bin,
+            "--progress-interval",
+            "1",
+        ])
+        .map(|s| s.to_string())
+        .collect();
     let v = summary(
         "inflow_ray score",
         &driver(&head, &dirp, &score_args).output().unwrap(),

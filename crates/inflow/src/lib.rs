@@ -11,6 +11,7 @@ pub mod error;
 pub mod estimators;
 pub mod eval;
 pub mod features;
+pub mod file_pieces;
 pub mod index;
 pub mod methods;
 pub mod model;

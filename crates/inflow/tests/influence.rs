@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 mod common;
 
 use common::alpaca;
-use inflow_testkit::{asset, root, scratch};
+use inflow_testkit::{asset, root, scratch, Scratch};
 
 fn features() -> FeatureOptions {
     FeatureOptions {
@@ -113,6 +113,20 @@ fn mean_spearman(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
 
 fn model() -> LoadedModel {
     tiny::random(&tiny::config(16, 2), 21, DType::F32).unwrap()
+}
+
+/// The tiny [`model`], a scratch folder `name` with its store `s` of the first `n` samples
+/// (`shard` rows a shard, batch 1), and the store's per-layer blocks.
+fn indexed(
+    name: &str,
+    n: usize,
+    shard: usize,
+) -> (LoadedModel, Scratch, Store, Vec<curvature::Block>) {
+    let m = model();
+    let dir = scratch(name);
+    let store = index(&m, &dir.join("s"), n, shard, 1);
+    let blocks = blocks_of(&store);
+    (m, dir, store, blocks)
 }
 
 /// On gradients whose Fisher is exactly Kronecker-factored (G_n = u_n v_nᵀ, u ~ N(0, S),
@@ -342,10 +356,7 @@ fn fisher_stores_must_match_the_training_store() {
 
 #[test]
 fn kfac_equals_the_explicit_kronecker_inverse() {
-    let m = model();
-    let dir = scratch("kron");
-    let store = index(&m, &dir.join("s"), 12, 12, 1);
-    let blocks = blocks_of(&store);
+    let (_, dir, store, blocks) = indexed("kron", 12, 12);
     let damping = 0.3;
     let pre = kfac::KfacPreconditioner::load(&store, false, damping).unwrap();
     let t = candle_core::safetensors::load(
@@ -403,10 +414,7 @@ fn kfac_equals_the_explicit_kronecker_inverse() {
 
 #[test]
 fn datainf_equals_its_closed_form_and_lissa_converges_to_exact() {
-    let m = model();
-    let dir = scratch("closed");
-    let store = index(&m, &dir.join("s"), 10, 4, 1);
-    let blocks = blocks_of(&store);
+    let (m, _dir, store, blocks) = indexed("closed", 10, 4);
     let dim = store.dim();
     let (q, _) = queries(&m);
     let q = &q[..dim];

@@ -118,3 +118,37 @@ pub fn f64_column(path: &Path, name: &str) -> Vec<f64> {
         .as_f64()
         .unwrap()
 }
+
+/// Every value of a `.npy` file as f32 (a `score --full` matrix).
+pub fn dense(path: &Path) -> Vec<f32> {
+    inflow::store::npy::NpyFile::open(path)
+        .unwrap()
+        .to_f32_vec()
+}
+
+/// The `index` line of the tiny-model stores (values: model, data, limit, out): LoGra rank 4,
+/// ≤ 96 tokens, `shard_size` rows a shard, one thread.
+pub fn tiny_index(shard_size: usize) -> String {
+    format!(
+        "index --model {{}} --data {{}} --limit {{}} --out {{}} --rank 4 --max-tokens 96 \
+         --shard-size {shard_size} --threads 1"
+    )
+}
+
+/// Indexes the first `n_train` bundled training samples into `store` and the first
+/// `n_queries` probe tasks into `qstore` ([`tiny_index`]). The queries are stored as f32:
+/// then they score bit for bit as queries computed from the file (f16 would round).
+pub fn index_train_and_probes(
+    model: &str,
+    shard_size: usize,
+    (store, n_train): (&str, usize),
+    (qstore, n_queries): (&str, usize),
+) {
+    let index = tiny_index(shard_size);
+    let (train, probes) = (asset("train.jsonl"), asset("probe-tasks.jsonl"));
+    run_ok(&argv(&index, &[model, &train, &n_train.to_string(), store]));
+    run_ok(&argv(
+        &format!("{index} --dtype f32"),
+        &[model, &probes, &n_queries.to_string(), qstore],
+    ));
+}

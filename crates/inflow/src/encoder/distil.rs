@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use super::{agreement, l2_normalize, Head, HeadShape, HEAD_FILE};
 use crate::random::Stream;
 use crate::train::adamw::{AdamW, AdamWConfig};
+use crate::train::checkpoint;
 use crate::{Error, Result};
 
 /// The distillation settings (recorded in `encoder.json`; a resumed run must have the same).
@@ -294,27 +295,13 @@ impl<'a> Distiller<'a> {
     /// Writes `out/checkpoint-{step}` atomically (temporary folder, rename) and removes older
     /// ones.
     pub fn save(&self, out: &Path) -> Result<PathBuf> {
-        let dest = checkpoint_dir(out, self.step);
-        let tmp = out.join(format!(
-            ".checkpoint-{}.tmp.{}",
-            self.step,
-            std::process::id()
-        ));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        }
-        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let (tmp, dest) = checkpoint::staging(out, self.step)?;
         self.head.save(&tmp.join(HEAD_FILE))?;
-        let mut opt: HashMap<String, Tensor> = HashMap::new();
-        for ((n, _), (m, v)) in self.head.params.iter().zip(&self.opt.moments) {
-            opt.insert(format!("{n}.exp_avg"), m.clone());
-            opt.insert(format!("{n}.exp_avg_sq"), v.clone());
-        }
-        let op = tmp.join(OPT);
-        candle_core::safetensors::save(&opt, &op).map_err(|e| Error::Model {
-            path: op.clone(),
-            msg: format!("cannot write safetensors: {e}"),
-        })?;
+        checkpoint::save_moments(
+            &tmp.join(OPT),
+            self.head.params.iter().map(|(n, _)| n.as_str()),
+            &self.opt.moments,
+        )?;
         let st = DistilState {
             step: self.step,
             rng_state: self.rng.state(),
@@ -325,10 +312,7 @@ impl<'a> Distiller<'a> {
             &tmp.join(STATE),
             &serde_json::to_value(&st).map_err(|e| Error::Msg(e.to_string()))?,
         )?;
-        if dest.exists() {
-            std::fs::remove_dir_all(&dest).map_err(|e| Error::io(&dest, e))?;
-        }
-        std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
+        checkpoint::publish(&tmp, &dest)?;
         for (s, d) in checkpoints(out) {
             if s != self.step {
                 let _ = std::fs::remove_dir_all(d);
@@ -535,25 +519,9 @@ fn teacher_row(data: &DistilData, a: Anchor) -> &[f32] {
     }
 }
 
-/// `out/checkpoint-{step}`.
-pub fn checkpoint_dir(out: &Path, step: usize) -> PathBuf {
-    out.join(format!("checkpoint-{step}"))
-}
-
 /// Complete head checkpoints under `out`, by step.
 pub fn checkpoints(out: &Path) -> Vec<(usize, PathBuf)> {
-    let mut v: Vec<(usize, PathBuf)> = std::fs::read_dir(out)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
-            e.path().join(STATE).exists().then(|| (step, e.path()))
-        })
-        .collect();
-    v.sort();
-    v
+    checkpoint::list_marked(out, STATE)
 }
 
 #[cfg(test)]

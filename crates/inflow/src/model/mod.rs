@@ -20,7 +20,6 @@ pub use modules::select_modules;
 use crate::{Error, Result};
 use candle_core::DType;
 use sha2::{Digest, Sha256};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
 
@@ -122,16 +121,6 @@ pub fn check_shape(path: &Path, name: &str, got: &[usize], want: &[usize]) -> Re
 /// sha256 of files read in order, streamed.
 pub fn sha256_files(paths: &[PathBuf]) -> Result<String> {
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    for p in paths {
-        let mut f = std::fs::File::open(p).map_err(|e| Error::io(p, e))?;
-        loop {
-            let n = f.read(&mut buf).map_err(|e| Error::io(p, e))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-    }
+    crate::file_pieces::read_pieces(paths, 1 << 20, |piece| h.update(piece))?;
     Ok(hex(&h.finalize()))
 }

@@ -2,7 +2,6 @@
 //! ceiling beside them: CPU time and peak memory of this process, memory and file read
 //! bandwidth, f32 GEMM and int8 dot-product rates.
 
-use std::io::Read;
 use std::path::Path;
 use std::time::Instant;
 
@@ -112,18 +111,8 @@ pub fn memory_read_gb_s(bytes: usize, threads: usize) -> f64 {
 /// Sequential read bandwidth (GB/s) of `files`, read whole in 8 MiB pieces: the disk's, or
 /// the page cache's when the files are cached (the usual case right after writing them).
 pub fn file_read_gb_s(files: &[&Path]) -> Result<f64> {
-    let mut buf = vec![0u8; 8 << 20];
     let mut total = 0u64;
     let t = Instant::now();
-    for p in files {
-        let mut f = std::fs::File::open(p).map_err(|e| Error::io(p, e))?;
-        loop {
-            let n = f.read(&mut buf).map_err(|e| Error::io(p, e))?;
-            if n == 0 {
-                break;
-            }
-            total += n as u64;
-        }
-    }
+    crate::file_pieces::read_pieces(files, 8 << 20, |piece| total += piece.len() as u64)?;
     Ok(total as f64 / t.elapsed().as_secs_f64() / 1e9)
 }

@@ -43,6 +43,19 @@ struct Partial {
     extra: String,
 }
 
+impl Partial {
+    /// A part whose content (`found`, e.g. "3 rows") is not what its metadata or sidecar
+    /// says (`says`, which ends with the rows it claims).
+    fn disagrees(&self, found: String, says: &str) -> Error {
+        Error::Msg(format!(
+            "{}: {found}, its {says} rows {}..{}",
+            self.path.display(),
+            self.rows.start,
+            self.rows.end
+        ))
+    }
+}
+
 /// Merges partial score files (all `.parquet` top-k or per-sample files, or all `.npy`
 /// matrices with their JSON sidecars) into `out`, checking that they come from one run
 /// (method, sign convention, k, store rows) and cover every row of the store exactly once.
@@ -78,13 +91,7 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Merged> {
         for (p, cols, _) in &tables {
             let (id, score) = (strs(p, cols, "train_id")?, nums(p, cols, "score")?);
             if id.len() != p.rows.len() {
-                return Err(Error::Msg(format!(
-                    "{}: {} rows, its metadata says rows {}..{}",
-                    p.path.display(),
-                    id.len(),
-                    p.rows.start,
-                    p.rows.end
-                )));
+                return Err(p.disagrees(format!("{} rows", id.len()), "metadata says"));
             }
             n_queries = nums(p, cols, "n_queries")?
                 .first()
@@ -233,13 +240,8 @@ fn merge_full(inputs: &[PathBuf], out: &Path) -> Result<Merged> {
     for (p, _) in &parts {
         let f = NpyFile::open(&p.path)?;
         if f.shape() != [nq, p.rows.len()] {
-            return Err(Error::Msg(format!(
-                "{}: shape {:?}, its sidecar says {nq} queries × rows {}..{}",
-                p.path.display(),
-                f.shape(),
-                p.rows.start,
-                p.rows.end
-            )));
+            let says = format!("sidecar says {nq} queries ×");
+            return Err(p.disagrees(format!("shape {:?}", f.shape()), &says));
         }
         let v = f.to_f32_vec();
         for q in 0..nq {

@@ -185,20 +185,10 @@ impl Scoring<'_> {
             full,
             part,
         } = self;
-        store.require_whole("scoring")?;
+        store.require_complete("scoring")?;
         let shards = part.map_or(0..store.n_shards(), |p| p.shards(store.n_shards()));
         let rows_scored = store.manifest().rows_of(&shards);
         let (dim, n, first_row) = (store.dim(), rows_scored.len(), rows_scored.start);
-        if !store.is_complete() {
-            return Err(Error::Store {
-                path: store.dir().to_path_buf(),
-                msg: format!(
-                    "is not complete ({} of {} rows indexed); finish indexing before scoring",
-                    store.n_done_rows(),
-                    store.n_samples()
-                ),
-            });
-        }
         if nq.checked_mul(dim) != Some(queries.len()) {
             return Err(Error::Msg(format!(
                 "query features: expected {nq} × {dim} = {} values (the store's dim), got {}",

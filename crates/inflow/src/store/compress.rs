@@ -156,17 +156,7 @@ pub fn compress(
     on_shard: &mut dyn FnMut(usize, usize),
 ) -> Result<Store> {
     let pdim = parent.dim();
-    parent.require_whole("compressing")?;
-    if !parent.is_complete() {
-        return Err(Error::Store {
-            path: parent.dir().into(),
-            msg: format!(
-                "is not complete ({} of {} rows); finish indexing before compressing",
-                parent.n_done_rows(),
-                parent.n_samples()
-            ),
-        });
-    }
+    parent.require_complete("compressing")?;
     if let Some(k) = o.dim {
         if k == 0 || k >= pdim {
             return Err(Error::Msg(format!(

@@ -250,6 +250,20 @@ impl Store {
         }
     }
 
+    /// Refuses a part store ([`Store::require_whole`]) or one whose index run has not
+    /// finished every row, before `purpose` (e.g. "scoring") reads all of it.
+    pub fn require_complete(&self, purpose: &str) -> Result<()> {
+        self.require_whole(purpose)?;
+        if !self.is_complete() {
+            let (done, n) = (self.n_done_rows(), self.n_samples());
+            let msg = format!(
+                "is not complete ({done} of {n} rows indexed); finish indexing before {purpose}"
+            );
+            return Err(store_err(&self.dir, msg));
+        }
+        Ok(())
+    }
+
     /// The writer lock, when this store is open for writing.
     pub fn writer_lock(&self) -> Option<&WriterLock> {
         self.lock.as_ref()

@@ -63,16 +63,7 @@ pub fn checkpoint_dir(out: &Path, step: usize) -> PathBuf {
 /// Writes `out/checkpoint-{state.step}` atomically (temp folder, fsync, rename).
 pub fn save(out: &Path, state: &TrainerState, snap: &Snapshot) -> Result<PathBuf> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let dest = checkpoint_dir(out, state.step);
-    let tmp = out.join(format!(
-        ".checkpoint-{}.tmp.{}",
-        state.step,
-        std::process::id()
-    ));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let (tmp, dest) = staging(out, state.step)?;
     let st_err = |p: &Path, e: candle_core::Error| Error::Model {
         path: p.into(),
         msg: format!("cannot write safetensors: {e}"),
@@ -89,13 +80,11 @@ pub fn save(out: &Path, state: &TrainerState, snap: &Snapshot) -> Result<PathBuf
             candle_core::safetensors::save(&w, &p).map_err(|e| st_err(&p, e))?;
         }
     }
-    let mut opt: HashMap<String, Tensor> = HashMap::new();
-    for ((n, _), (m, v)) in snap.params.iter().zip(snap.moments) {
-        opt.insert(format!("{n}.exp_avg"), m.clone());
-        opt.insert(format!("{n}.exp_avg_sq"), v.clone());
-    }
-    let p = tmp.join(OPTIMIZER_FILE);
-    candle_core::safetensors::save(&opt, &p).map_err(|e| st_err(&p, e))?;
+    save_moments(
+        &tmp.join(OPTIMIZER_FILE),
+        snap.params.iter().map(|(n, _)| n.as_str()),
+        snap.moments,
+    )?;
     let p = tmp.join(STATE_FILE);
     let text = serde_json::to_string_pretty(state).map_err(|e| Error::Msg(e.to_string()))?;
     std::fs::write(&p, text).map_err(|e| Error::io(&p, e))?;
@@ -105,18 +94,58 @@ pub fn save(out: &Path, state: &TrainerState, snap: &Snapshot) -> Result<PathBuf
             .and_then(|f| f.sync_all())
             .map_err(|e| Error::io(&path, e))?;
     }
-    if dest.exists() {
-        std::fs::remove_dir_all(&dest).map_err(|e| Error::io(&dest, e))?;
-    }
-    std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
+    publish(&tmp, &dest)?;
     if let Ok(d) = std::fs::File::open(out) {
         let _ = d.sync_all();
     }
     Ok(dest)
 }
 
+/// A fresh temporary folder for the checkpoint of `step` under `out`, and the folder it is
+/// renamed to once whole ([`publish`]). The process id keeps two writers' folders apart.
+pub fn staging(out: &Path, step: usize) -> Result<(PathBuf, PathBuf)> {
+    let tmp = out.join(format!(".checkpoint-{step}.tmp.{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    Ok((tmp, checkpoint_dir(out, step)))
+}
+
+/// Renames the whole temporary folder `tmp` into place as `dest`, replacing an older one.
+pub fn publish(tmp: &Path, dest: &Path) -> Result<()> {
+    if dest.exists() {
+        std::fs::remove_dir_all(dest).map_err(|e| Error::io(dest, e))?;
+    }
+    std::fs::rename(tmp, dest).map_err(|e| Error::io(dest, e))
+}
+
+/// Writes AdamW's moments as `{param}.exp_avg` (m) and `{param}.exp_avg_sq` (v), the names
+/// PyTorch's optimizer state uses, in one safetensors file.
+pub fn save_moments<'a>(
+    path: &Path,
+    names: impl Iterator<Item = &'a str>,
+    moments: &[(Tensor, Tensor)],
+) -> Result<()> {
+    let mut opt: HashMap<String, Tensor> = HashMap::new();
+    for (n, (m, v)) in names.zip(moments) {
+        opt.insert(format!("{n}.exp_avg"), m.clone());
+        opt.insert(format!("{n}.exp_avg_sq"), v.clone());
+    }
+    candle_core::safetensors::save(&opt, path).map_err(|e| Error::Model {
+        path: path.into(),
+        msg: format!("cannot write safetensors: {e}"),
+    })
+}
+
 /// Complete checkpoints under `out`, by step (temporary folders are not listed).
 pub fn list(out: &Path) -> Vec<(usize, PathBuf)> {
+    list_marked(out, STATE_FILE)
+}
+
+/// The folders `checkpoint-{step}` under `out` that hold `marker` (their state file, written
+/// last), by step.
+pub fn list_marked(out: &Path, marker: &str) -> Vec<(usize, PathBuf)> {
     let mut found: Vec<(usize, PathBuf)> = std::fs::read_dir(out)
         .into_iter()
         .flatten()
@@ -124,7 +153,7 @@ pub fn list(out: &Path) -> Vec<(usize, PathBuf)> {
             let e = e.ok()?;
             let name = e.file_name().into_string().ok()?;
             let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
-            e.path().join(STATE_FILE).exists().then(|| (step, e.path()))
+            e.path().join(marker).exists().then(|| (step, e.path()))
         })
         .collect();
     found.sort();
