@@ -217,7 +217,7 @@ async function pageSample(index) {
   done("sample");
 }
 
-async function pageLive() {
+async function pageLive(params) {
   const o = await overview();
   if (!o.live.enabled) {
     main.innerHTML = `<h1>Live query</h1><div class="card"><p>Live queries need the model: restart with <code>inflow serve --model M …</code>.</p></div>`;
@@ -236,11 +236,14 @@ async function pageLive() {
       <div id="status"></div>
     </div>
     <div id="result"></div>`;
-  document.getElementById("go").onclick = runLive;
+  // A link can carry the query (#/live?prompt=…&response=…&method=…&k=…) or a job to show.
+  for (const f of ["prompt", "response", "method", "k"]) if (params.get(f)) document.getElementById(f).value = params.get(f);
+  document.getElementById("go").onclick = () => runLive(null);
+  if (params.get("job")) return runLive(+params.get("job"));
   done("live");
 }
 
-async function runLive() {
+async function runLive(given) {
   const status = document.getElementById("status"), result = document.getElementById("result");
   const body = {
     method: document.getElementById("method").value,
@@ -252,7 +255,7 @@ async function runLive() {
   result.innerHTML = "";
   document.body.dataset.ready = "live-running";
   try {
-    const { job } = await api("/api/live", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    const job = given ?? (await api("/api/live", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) })).job;
     for (;;) {
       const j = await api(`/api/live/${job}`);
       if (j.state === "queued") status.innerHTML = `<p>Waiting: ${j.ahead} queries ahead.</p>`;
@@ -262,7 +265,7 @@ async function runLive() {
       }
       if (j.state === "failed") throw new Error(j.error);
       if (j.state === "done") {
-        status.innerHTML = `<p class="muted">${esc(j.method)} · ${esc(j.sign_convention)}</p>`;
+        status.innerHTML = `<p class="muted">job ${job} · ${esc(j.method)} · ${esc(j.sign_convention)}</p><div class="text">${esc(j.query_text)}</div>`;
         result.innerHTML = methodColumn({ name: j.method, sign_convention: j.sign_convention, rows: j.rows.filter((x) => x.sample) });
         done("live-done");
         return;
@@ -352,7 +355,7 @@ async function route() {
     else if (parts[0] === "query" && /^\d+$/.test(parts[1] || "")) await pageQuery(+parts[1]);
     else if (parts[0] === "samples") await pageSamples(params);
     else if (parts[0] === "sample" && /^\d+$/.test(parts[1] || "")) await pageSample(+parts[1]);
-    else if (parts[0] === "live") await pageLive();
+    else if (parts[0] === "live") await pageLive(params);
     else if (parts[0] === "select") await pageSelect(params);
     else { main.innerHTML = `<p class="error">No page ${esc(path)}.</p>`; done("missing"); }
   } catch (e) {
