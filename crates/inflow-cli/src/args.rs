@@ -31,7 +31,7 @@ pub(crate) struct DataArgs {
     #[arg(long, default_value = "auto")]
     pub format: String,
     /// Use only the first N samples.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::bounds::count)]
     pub limit: Option<usize>,
     /// Skip malformed records (counted) instead of stopping at the first.
     #[arg(long)]
@@ -88,7 +88,7 @@ pub(crate) struct TokenArgs {
     #[arg(long, default_value = "auto")]
     pub template: String,
     /// Longest sample in tokens; longer ones are cut (counted and reported, never silently).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 512)]
     pub max_tokens: usize,
     #[command(flatten)]
     pub truncate: TruncateArgs,
@@ -102,10 +102,10 @@ pub(crate) struct StoreArgs {
     #[arg(long, default_value = "f16")]
     pub dtype: String,
     /// Samples per shard (the unit of atomic writes and of resumption).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 64)]
     pub shard_size: usize,
     /// Samples per forward/backward micro-batch (1 avoids padding; CPU gains little from more).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 1)]
     pub batch_size: usize,
 }
 
@@ -142,10 +142,10 @@ pub(crate) struct FeatureArgs {
     #[arg(long, default_value = "logra")]
     pub projection: String,
     /// LoGra rank per side: each tracked layer gives rank² features.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 16)]
     pub rank: usize,
     /// Output dimension of the dense projection.
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 8192)]
     pub dim: usize,
     /// Seed of the projection matrices.
     #[arg(long, default_value_t = 0)]

@@ -19,12 +19,12 @@ pub(crate) struct FeaturesArgs {
     #[arg(long)]
     model: Option<PathBuf>,
     /// Samples from the bundled Natural Instructions data.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 64)]
     samples: usize,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 256)]
     max_tokens: usize,
     /// LoGra rank per side.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 16)]
     rank: usize,
 }
 
@@ -210,27 +210,27 @@ pub(crate) fn influence(
 #[derive(Args)]
 pub(crate) struct ScoreArgs {
     /// Training rows in the synthetic store.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 1_000_000)]
     rows: usize,
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 1024)]
     dim: usize,
     /// Element type: int8, bit, f16 or f32.
     #[arg(long, default_value = "int8")]
     dtype: String,
     /// Queries scored in one pass.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 100)]
     queries: usize,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 10)]
     top_k: usize,
     /// Timed passes (the median is reported).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 3)]
     repeats: usize,
     /// Store folder, reused by later runs with the same settings (default
     /// runs/bench-score/ROWSxDIM-DTYPE).
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Rows per shard.
-    #[arg(long, default_value_t = 65_536)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 65_536)]
     shard_size: usize,
     /// Delete the store afterwards.
     #[arg(long)]

@@ -14,7 +14,7 @@ pub(crate) struct DemoArgs {
     #[arg(long)]
     model: Option<PathBuf>,
     /// Training samples to index from assets/data/train.jsonl.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 120)]
     limit: usize,
     /// Store folder.
     #[arg(long, default_value = "runs/demo")]

@@ -41,45 +41,45 @@ pub(crate) struct TrainArgs {
     #[arg(long)]
     out: PathBuf,
     /// Trunk: the model's first K blocks.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 6)]
     layers: usize,
     /// Pooling of the trunk's states: last (last prompt token), mean (response tokens) or
     /// last-mean (both, concatenated) or all (both and the mean over the prompt tokens).
     #[arg(long, default_value = "last-mean")]
     pooling: String,
     /// Hidden width of the head's MLP (0: linear head).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 1024)]
     hidden: usize,
     /// Embedding dimension.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 256)]
     dim: usize,
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 600)]
     steps: usize,
     /// Anchors per step.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 64)]
     batch: usize,
     /// Random training samples in every anchor's candidate list.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 256)]
     in_batch: usize,
     /// Hard negatives per anchor: its teacher top-H.
     #[arg(long, default_value_t = 32)]
     hard: usize,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, value_parser = crate::bounds::positive, default_value_t = 1e-3)]
     lr: f64,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, value_parser = crate::bounds::non_negative, default_value_t = 0.0)]
     weight_decay: f64,
     /// τ_t on standardized teacher cosines.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, value_parser = crate::bounds::positive, default_value_t = 0.5)]
     tau_teacher: f64,
     /// λ of the Pearson term.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, value_parser = crate::bounds::non_negative, default_value_t = 1.0)]
     pearson_weight: f64,
     /// Share of training samples and of queries held out.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, value_parser = crate::bounds::fraction, default_value_t = 0.2)]
     val_fraction: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 100)]
     checkpoint_every: usize,
 }
 
@@ -99,10 +99,10 @@ pub(crate) struct EncodeArgs {
     /// Element type: f16 (default), f32, int8 or bit.
     #[arg(long, default_value = "f16")]
     dtype: String,
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 1024)]
     shard_size: usize,
     /// Samples per forward pass per worker (1 avoids padding).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 1)]
     batch_size: usize,
     /// Encode only part I of N (counted from 0: contiguous whole shards) into a part store,
     /// for `inflow store merge`.
@@ -118,10 +118,10 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     data: PathBuf,
     /// Samples per pass.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 32)]
     limit: usize,
     /// Rounds, each `index` then `encode`.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 2)]
     rounds: usize,
     #[arg(long)]
     model: Option<PathBuf>,

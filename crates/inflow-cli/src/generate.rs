@@ -34,20 +34,20 @@ pub(crate) struct GenerateArgs {
     #[arg(long)]
     resume: bool,
     /// Answer only the first N prompts.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::bounds::count)]
     limit: Option<usize>,
     /// Most new tokens per answer (an answer also ends at eos, <|im_end|> or <|endoftext|>).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 128)]
     max_new: usize,
     /// Prompts decoded together (left-padded, through the key/value cache). The answers do
     /// not depend on it.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 8)]
     batch_size: usize,
     /// 0: greedy (argmax). Above 0: sample from softmax(logits / T).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, value_parser = crate::bounds::non_negative, default_value_t = 0.0)]
     temperature: f64,
     /// Nucleus sampling: draw from the most likely tokens holding this much probability.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, value_parser = crate::bounds::share, default_value_t = 1.0)]
     top_p: f64,
     /// Seed of the sampling (each prompt has its own stream, keyed by its id, so a prompt's
     /// answer does not depend on the batch it is in).

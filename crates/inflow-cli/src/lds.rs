@@ -28,13 +28,13 @@ pub(crate) struct LdsArgs {
     #[arg(long)]
     queries: PathBuf,
     /// Use the first N training samples (n of the LDS).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 64)]
     limit: usize,
     /// Number of random subsets M (each is one LoRA retraining).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 16)]
     subsets: usize,
     /// Subset ratio α: each subset holds round(α n) training samples.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, value_parser = crate::bounds::fraction, default_value_t = 0.5)]
     ratio: f64,
     /// Methods scored in-process, comma-separated: any name of `inflow methods` that needs no
     /// checkpoint stores (cosine, dot, repsim, repsim-mean, ekfac, kfac, datainf, lissa,
@@ -46,30 +46,30 @@ pub(crate) struct LdsArgs {
     #[arg(long = "scores", value_name = "NAME=PATH")]
     scores: Vec<String>,
     /// Retraining epochs over each subset.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 1)]
     epochs: usize,
     /// Peak learning rate of the LoRA retraining (large enough that subsets move the losses).
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, value_parser = crate::bounds::positive, default_value_t = 2e-3)]
     lr: f64,
     /// LoRA rank (α = 2 × rank) of the retraining.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 8)]
     lora_rank: usize,
     /// Linears the retraining adapts.
     #[arg(long, default_value = "q,v")]
     lora_modules: String,
     /// Retraining batch size.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 4)]
     batch_size: usize,
     /// Longest sample in tokens (training, queries and features).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 128)]
     max_tokens: usize,
     #[command(flatten)]
     truncate: crate::args::TruncateArgs,
     /// LoGra rank per side of the gradient features.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 16)]
     rank: usize,
     /// Relative damping of the influence preconditioners.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, value_parser = crate::bounds::positive, default_value_t = 0.1)]
     damping: f64,
     /// Conversation rendering: auto, chat, plain.
     #[arg(long, default_value = "auto")]

@@ -3,6 +3,7 @@
 
 mod args;
 mod bench;
+mod bounds;
 mod demo;
 mod encoder;
 mod generate;
@@ -37,7 +38,7 @@ use std::time::Instant;
 struct Cli {
     /// Worker threads (default: all cores). Each worker runs the model single-threaded on its
     /// own samples, which is faster on CPU than splitting one matrix product.
-    #[arg(long, global = true)]
+    #[arg(long, value_parser = crate::bounds::count, global = true)]
     threads: Option<usize>,
     /// Print a machine-readable JSON result on stdout instead of tables.
     #[arg(long, global = true)]
@@ -180,13 +181,13 @@ enum BenchWhat {
     /// features shaped like SmolLM2's (210 layers × rank²), beside this machine's GEMM rate.
     Influence {
         /// Training rows in the store.
-        #[arg(long, default_value_t = 10_000)]
+        #[arg(long, value_parser = crate::bounds::count, default_value_t = 10_000)]
         samples: usize,
         /// Queries scored.
-        #[arg(long, default_value_t = 1_000)]
+        #[arg(long, value_parser = crate::bounds::count, default_value_t = 1_000)]
         queries: usize,
         /// LoGra rank per side (dim = 210 · rank²).
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, value_parser = crate::bounds::count, default_value_t = 16)]
         rank: usize,
         /// Scratch folder for the store (removed afterwards).
         #[arg(long, default_value = "runs/bench-influence")]
@@ -250,7 +251,7 @@ struct ScoreArgs {
     #[arg(long, default_value = "cosine", long_help = method_help())]
     method: String,
     /// Training samples kept per query.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 10)]
     top_k: usize,
     /// Parquet output (query_id, train_id, score, rank, method); default: STORE/scores-METHOD.parquet.
     #[arg(long)]
@@ -262,24 +263,24 @@ struct ScoreArgs {
     #[arg(long)]
     model: Option<PathBuf>,
     /// Score only the first N queries.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::bounds::count)]
     limit: Option<usize>,
     /// Inverse-Hessian approximation for --method influence: identity, kfac, ekfac (both need
     /// `inflow fit` first), datainf, lissa, exact (small feature dims only).
     #[arg(long, default_value = "ekfac")]
     preconditioner: String,
     /// Damping, relative: λ_l = damping × the mean eigenvalue of layer l's (approximate) Fisher.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, value_parser = crate::bounds::positive, default_value_t = 0.1)]
     damping: f64,
     /// LiSSA's maximum iterations per query.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 300)]
     lissa_iters: usize,
     /// LiSSA's tolerance: a query stops once its relative change guarantees (full batch) a
     /// relative error ≤ tol, and counts as converged if also ‖(H+λI)x−g‖/‖g‖ ≤ tol.
-    #[arg(long, default_value_t = 1e-2)]
+    #[arg(long, value_parser = crate::bounds::positive, default_value_t = 1e-2)]
     lissa_tol: f64,
     /// LiSSA mini-batch (training rows per Hessian-vector product).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 64)]
     lissa_batch: usize,
     /// Write one score per training sample instead of top-k lists: `mean` over the queries
     /// (e.g. gradient similarity to a whole probe set, to compare with ICP); `none` keeps
@@ -287,11 +288,11 @@ struct ScoreArgs {
     #[arg(long)]
     aggregate: Option<String>,
     /// Queries shown in the printed table.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 5)]
     show: usize,
     /// On a compact store (`inflow store compress`): take each query's best K candidates
     /// from it, then rescore them exactly on the full-precision parent store.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::bounds::count)]
     rerank: Option<usize>,
     /// Score only part I of N of the store's shards (as `index --shard` splits them) and write
     /// a partial result (top-k with `train_row`, or --aggregate/--full over the part's rows);
@@ -534,14 +535,14 @@ struct FitArgs {
     #[arg(long, default_value = "empirical")]
     fisher: String,
     /// Sampled-label passes for --fisher true.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 1)]
     draws: usize,
     /// Model for --fisher true (default: the one in the store's run.json).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Samples per model pass for --fisher true (1 avoids padding; on SmolLM2, batch 4 took
     /// 1.9x the time and 3.5x the memory of batch 1).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 1)]
     batch_size: usize,
 }
 

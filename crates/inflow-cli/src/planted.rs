@@ -24,20 +24,20 @@ pub(crate) struct PlantedArgs {
     #[arg(long)]
     data: Option<PathBuf>,
     /// Training records in the mix.
-    #[arg(long, default_value_t = 160)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 160)]
     n_train: usize,
     /// Fraction of the mix that is planted.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, value_parser = crate::bounds::fraction, default_value_t = 0.1)]
     fraction: f64,
     /// Queries carrying the planted behaviour (backdoor, harmful).
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 12)]
     queries: usize,
     /// Methods of `inflow methods` (dot, cosine, repsim, repsim-mean, kfac, ekfac, datainf,
     /// identity, lissa, exact, icp, …); less runs over the fine-tuning's own checkpoints.
     #[arg(long, default_value = "dot,cosine,less,kfac,ekfac,datainf,repsim")]
     methods: String,
     /// Relative damping of the influence preconditioners (× mean eigenvalue per layer).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, value_parser = crate::bounds::positive, default_value_t = 0.1)]
     damping: f64,
     /// Fisher of the influence preconditioners: empirical (the mix's own gradients) or true
     /// (one sampled-label pass over the mix at the fine-tuned model; see `inflow fit`).
@@ -49,23 +49,23 @@ pub(crate) struct PlantedArgs {
     #[arg(long, default_value_t = 7)]
     seed: u64,
     /// Fine-tuning epochs on the mix (a checkpoint per epoch feeds LESS).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 2)]
     epochs: usize,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, value_parser = crate::bounds::positive, default_value_t = 1e-3)]
     lr: f64,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 8)]
     lora_rank: usize,
     #[arg(long, default_value = "q,v")]
     lora_modules: String,
     /// LoGra rank per side of the gradient features.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 8)]
     rank: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 128)]
     max_tokens: usize,
     #[command(flatten)]
     truncate: crate::args::TruncateArgs,
     /// Triggered queries to generate answers for (attack success rate).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 4)]
     generate: usize,
     #[arg(long)]
     out: Option<PathBuf>,

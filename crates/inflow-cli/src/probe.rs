@@ -18,10 +18,10 @@ pub(crate) struct ProbeArgs {
     #[arg(long)]
     probes: PathBuf,
     /// Keep the first N probes of each task.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::bounds::count)]
     probes_per_task: Option<usize>,
     /// Keep the first N probe tasks.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::bounds::count)]
     probe_tasks: Option<usize>,
     /// `icp`: Δ_j = log p(a_j | z ⊕ q_j) − log p(a_j | q_j), z as a one-shot demonstration.
     /// `one-step`: Δ_j = ℓ_j(θ) − ℓ_j(θ − lr·∇ℓ(z)), one SGD step on z.
@@ -31,19 +31,19 @@ pub(crate) struct ProbeArgs {
     #[arg(long, default_value = "chat")]
     demo_template: String,
     /// Learning rate of the one-step method.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, value_parser = crate::bounds::positive, default_value_t = 1e-4)]
     lr: f64,
     /// Linears updated by the one-step method (same syntax as index --modules).
     #[arg(long, default_value = "all")]
     modules: String,
     /// Longest demonstration (ICP) or sample (one-step) in tokens.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 512)]
     max_tokens: usize,
     /// Probes per batch (on CPU, 1 is fastest: no padding; STACK.md).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 1)]
     probe_batch: usize,
     /// Training samples per shard (the unit of resumption).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 16)]
     shard_size: usize,
     /// Output folder; rerunning the same command resumes it.
     #[arg(long)]

@@ -35,7 +35,7 @@ pub(crate) struct SelectArgs {
     #[arg(long)]
     size: Option<String>,
     /// icp: keep samples whose score is strictly above this.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, value_parser = crate::bounds::finite, default_value_t = 0.9)]
     threshold: f32,
     /// Store made by `inflow index`: gdig's gradient features; column ids of a .npy matrix.
     #[arg(long)]
@@ -54,13 +54,13 @@ pub(crate) struct SelectArgs {
     #[arg(long, default_value = "ekfac")]
     preconditioner: String,
     /// gdig: k of k-means.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 32)]
     clusters: usize,
     /// gdig: keep samples whose mean seed-set score is above this (0: beneficial).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, value_parser = crate::bounds::finite, default_value_t = 0.0)]
     quality_threshold: f32,
     /// gdig: keep this top fraction (0, 1] by seed-set score instead of a threshold.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::bounds::share)]
     quality_top: Option<f64>,
     /// gdig: cluster the raw gradient features (default: L2-normalised, cosine geometry).
     #[arg(long)]

@@ -17,7 +17,7 @@ pub(crate) struct SelectionEvalArgs {
     #[arg(long)]
     pool: PathBuf,
     /// Use only the first N pool samples.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 120)]
     pool_limit: usize,
     /// Target samples (their `task` field names the target tasks); the seed set of gdig and
     /// the queries of in-process scores.
@@ -28,7 +28,7 @@ pub(crate) struct SelectionEvalArgs {
     #[arg(long)]
     test: PathBuf,
     /// Held-out samples evaluated.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 16)]
     test_limit: usize,
     /// Selection size: a count (24) or a percentage of the pool (20%).
     #[arg(long, default_value = "20%")]
@@ -47,35 +47,35 @@ pub(crate) struct SelectionEvalArgs {
     #[arg(long)]
     store: Option<PathBuf>,
     /// Random subsets of the selection size, one per seed.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 3)]
     random_seeds: usize,
     /// Seed of the random subsets (seed, seed+1, …), LoRA initialisation and data order, k-means.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// gdig: k of k-means.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 8)]
     clusters: usize,
     /// gdig: keep this top fraction by seed-set score before clustering.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, value_parser = crate::bounds::share, default_value_t = 0.5)]
     gdig_quality_top: f64,
     /// Greedy generation cap per test prompt.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 32)]
     max_new_tokens: usize,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 8)]
     lora_rank: usize,
-    #[arg(long, default_value_t = 16.0)]
+    #[arg(long, value_parser = crate::bounds::positive, default_value_t = 16.0)]
     lora_alpha: f64,
     /// LoRA target modules (same syntax as index --modules).
     #[arg(long, default_value = "q,v")]
     lora_modules: String,
-    #[arg(long, default_value_t = 2e-4)]
+    #[arg(long, value_parser = crate::bounds::positive, default_value_t = 2e-4)]
     lr: f64,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 1)]
     epochs: usize,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 8)]
     batch_size: usize,
     /// Longest sample in tokens (training and evaluation).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 256)]
     max_tokens: usize,
     #[command(flatten)]
     truncate: crate::args::TruncateArgs,

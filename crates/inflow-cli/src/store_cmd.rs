@@ -17,7 +17,7 @@ pub(crate) struct CompressArgs {
     #[arg(long)]
     out: PathBuf,
     /// Projected dimension (seeded Rademacher JL); omit to keep every dimension.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::bounds::count)]
     dim: Option<usize>,
     /// Element type: int8 (one scale per row), bit (1-bit signs, scored by popcount), f16 or f32.
     #[arg(long, default_value = "int8")]
@@ -27,7 +27,7 @@ pub(crate) struct CompressArgs {
     seed: u64,
     /// Rows per shard of the compact store (default: as many as keep a shard's rows within
     /// 256 MiB as f32, at most 4,096; memory stays bounded whatever the number of rows).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::bounds::count)]
     shard_size: Option<usize>,
 }
 

@@ -27,13 +27,13 @@ pub(crate) struct TrainArgs {
     #[command(flatten)]
     tokens: crate::args::TokenArgs,
     /// LoRA rank r (LoRA is the default method).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 8)]
     lora_rank: usize,
     /// LoRA α; the branch is scaled by α/r (default 2r).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::bounds::positive)]
     lora_alpha: Option<f64>,
     /// Dropout on the LoRA input during training.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, value_parser = crate::bounds::below_one, default_value_t = 0.05)]
     lora_dropout: f64,
     /// Full fine-tuning of the --modules weights instead of LoRA.
     #[arg(long)]
@@ -41,13 +41,13 @@ pub(crate) struct TrainArgs {
     /// Trained Linears: short names (q,k,v,o,gate,up,down), parts of names (`layers.3.`), or all.
     #[arg(long, default_value = "q,v")]
     modules: String,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 1)]
     epochs: usize,
     /// Stop after this many optimizer steps (the schedule spans them).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::bounds::count)]
     max_steps: Option<usize>,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 2e-4)]
+    #[arg(long, value_parser = crate::bounds::positive, default_value_t = 2e-4)]
     lr: f64,
     /// Decay after warm-up: linear, cosine or constant.
     #[arg(long, default_value = "linear")]
@@ -56,22 +56,22 @@ pub(crate) struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     warmup_steps: usize,
     /// Decoupled weight decay λ of AdamW.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, value_parser = crate::bounds::non_negative, default_value_t = 0.0)]
     weight_decay: f64,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, value_parser = crate::bounds::below_one, default_value_t = 0.9)]
     beta1: f64,
-    #[arg(long, default_value_t = 0.999)]
+    #[arg(long, value_parser = crate::bounds::below_one, default_value_t = 0.999)]
     beta2: f64,
-    #[arg(long, default_value_t = 1e-8)]
+    #[arg(long, value_parser = crate::bounds::positive, default_value_t = 1e-8)]
     adam_eps: f64,
     /// Clip the global gradient norm to this (0: no clipping).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, value_parser = crate::bounds::non_negative, default_value_t = 1.0)]
     max_grad_norm: f64,
     /// Samples per forward/backward pass (padded to the longest; split across --threads).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 8)]
     batch_size: usize,
     /// Passes accumulated into one optimizer step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 1)]
     grad_accum: usize,
     /// Checkpoint every N steps (the last step is always saved).
     #[arg(long, default_value_t = 0)]
@@ -100,7 +100,7 @@ pub(crate) struct EvalLossArgs {
     #[command(flatten)]
     tokens: crate::args::TokenArgs,
     /// Samples per forward pass.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 4)]
     batch_size: usize,
 }
 
@@ -333,12 +333,12 @@ pub(crate) struct BenchTrainArgs {
     #[arg(long)]
     model: Option<PathBuf>,
     /// Samples per step (one padded pass split across --threads).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 8)]
     batch_size: usize,
     /// Timed steps per method (after one warm-up step).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 3)]
     steps: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 128)]
     max_tokens: usize,
     /// Methods to time: lora, full or both.
     #[arg(long, default_value = "both")]

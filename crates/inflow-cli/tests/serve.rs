@@ -125,6 +125,20 @@ fn post_json(addr: SocketAddr, target: &str, v: &Value) -> (u16, Value) {
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
+/// (training sample id, score) of each row of a top-k list the API answered.
+fn hits(rows: &Value) -> Vec<(String, f64)> {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["sample"]["id"].as_str().unwrap().to_string(),
+                r["score"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// Per query id, the (train id, score) list of a top-k file in rank order.
 fn topk(path: &Path) -> BTreeMap<String, Vec<(String, f64)>> {
     let (cols, _) = inflow::scores::table::read_table(path).unwrap();
@@ -339,17 +353,7 @@ fn serve_answers_what_the_score_files_hold_safely_under_load_and_in_a_browser() 
         assert_eq!(view["query"]["id"], qid.as_str());
         for (m, (name, lists)) in view["methods"].as_array().unwrap().iter().zip(&files) {
             assert_eq!(m["name"], *name);
-            let got: Vec<(String, f64)> = m["rows"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| {
-                    (
-                        r["sample"]["id"].as_str().unwrap().to_string(),
-                        r["score"].as_f64().unwrap(),
-                    )
-                })
-                .collect();
+            let got = hits(&m["rows"]);
             let want = &lists[qid];
             assert_eq!(got.len(), want.len());
             for (g, w) in got.iter().zip(want) {
@@ -414,17 +418,7 @@ fn serve_answers_what_the_score_files_hold_safely_under_load_and_in_a_browser() 
     assert_eq!(status, 200, "{sub}");
     let done = wait_job(a, sub["job"].as_u64().unwrap());
     assert_eq!(done["state"], "done", "{done}");
-    let live: Vec<(String, f64)> = done["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["sample"]["id"].as_str().unwrap().to_string(),
-                r["score"].as_f64().unwrap(),
-            )
-        })
-        .collect();
+    let live = hits(&done["rows"]);
     for (g, w) in live.iter().zip(&files[0].1[&first_q]) {
         assert_eq!(g.0, w.0);
         assert!((g.1 - w.1).abs() <= 1e-5, "{g:?} {w:?}");

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use inflow::scores::table::{read_table, Column};
+use inflow::eval::compare::ScoreFile;
 
 use crate::{Error, Result};
 
@@ -72,14 +72,14 @@ fn bad(path: &Path, msg: impl std::fmt::Display) -> Error {
     Error::Start(format!("{}: {msg}", path.display()))
 }
 
-/// Reads a Parquet score file written by `score`, `probe` or `scores merge`.
+/// Reads a Parquet score file written by `score`, `probe` or `scores merge` (through the
+/// library's one score-file reader, which also refuses non-finite scores).
 pub fn read(path: &Path) -> Result<RawScores> {
     if !path.is_file() {
         return Err(bad(path, "no such score file"));
     }
-    let (cols, meta) = read_table(path).map_err(|e| Error::Start(e.to_string()))?;
-    let meta: HashMap<String, String> = meta.into_iter().collect();
-    if let Some(p) = meta.get("inflow.part") {
+    let f = ScoreFile::read(path).map_err(|e| Error::Start(e.to_string()))?;
+    if let Some(p) = f.meta.get("inflow.part") {
         return Err(bad(
             path,
             format!(
@@ -87,60 +87,19 @@ pub fn read(path: &Path) -> Result<RawScores> {
             ),
         ));
     }
-    let get = |n: &str| cols.iter().find(|(c, _)| c == n).map(|(_, v)| v);
-    let train = get("train_id")
-        .and_then(Column::as_str)
-        .ok_or_else(|| {
-            bad(
-                path,
-                "expected a utf8 column `train_id` (an inflow score file)",
-            )
-        })?
-        .to_vec();
-    let score: Vec<f32> = get("score")
-        .and_then(Column::as_f64)
-        .ok_or_else(|| bad(path, "expected a numeric column `score`"))?
-        .into_iter()
-        .map(|v| v as f32)
-        .collect();
-    if let Some(i) = score.iter().position(|s| !s.is_finite()) {
-        return Err(bad(
-            path,
-            format!(
-                "row {i} (train id {}) has a non-finite score {}",
-                train[i], score[i]
-            ),
-        ));
-    }
-    let rank = get("rank")
-        .and_then(Column::as_f64)
-        .map(|v| v.into_iter().map(|r| r as u32).collect());
-    let query = get("query_id").and_then(Column::as_str).map(<[_]>::to_vec);
-    let method = meta
-        .get("inflow.method")
-        .cloned()
-        .or_else(|| {
-            get("method")
-                .and_then(Column::as_str)
-                .and_then(|v| v.first().cloned())
-        })
-        .unwrap_or_else(|| {
-            path.file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        });
     Ok(RawScores {
-        file: path.to_path_buf(),
-        method,
-        sign_convention: meta
+        file: f.path,
+        method: f.method,
+        sign_convention: f
+            .meta
             .get("inflow.sign_convention")
             .cloned()
             .unwrap_or_else(|| "higher = more influential".into()),
-        aggregate: meta.get("inflow.aggregate").cloned(),
-        query,
-        train,
-        score,
-        rank,
+        aggregate: f.meta.get("inflow.aggregate").cloned(),
+        query: f.query,
+        train: f.train,
+        score: f.score.into_iter().map(|s| s as f32).collect(),
+        rank: f.rank,
     })
 }
 

@@ -235,6 +235,24 @@ impl<'a> Featurizer<'a> {
             },
             layers: tracked.iter().map(|&i| all[i].clone()).collect(),
         };
+        // A LoGra rank above a layer's size projects onto more directions than the layer has:
+        // no information is gained and the work grows without bound (--rank 100000 ran forever).
+        if let Projection::Logra { rank_in, rank_out } = spec.projection {
+            if let Some(l) = spec
+                .layers
+                .iter()
+                .find(|l| rank_in > l.d_in || rank_out > l.d_out)
+            {
+                return Err(Error::Msg(format!(
+                    "--rank {}: layer {} is {} × {}; expected a rank of at most {}",
+                    rank_in.max(rank_out),
+                    l.name,
+                    l.d_out,
+                    l.d_in,
+                    l.d_in.min(l.d_out)
+                )));
+            }
+        }
         if let Projection::Full = spec.projection {
             if spec.dim() > 50_000_000 {
                 return Err(Error::Msg(format!(

@@ -170,6 +170,24 @@ pub fn fit_with(target: &Store, fisher: &FisherSamples, source: FactorSource) ->
                 fit.ekfac[(i, j)] /= n.max(1) as f64;
             }
         }
+        // Curvature is checked before it is written: a non-finite factor would make every
+        // influence score of this store NaN or arbitrary.
+        let finite =
+            |m: &Mat<f64>| (0..m.nrows()).all(|i| (0..m.ncols()).all(|j| m[(i, j)].is_finite()));
+        if !(finite(&fit.q_a)
+            && finite(&fit.q_s)
+            && finite(&fit.ekfac)
+            && fit.lam_a.iter().chain(&fit.lam_s).all(|v| v.is_finite()))
+        {
+            return Err(Error::Store {
+                path: target.dir().into(),
+                msg: format!(
+                    "the fitted curvature of layer {} ({}) is not finite: a stored feature or \
+                     K-FAC statistic is NaN or infinite; nothing was written",
+                    l, spec.layers[l].name
+                ),
+            });
+        }
         t.insert(format!("QA.{l}"), mat_t(&fit.q_a)?);
         t.insert(format!("QS.{l}"), mat_t(&fit.q_s)?);
         t.insert(

@@ -199,6 +199,16 @@ impl<'a> Renderer<'a> {
         if max_tokens < 2 {
             return Err(Error::Msg("--max-tokens must be at least 2".into()));
         }
+        // Beyond the trained context the positions are meaningless (and the attention
+        // buffers grow quadratically: 20,000 tokens asked for 14 GB).
+        // usize::MAX is the "never cut" budget of whole-text renderers (generate, ICP).
+        let context = model.llama.config.max_position_embeddings;
+        if max_tokens != usize::MAX && max_tokens > context {
+            return Err(Error::Msg(format!(
+                "--max-tokens {max_tokens}: the model's context is {context} tokens \
+                 (max_position_embeddings); expected at most {context}"
+            )));
+        }
         let mut env = minijinja::Environment::new();
         env.add_function(
             "raise_exception",
@@ -530,7 +540,13 @@ mod tests {
     /// The tiny model: one token per byte, ChatML specials, SmolLM2's template without its
     /// default system prompt.
     fn model() -> LoadedModel {
-        tiny::random(&tiny::config(8, 1), 0, DType::F32).unwrap()
+        // A context above the largest budget these tests cut to (Renderer refuses budgets
+        // beyond the model's context).
+        let config = crate::model::LlamaConfig {
+            max_position_embeddings: 4096,
+            ..tiny::config(8, 1)
+        };
+        tiny::random(&config, 0, DType::F32).unwrap()
     }
 
     fn alpaca(instruction: &str, input: &str, output: &str) -> Sample {

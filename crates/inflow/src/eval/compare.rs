@@ -8,16 +8,22 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// Scores read from a Parquet score file (`train_id`, `score`, optional `query_id`).
+/// Scores read from a Parquet score file (`train_id`, `score`, optional `query_id` and
+/// `rank`), with the file's key-value metadata (`inflow.sign_convention`, …).
 pub struct ScoreFile {
     pub path: PathBuf,
     pub method: String,
     pub query: Option<Vec<String>>,
     pub train: Vec<String>,
     pub score: Vec<f64>,
+    /// 1-based ranks as written (top-k files and per-sample files have them).
+    pub rank: Option<Vec<u32>>,
+    pub meta: HashMap<String, String>,
 }
 
 impl ScoreFile {
+    /// Reads any inflow score file; refuses one without `train_id`/`score` or with a
+    /// non-finite score, naming the file and row.
     pub fn read(path: &Path) -> Result<Self> {
         let (cols, meta) = read_table(path)?;
         let get = |n: &str| cols.iter().find(|(c, _)| c == n).map(|(_, v)| v);
@@ -33,11 +39,21 @@ impl ScoreFile {
         let score = get("score")
             .and_then(|c| c.as_f64())
             .ok_or_else(|| bad("expected a numeric column `score`"))?;
+        // A NaN would sort anywhere and turn every correlation into noise: refuse it here.
+        if let Some(i) = score.iter().position(|s| !s.is_finite()) {
+            return Err(bad(&format!(
+                "row {i} (train id {}) has a non-finite score {}; expected finite scores",
+                train[i], score[i]
+            )));
+        }
         let query = get("query_id").and_then(|c| c.as_str()).map(|v| v.to_vec());
+        let rank = get("rank")
+            .and_then(|c| c.as_f64())
+            .map(|v| v.into_iter().map(|r| r as u32).collect());
+        let meta: HashMap<String, String> = meta.into_iter().collect();
         let method = meta
-            .iter()
-            .find(|(k, _)| k == "inflow.method")
-            .map(|(_, v)| v.clone())
+            .get("inflow.method")
+            .cloned()
             .or_else(|| {
                 get("method")
                     .and_then(|c| c.as_str())
@@ -54,6 +70,8 @@ impl ScoreFile {
             query,
             train,
             score,
+            rank,
+            meta,
         })
     }
 

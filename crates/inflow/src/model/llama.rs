@@ -163,7 +163,22 @@ impl Llama {
                 msg: format!("missing tensor `{name}`"),
             })?;
             super::check_shape(&source, name, t.dims(), shape)?;
-            Ok(t.to_dtype(dtype)?.to_device(&device)?.contiguous()?)
+            let t = t.to_dtype(dtype)?.to_device(&device)?.contiguous()?;
+            // Weights are checked once here, naming the tensor: a NaN would otherwise surface
+            // much later as NaN features, curvature or adapters blamed on something else.
+            // 0·x is 0 for every finite x and NaN for NaN and ±inf.
+            let residue = t
+                .affine(0.0, 0.0)?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+            if !residue.is_finite() {
+                return Err(Error::Model {
+                    path: source.clone(),
+                    msg: format!("tensor `{name}` holds NaN or infinite values"),
+                });
+            }
+            Ok(t)
         };
         let embed = take("model.embed_tokens.weight", &[v, h])?;
         let mut blocks = Vec::with_capacity(config.num_hidden_layers);
@@ -201,6 +216,25 @@ impl Llama {
         } else {
             embed.clone()
         };
+        // Blocks beyond the config's layer count mean config and weights disagree (a config of
+        // 2 layers over 30 layers of weights would otherwise load a silently smaller model).
+        let mut extra: Vec<&String> = tensors
+            .keys()
+            .filter(|k| k.starts_with("model.layers."))
+            .collect();
+        if !extra.is_empty() {
+            extra.sort();
+            return Err(Error::Model {
+                path: source.clone(),
+                msg: format!(
+                    "{} block tensors are not used by the config's {} layers (first: `{}`): \
+                     the config's num_hidden_layers and the weights disagree",
+                    extra.len(),
+                    config.num_hidden_layers,
+                    extra[0]
+                ),
+            });
+        }
         Ok(Self {
             config,
             embed,

@@ -80,7 +80,8 @@ pub struct Scored {
 }
 
 impl Scored {
-    /// Pairs ids and scores; errors on unequal lengths, NaN scores or duplicate ids.
+    /// Pairs ids and scores; errors on unequal lengths, non-finite scores (an infinite one
+    /// would always be picked first) or duplicate ids.
     pub fn new(ids: Vec<String>, scores: Vec<f32>) -> crate::Result<Self> {
         if ids.len() != scores.len() {
             return Err(crate::Error::Msg(format!(
@@ -89,10 +90,10 @@ impl Scored {
                 scores.len()
             )));
         }
-        if let Some(i) = scores.iter().position(|s| s.is_nan()) {
+        if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
             return Err(crate::Error::Msg(format!(
-                "sample {} has a NaN score",
-                ids[i]
+                "sample {} has a non-finite score {}; expected finite scores",
+                ids[i], scores[i]
             )));
         }
         let mut seen = std::collections::HashSet::new();

@@ -347,6 +347,18 @@ pub fn train(
             tokens += batch.iter().map(|s| s.ids.len()).sum::<usize>();
             let (losses, gs) =
                 pass_gradients(model, &params, &batch, opts.threads, rng.next_u64())?;
+            // A non-finite loss would turn every parameter into NaN at this step: stop before
+            // the optimizer touches them, naming the step and the sample.
+            if let Some(j) = losses.iter().position(|l| !l.is_finite()) {
+                return Err(Error::Msg(format!(
+                    "step {}: training sample {} (0-based, in the data as read) has a non-finite \
+                     loss {}; the model's weights or this sample are broken (nothing was written \
+                     for this step)",
+                    k + 1,
+                    mb[j],
+                    losses[j]
+                )));
+            }
             loss_sum += losses.iter().map(|&l| l as f64).sum::<f64>();
             accumulate(&mut grads, gs)?;
         }
@@ -364,6 +376,13 @@ pub fn train(
             Some(max) => adamw::clip_grad_norm(&mut grads, max)?,
             None => adamw::global_norm(&grads)?,
         };
+        if !grad_norm.is_finite() {
+            return Err(Error::Msg(format!(
+                "step {}: the gradient norm is {grad_norm} (the losses were finite); stopping \
+                 before the update (nothing was written for this step)",
+                k + 1
+            )));
+        }
         opt.step(&params, &grads, lr)?;
         let rec = StepRecord {
             step: k + 1,
