@@ -10,7 +10,7 @@ use crate::store::{Dtype, Part, SampleRow, Store, StoreSpec};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Sub-store (beside the gradient features) of final hidden states at the last prompt token.
 pub const REPSIM_LAST: &str = "repsim-last";
@@ -209,7 +209,13 @@ pub struct Progress {
     pub total: AtomicUsize,
     pub samples: AtomicUsize,
     pub tokens: AtomicUsize,
+    /// Set to stop the pass at the next micro-batch with [`STOPPED`] (shards already written
+    /// stay, so a rerun resumes).
+    pub stop: AtomicBool,
 }
+
+/// The error message of a feature pass stopped through [`Progress::stop`].
+pub const STOPPED: &str = "stopped on request before the pass ended; the shards written so far are kept, and running the same index again resumes";
 
 /// A model, its projector and tokenizer settings, ready to featurize samples.
 pub struct Featurizer<'a> {
@@ -335,6 +341,9 @@ fn featurize_serial<P: FeaturePass, O: PassObserver>(
     let mut out = Featurized::default();
     let mut observed = O::default();
     for chunk in samples.chunks(batch_size.max(1)) {
+        if progress.stop.load(Ordering::Relaxed) {
+            return Err(Error::Msg(STOPPED.into()));
+        }
         let mut seqs: Vec<TokenSeq> = Vec::with_capacity(chunk.len());
         let mut rows = Vec::with_capacity(chunk.len());
         for s in chunk {

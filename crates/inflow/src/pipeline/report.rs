@@ -16,6 +16,13 @@ pub trait Reporter: Sync {
     fn finish(&self, stage: &str);
     /// A line worth showing the user (a loaded model, a skipped step, a convergence report).
     fn note(&self, line: &str);
+    /// Whether the caller wants the work stopped (e.g. Ctrl-C seen by a Python caller).
+    /// [`watch`] asks at every tick and forwards a yes to [`Progress::stop`], which the
+    /// feature loops check between micro-batches; a stopped `index` keeps its whole shards,
+    /// so a rerun resumes.
+    fn stop_requested(&self) -> bool {
+        false
+    }
 }
 
 /// Reports nothing.
@@ -55,6 +62,9 @@ pub fn watch<T: Send>(
         };
         while !done.load(Ordering::Relaxed) {
             tick(reporter);
+            if reporter.stop_requested() {
+                progress.stop.store(true, Ordering::Relaxed);
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
         tick(reporter);
@@ -63,4 +73,36 @@ pub fn watch<T: Send>(
     });
     reporter.finish(stage);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Asks to stop from the first tick.
+    struct StopAtOnce;
+
+    impl Reporter for StopAtOnce {
+        fn start(&self, _: &str, _: usize) {}
+        fn update(&self, _: &str, _: usize, _: usize, _: &str) {}
+        fn finish(&self, _: &str) {}
+        fn note(&self, _: &str) {}
+        fn stop_requested(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_stop_request_reaches_the_loops_progress() {
+        let progress = Progress::default();
+        let seen = watch(&StopAtOnce, "work", &progress, || {
+            let t = Instant::now();
+            while !progress.stop.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            progress.stop.load(Ordering::Relaxed)
+        });
+        assert!(seen);
+        assert!(!Progress::default().stop.load(Ordering::Relaxed));
+    }
 }
