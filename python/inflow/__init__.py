@@ -21,9 +21,10 @@ from ._native import __version__
 from .indexing import index
 from .scores import read_scores
 from .selection import select
-from .store import Store, open_store
+from .store import CheckpointStores, Store, open_store
 
 __all__ = [
+    "CheckpointStores",
     "Error",
     "Model",
     "Store",

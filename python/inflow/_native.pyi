@@ -13,7 +13,7 @@ response tokens, projected by LoGra (P_outᵀ G P_in) or a dense Rademacher JL m
 """
 
 from os import PathLike
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 _Path = Union[str, PathLike[str]]
 
@@ -75,6 +75,40 @@ def index(
     ``"dense"``: Pᵀ vec(G) with P ∈ {±1/√dim}^{D×dim}; ``"full"``: vec(G). Shards of
     ``shard_size`` rows are written atomically, so a stopped run resumes. Returns the summary
     (n_samples, n_written, shards_written, shards_reused, dim, tokens, cuts, …)."""
+
+def index_checkpoints(
+    model: _Path,
+    data: _Path,
+    out: _Path,
+    *,
+    adapter: Optional[_Path] = None,
+    checkpoints: Sequence[_Path] = ...,
+    lora_grads: bool = False,
+    adam: bool = False,
+    format: str = "auto",
+    limit: Optional[int] = None,
+    skip_bad: bool = False,
+    projection: str = "logra",
+    rank: int = 16,
+    dim: int = 8192,
+    seed: int = 0,
+    modules: str = "all",
+    template: str = "auto",
+    max_tokens: int = 512,
+    truncate: str = "middle",
+    dtype: str = "f16",
+    shard_size: int = 64,
+    batch_size: int = 1,
+    threads: Optional[int] = None,
+    progress: Any = None,
+) -> list[dict]:
+    """``inflow index --adapter CK`` / ``--checkpoints CK1 CK2 …``: ``index`` with the model
+    (loaded from its path) at each training checkpoint; one store at ``out`` for one checkpoint,
+    else one per checkpoint at ``out/{checkpoint name}``, each recording the checkpoint's step and
+    learning rate η_c. ``lora_grads``: features of the LoRA parameters (A and B of every adapter)
+    instead of the base Linears; ``adam`` (with ``lora_grads``): LESS's Adam-update features
+    Γ = m'/(√v'+ε) from the checkpoint's optimizer moments. Returns one {checkpoint, out,
+    seconds, summary} per checkpoint."""
 
 def fit(
     store: _Path,
@@ -172,6 +206,10 @@ def select(
 def open_store(path: _Path) -> dict:
     """The store at ``path`` as the library reads it: {dir, manifest, n_samples, dim, complete,
     whole}."""
+
+def checkpoint_stores(path: _Path) -> list[str]:
+    """The checkpoint stores of ``path`` ordered by training step: ``path`` itself when it is
+    one, else its subfolders that are (what ``score`` with ``tracin`` or ``less`` sums over)."""
 
 def write_tiny_model(path: _Path, hidden: int = 16, layers: int = 2, seed: int = 0) -> None:
     """Writes the library's tiny random Llama (byte tokenizer, tied embeddings) as a Hugging Face

@@ -4,6 +4,10 @@ memmaps, its samples as a DataFrame, and the verbs that work on it (``score``, `
 Layout (README, "The store"): ``manifest.json``, ``run.json``, per shard ``features-NNNNN.npy``
 (rows × dim; f16, f32, int8 with ``scales-NNNNN.npy``, or bit: rows × ⌈dim/8⌉ uint8),
 ``norms-NNNNN.npy``, ``samples-NNNNN.parquet``, and ``samples.parquet`` once complete.
+
+A folder of checkpoint stores (``index(..., checkpoints=[CK1, CK2])``, or ``inflow index
+--checkpoints``: one store per training checkpoint, no manifest of its own) is a
+:class:`CheckpointStores`; ``open_store`` returns whichever the folder is. Both score.
 """
 
 from __future__ import annotations
@@ -18,18 +22,76 @@ from .inputs import Data, as_file
 from .progress import sink
 from .scores import read_scores
 
-__all__ = ["Store", "open_store"]
+__all__ = ["CheckpointStores", "Store", "open_store"]
 
 
-class Store:
+class _Scoring:
+    """``score``, shared by a store and a folder of checkpoint stores: the library's ``score``
+    takes either path (``tracin`` and ``less`` sum over the checkpoint stores of a folder)."""
+
+    path: Path
+
+    def score(
+        self,
+        queries: Data,
+        method: str = "cosine",
+        top_k: int = 10,
+        *,
+        preconditioner: Optional[str] = None,
+        aggregate: Optional[str] = None,
+        out: Optional[Union[str, "os.PathLike[str]"]] = None,
+        full: Optional[Union[str, "os.PathLike[str]"]] = None,
+        progress: Any = False,
+        **options: Any,
+    ):
+        """Scores ``queries`` against the training samples with ``method`` (any name of
+        :func:`inflow.methods`) and returns the score file as a DataFrame (see
+        :func:`inflow.read_scores`). See ``_native.score`` for every option and the formulas.
+
+        ``queries``: a JSONL/Parquet path, a store of query features, a list of dicts, a
+        DataFrame or a ``datasets.Dataset`` (the latter three through a temporary JSONL file).
+        ``out`` defaults to ``STORE/scores-METHOD.parquet`` (as ``inflow score``); ``full`` also
+        writes the dense queries × training ``.npy`` matrix (``df.attrs["full"]``)."""
+        kwargs = dict(options)
+        if preconditioner is not None:
+            kwargs["preconditioner"] = preconditioner
+        with as_file(queries, "queries") as q:
+            r = _native.score(
+                os.fspath(self.path),
+                q,
+                method=method,
+                top_k=top_k,
+                aggregate=aggregate,
+                out=None if out is None else os.fspath(out),
+                full=None if full is None else os.fspath(full),
+                progress=sink(progress),
+                **kwargs,
+            )
+        df = read_scores(r["out"])
+        if r["full"] is not None:
+            df.attrs["full"] = r["full"]
+        if r["report"] is not None:
+            df.attrs["report"] = r["report"]
+        return df
+
+
+class Store(_Scoring):
     """The store at ``path``, checked by the library (a foreign or unreadable folder raises
     :class:`inflow.Error` naming it)."""
 
-    #: The summary of the ``index`` call that returned this store (None otherwise).
-    summary: Optional[dict] = None
+    #: The summary of the ``index`` call that returned this store (a list, one per checkpoint,
+    #: when it indexed at an ``adapter``; None otherwise).
+    summary: Optional[Union[dict, list]] = None
 
     def __init__(self, path: Union[str, "os.PathLike[str]"]) -> None:
-        info = _native.open_store(os.fspath(path))
+        path = os.fspath(path)
+        if _is_checkpoint_folder(path):
+            # The library would only say "no manifest"; name the class that opens this folder.
+            raise _native.Error(
+                f"{path}: a folder of checkpoint stores, not one store; open it with "
+                "inflow.open_store or inflow.CheckpointStores"
+            )
+        info = _native.open_store(path)
         self.path = Path(info["dir"])
 
     # -- reading ---------------------------------------------------------------------------
@@ -108,50 +170,7 @@ class Store:
         parts = [pd.read_parquet(f) for f in self._shard_files("samples")]
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
-    # -- verbs -----------------------------------------------------------------------------
-
-    def score(
-        self,
-        queries: Data,
-        method: str = "cosine",
-        top_k: int = 10,
-        *,
-        preconditioner: Optional[str] = None,
-        aggregate: Optional[str] = None,
-        out: Optional[Union[str, "os.PathLike[str]"]] = None,
-        full: Optional[Union[str, "os.PathLike[str]"]] = None,
-        progress: Any = False,
-        **options: Any,
-    ):
-        """Scores ``queries`` against the training samples with ``method`` (any name of
-        :func:`inflow.methods`) and returns the score file as a DataFrame (see
-        :func:`inflow.read_scores`). See ``_native.score`` for every option and the formulas.
-
-        ``queries``: a JSONL/Parquet path, a store of query features, a list of dicts, a
-        DataFrame or a ``datasets.Dataset`` (the latter three through a temporary JSONL file).
-        ``out`` defaults to ``STORE/scores-METHOD.parquet`` (as ``inflow score``); ``full`` also
-        writes the dense queries × training ``.npy`` matrix (``df.attrs["full"]``)."""
-        kwargs = dict(options)
-        if preconditioner is not None:
-            kwargs["preconditioner"] = preconditioner
-        with as_file(queries, "queries") as q:
-            r = _native.score(
-                os.fspath(self.path),
-                q,
-                method=method,
-                top_k=top_k,
-                aggregate=aggregate,
-                out=None if out is None else os.fspath(out),
-                full=None if full is None else os.fspath(full),
-                progress=sink(progress),
-                **kwargs,
-            )
-        df = read_scores(r["out"])
-        if r["full"] is not None:
-            df.attrs["full"] = r["full"]
-        if r["report"] is not None:
-            df.attrs["report"] = r["report"]
-        return df
+    # -- verbs (score: _Scoring) -----------------------------------------------------------
 
     def fit(self, fisher: str = "empirical", *, progress: Any = False, **options: Any) -> dict:
         """Fits K-FAC and EK-FAC curvature (``curvature/kfac.safetensors``) on the ``empirical``
@@ -171,6 +190,59 @@ class Store:
         return os.fspath(self.path)
 
 
-def open_store(path: Union[str, "os.PathLike[str]"]) -> Store:
-    """The store at ``path`` (made by ``inflow.index`` or ``inflow index``)."""
+def _is_checkpoint_folder(path: str) -> bool:
+    """Whether ``path`` holds checkpoint stores (and no manifest of its own)."""
+    if os.path.exists(os.path.join(path, "manifest.json")):
+        return False
+    try:
+        _native.checkpoint_stores(path)
+    except _native.Error:
+        return False
+    return True
+
+
+class CheckpointStores(_Scoring):
+    """A folder of checkpoint stores, as ``index(..., checkpoints=[CK1, CK2, …])`` or ``inflow
+    index --checkpoints`` writes it: one :class:`Store` per training checkpoint
+    (``path/{checkpoint name}``), each recording the checkpoint's step and learning rate η_c.
+
+    ``score(queries, method="tracin")`` sums η_c φ_c(q)·φ_c(z) over the checkpoints (TracIn),
+    ``method="less"`` η_c cos(Γ_c(z), φ_c(q)) over Adam-update stores (LESS, ``adam=True``);
+    queries are featurized at each checkpoint with the stores' settings. A folder with no
+    checkpoint store raises :class:`inflow.Error` naming it."""
+
+    #: One summary per checkpoint of the ``index`` call that returned this folder (None
+    #: otherwise).
+    summary: Optional[list] = None
+
+    def __init__(self, path: Union[str, "os.PathLike[str]"]) -> None:
+        self.path = Path(os.fspath(path))
+        #: The checkpoint stores, ordered by training step (the library's order).
+        self.stores = [Store(p) for p in _native.checkpoint_stores(os.fspath(self.path))]
+
+    def checkpoints(self) -> list[dict]:
+        """Each store's checkpoint as its manifest records it ({path, kind, step, lr, sha256}),
+        in step order."""
+        return [s.manifest["spec"]["features"].get("checkpoint") for s in self.stores]
+
+    def samples(self):
+        """The training samples (the same in every checkpoint store) as a DataFrame."""
+        return self.stores[0].samples()
+
+    def __len__(self) -> int:
+        return len(self.stores)
+
+    def __repr__(self) -> str:
+        return f"CheckpointStores({os.fspath(self.path)!r}, {len(self.stores)} checkpoints)"
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+
+def open_store(path: Union[str, "os.PathLike[str]"]) -> Union[Store, CheckpointStores]:
+    """The store at ``path`` (made by ``inflow.index`` or ``inflow index``), or a
+    :class:`CheckpointStores` when ``path`` is a folder of checkpoint stores."""
+    path = os.fspath(path)
+    if _is_checkpoint_folder(path):
+        return CheckpointStores(path)
     return Store(path)

@@ -23,11 +23,13 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", inflow::version())?;
     m.add_class::<model::Model>()?;
     m.add_function(wrap_pyfunction!(index::index, m)?)?;
+    m.add_function(wrap_pyfunction!(index::index_checkpoints, m)?)?;
     m.add_function(wrap_pyfunction!(fit::fit, m)?)?;
     m.add_function(wrap_pyfunction!(score::score, m)?)?;
     m.add_function(wrap_pyfunction!(score::methods, m)?)?;
     m.add_function(wrap_pyfunction!(select::select, m)?)?;
     m.add_function(wrap_pyfunction!(store::open_store, m)?)?;
+    m.add_function(wrap_pyfunction!(store::checkpoint_stores, m)?)?;
     m.add_function(wrap_pyfunction!(model::write_tiny_model, m)?)?;
     m.add_function(wrap_pyfunction!(threads::pool_threads, m)?)?;
     Ok(())

@@ -26,3 +26,13 @@ pub fn open_store(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, PyAny>> {
     })?;
     crate::json::to_py(py, &v)
 }
+
+/// The checkpoint stores of `path` (made by `index` with `checkpoints`), ordered by training
+/// step: `path` itself when it is one, else its subfolders that are. A folder with none raises
+/// `inflow.Error` naming it.
+#[pyfunction]
+pub fn checkpoint_stores(py: Python<'_>, path: PathBuf) -> PyResult<Vec<PathBuf>> {
+    // The library's own lookup, the one `score` uses for tracin and less, so Python opens
+    // exactly the folders that will be scored.
+    PyReporter::new(None).run(py, || inflow::scores::checkpoints::find(&path))
+}
