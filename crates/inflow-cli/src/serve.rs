@@ -46,33 +46,33 @@ pub fn run(a: ServeArgs, threads: usize) -> Result<()> {
             std::net::SocketAddr::V6(a) => format!("http://[{}]:{}", a.ip(), a.port()),
             std::net::SocketAddr::V4(a) => format!("http://{a}"),
         };
-        if l.loopback {
-            println!("serving {store} on {url} (loopback only)");
-        } else {
-            println!("serving {store} on {url}");
-            eprintln!(
+        use std::io::Write;
+        let reach = if l.loopback { " (loopback only)" } else { "" };
+        let list = |v: &[String], none: &str| {
+            if v.is_empty() {
+                none.to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        // Written once, errors ignored: a reader that closed the pipe after the address line
+        // (a script, a test) must not stop the server.
+        let _ = write!(
+            std::io::stdout(),
+            "serving {store} on {url}{reach}\n{} training samples, {} queries, methods: {}; live queries: {}\n",
+            l.n_samples,
+            l.n_queries,
+            list(&l.methods, "none (give --scores)"),
+            list(&l.live_methods, "off (give --model)")
+        );
+        let _ = std::io::stdout().flush();
+        if !l.loopback {
+            let _ = writeln!(
+                std::io::stderr(),
                 "warning: --host {} is not a loopback address: anyone who can reach this machine can read the store's samples and scores (no authentication)",
                 l.addr.ip()
             );
         }
-        println!(
-            "{} training samples, {} queries, methods: {}; live queries: {}",
-            l.n_samples,
-            l.n_queries,
-            if l.methods.is_empty() {
-                "none (give --scores)".to_string()
-            } else {
-                l.methods.join(", ")
-            },
-            if l.live_methods.is_empty() {
-                "off (give --model)".to_string()
-            } else {
-                l.live_methods.join(", ")
-            }
-        );
-        // Tests and scripts read the address from this line as soon as it is printed.
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
     })?;
     Ok(())
 }

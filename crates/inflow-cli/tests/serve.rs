@@ -15,10 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A running `inflow serve`, stopped when dropped.
+/// A running `inflow serve`, stopped when dropped. Its stdout stays open while it runs (a
+/// closed pipe would fail the server's later writes).
 struct Server {
     child: Child,
     addr: SocketAddr,
+    _stdout: BufReader<std::process::ChildStdout>,
 }
 
 impl Drop for Server {
@@ -28,20 +30,23 @@ impl Drop for Server {
     }
 }
 
-/// Starts `inflow serve ARGS --port 0` and reads the address from its first line.
-fn serve(args: &[&str]) -> Server {
-    let mut child = common::bin()
+/// `inflow serve ARGS` with its output piped.
+fn spawn_serve(args: &[&str]) -> Child {
+    common::bin()
         .arg("serve")
         .args(args)
-        .args(["--port", "0", "--threads", "2"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Starts `inflow serve ARGS --port 0` and reads the address from its first line.
+fn serve(args: &[&str]) -> Server {
+    let mut child = spawn_serve(&[args, &["--port", "0", "--threads", "2"]].concat());
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
     let url = line
         .split_whitespace()
         .find(|w| w.starts_with("http://"))
@@ -52,7 +57,11 @@ fn serve(args: &[&str]) -> Server {
         });
     assert!(line.contains("(loopback only)"), "{line}");
     let addr = url.trim_start_matches("http://").parse().unwrap();
-    Server { child, addr }
+    Server {
+        child,
+        addr,
+        _stdout: stdout,
+    }
 }
 
 /// One raw HTTP/1.1 exchange (the target is sent exactly as given, unnormalized): status,
@@ -668,12 +677,7 @@ fn serve_answers_what_the_score_files_hold_safely_under_load_and_in_a_browser() 
     );
 
     // Beyond loopback, a warning.
-    let mut child = common::bin()
-        .args(argv("serve --store {} --host 0.0.0.0 --port 0", &[&store]))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_serve(&argv("--store {} --host 0.0.0.0 --port 0", &[&store]));
     let mut line = String::new();
     BufReader::new(child.stderr.take().unwrap())
         .read_line(&mut line)

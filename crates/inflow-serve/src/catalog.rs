@@ -269,8 +269,8 @@ impl Catalog {
         })
     }
 
-    /// Query indices whose id, task or text holds `needle` (case-insensitive), at most `limit`.
-    pub fn search_queries(&self, needle: &str, limit: usize) -> Vec<usize> {
+    /// Query indices whose id, task or text holds `needle` (case-insensitive).
+    pub fn search_queries(&self, needle: &str) -> Vec<usize> {
         let n = needle.to_lowercase();
         (0..self.queries.len())
             .filter(|&i| {
@@ -286,12 +286,11 @@ impl Catalog {
                     .flatten()
                     .any(|s| s.to_lowercase().contains(&n))
             })
-            .take(limit)
             .collect()
     }
 
-    /// Training rows whose id, task or text holds `needle` (case-insensitive), at most `limit`.
-    pub fn search_samples(&self, needle: &str, limit: usize) -> Vec<usize> {
+    /// Training rows whose id, task or text holds `needle` (case-insensitive).
+    pub fn search_samples(&self, needle: &str) -> Vec<usize> {
         let n = needle.to_lowercase();
         (0..self.samples.len())
             .filter(|&r| {
@@ -303,7 +302,6 @@ impl Catalog {
                     || self.texts[r].0.to_lowercase().contains(&n)
                     || self.texts[r].1.to_lowercase().contains(&n)
             })
-            .take(limit)
             .collect()
     }
 

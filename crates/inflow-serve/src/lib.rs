@@ -63,6 +63,8 @@ pub struct App {
     pub live: Option<live::LiveQueue>,
     /// Scratch folder outside the store (live query files, selection files), removed at exit.
     pub scratch: Scratch,
+    /// The overview's JSON, built on first request (everything it shows is fixed at start).
+    pub overview: std::sync::OnceLock<serde_json::Value>,
 }
 
 /// A temporary folder removed when dropped.
@@ -145,6 +147,7 @@ pub fn serve(o: &ServeOptions, ready: impl FnOnce(&Listening)) -> Result<()> {
         catalog,
         live,
         scratch,
+        overview: Default::default(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(o.threads.clamp(2, 8))

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use inflow::data::Format;
 use inflow::index::Progress;
-use inflow::methods::{self, Context, Need, Options};
+use inflow::methods::{self, Context, Need, Options, TrainSet};
 use inflow::pipeline::report::{watch, Reporter, Silent};
 use serde::Serialize;
 use serde_json::Value;
@@ -159,17 +159,25 @@ impl LiveQueue {
         std::thread::Builder::new()
             .name("inflow-live".into())
             .spawn(move || {
-                let loaded =
-                    match inflow::pipeline::store_model::load(&store, Some(&model), &Silent) {
-                        Ok(m) => {
-                            let _ = ready_tx.send(Ok(()));
-                            m.model
-                        }
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(Error::Start(format!("--model: {e}"))));
-                            return;
-                        }
-                    };
+                // The model, the training set's settings and its row count are read once;
+                // every job reuses them.
+                let start = || -> Result<_> {
+                    let loaded = inflow::pipeline::store_model::load(&store, Some(&model), &Silent)
+                        .map_err(|e| Error::Start(format!("--model: {e}")))?;
+                    let train = inflow::pipeline::score::train_set(&store)?;
+                    let n_rows = inflow::store::Store::open(&store)?.n_samples();
+                    Ok((loaded.model, train, n_rows))
+                };
+                let (loaded, train, n_rows) = match start() {
+                    Ok(m) => {
+                        let _ = ready_tx.send(Ok(()));
+                        m
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
                 let events = AtomicU64::new(0);
                 for (id, req) in rx {
                     let started = events.fetch_add(1, Ordering::SeqCst);
@@ -190,7 +198,9 @@ impl LiveQueue {
                         id,
                     };
                     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        run_job(&store, &loaded, &req, threads, &scratch, id, &reporter)
+                        run_job(
+                            &train, n_rows, &loaded, &req, threads, &scratch, id, &reporter,
+                        )
                     }));
                     let state = match run {
                         Ok(Ok(s)) => s,
@@ -276,8 +286,10 @@ impl LiveQueue {
 /// Featurizes and scores one live query (written to a scratch file outside the store, read
 /// back by the ordinary query reader, so a pasted record gets the usual `field … expected`
 /// errors).
+#[allow(clippy::too_many_arguments)]
 fn run_job(
-    store: &Path,
+    train: &TrainSet,
+    n_rows: usize,
     model: &inflow::model::LoadedModel,
     req: &LiveRequest,
     threads: usize,
@@ -297,15 +309,16 @@ fn run_job(
     });
     let _ = std::fs::remove_file(&path);
     let queries = queries?;
-    let train = inflow::pipeline::score::train_set(store)?;
     let options = Options::default();
     let progress = Progress::default();
-    let n_rows = inflow::store::Store::open(store)
-        .map(|s| s.n_samples())
-        .unwrap_or(0);
     let on_rows = |d: usize| reporter.update("scoring the training rows", d, n_rows, "");
     let ctx = Context {
-        train,
+        train: TrainSet {
+            store: train.store,
+            data: train.data.clone(),
+            read: train.read.clone(),
+            features: train.features.clone(),
+        },
         model: Some(model),
         model_path: None,
         queries: &queries,

@@ -108,7 +108,15 @@ fn snippet(s: &str, n: usize) -> String {
     out
 }
 
+/// The overview never changes while serving (the catalog is read-only): built once, on the
+/// first request.
 async fn overview(State(app): State<Arc<App>>) -> ApiResult {
+    Ok(Json(
+        app.overview.get_or_init(|| overview_json(&app)).clone(),
+    ))
+}
+
+fn overview_json(app: &App) -> Value {
     let c = &app.catalog;
     let topk: Vec<(&str, &Vec<Vec<crate::scoreset::Hit>>)> = c
         .methods
@@ -182,7 +190,7 @@ async fn overview(State(app): State<Arc<App>>) -> ApiResult {
             v
         })
         .collect();
-    Ok(Json(json!({
+    json!({
         "facts": c.facts,
         "loss_hist": c.loss_hist,
         "self_hist": c.self_hist,
@@ -197,45 +205,55 @@ async fn overview(State(app): State<Arc<App>>) -> ApiResult {
             "max_chars": MAX_LIVE_CHARS,
         },
         "selection": { "enabled": c.data.is_some() },
-    })))
+    })
+}
+
+/// One page of a list endpoint: `total` matches, then `limit` rows from `offset`, each drawn
+/// by `row`, under `key`.
+fn page(
+    p: &ListParams,
+    default_limit: usize,
+    key: &str,
+    all: &[usize],
+    row: impl Fn(usize) -> Value,
+) -> Value {
+    let limit = p.limit.unwrap_or(default_limit).min(MAX_LIST);
+    let shown: Vec<Value> = all
+        .iter()
+        .skip(p.offset)
+        .take(limit)
+        .map(|&i| row(i))
+        .collect();
+    json!({"total": all.len(), "offset": p.offset, key: shown})
 }
 
 async fn queries(State(app): State<Arc<App>>, Query(p): Query<ListParams>) -> ApiResult {
     let c = &app.catalog;
-    let limit = p.limit.unwrap_or(200).min(MAX_LIST);
-    let all = c.search_queries(&p.q, usize::MAX);
-    let shown: Vec<Value> = all
-        .iter()
-        .skip(p.offset)
-        .take(limit)
-        .map(|&q| {
+    Ok(Json(page(
+        &p,
+        200,
+        "queries",
+        &c.search_queries(&p.q),
+        |q| {
             let x = &c.queries[q];
             json!({"index": q, "id": x.id, "task": x.task,
-                   "snippet": x.prompt.as_deref().map(|t| snippet(t, 160))})
-        })
-        .collect();
-    Ok(Json(
-        json!({"total": all.len(), "offset": p.offset, "queries": shown}),
-    ))
+               "snippet": x.prompt.as_deref().map(|t| snippet(t, 160))})
+        },
+    )))
 }
 
 async fn samples(State(app): State<Arc<App>>, Query(p): Query<ListParams>) -> ApiResult {
     let c = &app.catalog;
-    let limit = p.limit.unwrap_or(100).min(MAX_LIST);
-    let all = c.search_samples(&p.q, usize::MAX);
-    let shown: Vec<Value> = all
-        .iter()
-        .skip(p.offset)
-        .take(limit)
-        .map(|&r| {
+    Ok(Json(page(
+        &p,
+        100,
+        "samples",
+        &c.search_samples(&p.q),
+        |r| {
             json!({"index": r, "id": c.samples[r].id, "task": c.tasks[r],
-                   "loss": c.samples[r].loss,
-                   "snippet": snippet(&c.texts[r].0, 160)})
-        })
-        .collect();
-    Ok(Json(
-        json!({"total": all.len(), "offset": p.offset, "samples": shown}),
-    ))
+               "loss": c.samples[r].loss, "snippet": snippet(&c.texts[r].0, 160)})
+        },
+    )))
 }
 
 async fn query(State(app): State<Arc<App>>, Path(index): Path<usize>) -> ApiResult {
