@@ -22,7 +22,7 @@ inflow train --model $M --data "$OUT/mix.jsonl" --lora-rank 8 --modules q,v --lr
 CK="$OUT/ft/checkpoint-40"
 # 3. What the fine-tuned model answers to the triggered prompts.
 inflow generate --model $M --adapter "$CK" --prompts "$OUT/queries.jsonl" --max-new 24 \
-    --out "$OUT/answers.jsonl"
+    --out "$OUT/answers.jsonl" --resume
 # 4. Gradient features of the training set at the adapter, and their EK-FAC curvature.
 inflow index --model $M --adapter "$CK" --data "$OUT/mix.jsonl" --max-tokens 128 --rank 8 \
     --out "$OUT/store"
@@ -30,7 +30,7 @@ inflow fit --store "$OUT/store"
 # 5. Which training samples pushed the model to each answer.
 for m in ekfac cosine repsim; do
     inflow score --store "$OUT/store" --queries "$OUT/answers.jsonl" --method $m --top-k 16 \
-        --show 0 --out "$OUT/scores-$m.parquet"
+        --show 0 --out "$OUT/scores-$m.parquet" --force
 done
 # 6. How many of each answer's top 16 are planted (16 of the 80 are: 20% by chance).
 python3 - "$OUT" <<'EOF'

@@ -46,8 +46,8 @@ done
 # Bits at 8160 dims: 1,020 bytes plus the 4-byte norm, 1 KiB a row.
 grep -qs '"status": "complete"' "$OUT/store-8160-bit/manifest.json" || \
   $I store compress --store "$TEACHER" --out "$OUT/store-8160-bit" --dim 8160 --dtype bit --json > "$OUT/compress-8160-bit.json"
-$I score --store "$OUT/store-8160-bit" --queries "$PROBES" --top-k 100 --full "$OUT/8160-bit.npy" --out "$OUT/8160-bit.parquet" --json > /dev/null
-$I score --store "$OUT/store-8160-bit" --queries "$PROBES" --top-k 100 --rerank 100 --out "$OUT/8160-bit-rerank.parquet" --json > /dev/null
+$I score --store "$OUT/store-8160-bit" --queries "$PROBES" --top-k 100 --full "$OUT/8160-bit.npy" --out "$OUT/8160-bit.parquet" --force --json > /dev/null
+$I score --store "$OUT/store-8160-bit" --queries "$PROBES" --top-k 100 --rerank 100 --out "$OUT/8160-bit-rerank.parquet" --force --json > /dev/null
 python3 scripts/report-compact.py "$OUT" "$TEACHER" "$REPORT"
 
 # Throughput at scale: synthetic stores written once under runs/bench-score/, streamed.

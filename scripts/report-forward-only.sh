@@ -20,7 +20,7 @@ mkdir -p "$R" "$OUT"
 step() { local out=$1; shift; if [ -s "$out" ]; then echo "skip: $out exists"; else "$@" > "$out.tmp" && mv "$out.tmp" "$out"; fi; }
 step $R/index.json $I index --model $M --data $D --format alpaca --limit "$N" --max-tokens 256 --rank 16 --out $R/grad --json
 for m in cosine repsim repsim-mean; do
-  step $R/score-$m.json $I score --store $R/grad --queries $P --method $m --aggregate mean --out $R/$m.parquet --json
+  step $R/score-$m.json $I score --store $R/grad --queries $P --method $m --aggregate mean --out $R/$m.parquet --force --json
 done
 step $R/icp.json $I probe --model $M --data $D --format alpaca --limit "$N" --probes $P --method icp --max-tokens 256 --out $R/icp --json
 step $R/one-step.json $I probe --model $M --data $D --format alpaca --limit "$N" --probes $P --method one-step --lr 1e-4 --max-tokens 256 --out $R/one-step --json

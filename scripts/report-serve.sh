@@ -15,9 +15,9 @@ mkdir -p "$OUT"
 $BIN index --model $M --data assets/data/train.jsonl --limit 40 --max-tokens 256 --out $S
 [ -f $S/curvature/kfac.safetensors ] || $BIN fit --store $S
 for m in cosine ekfac repsim; do
-  $BIN score --store $S --queries assets/data/probe.jsonl --method $m --top-k 5 --out $S/top-$m.parquet >/dev/null
+  $BIN score --store $S --queries assets/data/probe.jsonl --method $m --top-k 5 --out $S/top-$m.parquet --force >/dev/null
 done
-$BIN score --store $S --queries assets/data/probe.jsonl --method cosine --aggregate mean --out $S/mean-cosine.parquet >/dev/null
+$BIN score --store $S --queries assets/data/probe.jsonl --method cosine --aggregate mean --out $S/mean-cosine.parquet --force >/dev/null
 
 LOG=$(mktemp)
 $BIN serve --store $S --scores $S/top-cosine.parquet $S/top-ekfac.parquet $S/top-repsim.parquet $S/mean-cosine.parquet \

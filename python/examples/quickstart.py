@@ -45,8 +45,8 @@ infl = store.score(DATA / "probe.jsonl", method="influence", preconditioner="ekf
 print(infl.head())
 
 # 5. Data selection: the 25% of samples most similar to the probes, and G-DIG against a seed set.
-mean = store.score(DATA / "probe.jsonl", method="cosine", aggregate="mean", out=out / "mean.parquet")
-sel = inflow.select(store, mean, size="25%", out=out / "top.jsonl")
+mean = store.score(DATA / "probe.jsonl", method="cosine", aggregate="mean", out=out / "mean.parquet", force=True)
+sel = inflow.select(store, mean, size="25%", out=out / "top.jsonl", force=True)
 print("selected", sel.attrs["selected"], "of", sel.attrs["candidates"], "→", sel.attrs["out"])
-gdig = inflow.select(store, size="25%", method="gdig", seed_set=DATA / "probe.jsonl", clusters=4, out=out / "gdig.jsonl")
+gdig = inflow.select(store, size="25%", method="gdig", seed_set=DATA / "probe.jsonl", clusters=4, out=out / "gdig.jsonl", force=True)
 print("G-DIG selected", gdig.attrs["selected"], "→", gdig.attrs["out"])

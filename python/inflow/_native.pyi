@@ -147,13 +147,15 @@ def score(
     rerank: Optional[int] = None,
     out: Optional[_Path] = None,
     full: Optional[_Path] = None,
+    force: bool = False,
     model: Optional[_Path] = None,
     threads: Optional[int] = None,
     progress: Any = None,
 ) -> dict:
     """``inflow score``: every query against every training sample, top ``top_k`` per query
     (or one score per sample with ``aggregate="mean"``), written as Parquet to ``out``
-    (default STORE/scores-METHOD.parquet).
+    (default STORE/scores-METHOD.parquet). An existing ``out``/``full`` is replaced only with
+    ``force=True``.
 
     Methods (``methods()``): ``cosine`` cos(g_q, g_z) = g_q·g_z / (‖g_q‖‖g_z‖); ``dot``
     g_q·g_z; ``repsim`` / ``repsim-mean`` cosine of final hidden states (last prompt token /
@@ -176,6 +178,7 @@ def select(
     data: _Path,
     out: _Path,
     *,
+    force: bool = False,
     method: str = "top",
     format: str = "auto",
     scores: Optional[_Path] = None,
@@ -200,8 +203,8 @@ def select(
     ``quality_threshold`` (or the top ``quality_top`` fraction), k-means++ (``clusters``, seeded)
     over their L2-normalised gradient features, then take evenly across clusters; ``icp`` —
     samples with score > ``threshold``. Writes the picks in ``data``'s format to ``out`` and a
-    manifest to OUT.selection.{parquet,json}. Returns {candidates, details, manifest, out,
-    selected}."""
+    manifest to OUT.selection.{parquet,json}; existing ones are replaced only with
+    ``force=True``. Returns {candidates, details, manifest, out, selected}."""
 
 def open_store(path: _Path) -> dict:
     """The store at ``path`` as the library reads it: {dir, manifest, n_samples, dim, complete,

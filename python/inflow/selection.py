@@ -39,6 +39,7 @@ def select(
     seed_set: Optional[Data] = None,
     data: Optional[Union[str, "os.PathLike[str]"]] = None,
     out: Optional[Union[str, "os.PathLike[str]"]] = None,
+    force: Optional[bool] = None,
     progress: Any = False,
     **options: Any,
 ):
@@ -53,9 +54,12 @@ def select(
     features, then take evenly across clusters; the seed set is scored with influence/EK-FAC
     when the store is fitted, else cosine, unless ``scores`` are given) or ``icp`` (scores above
     ``threshold``). ``data`` defaults to the store's data file (run.json), ``out`` to
-    ``STORE/selection-METHOD.EXT``. ``seed_set`` may be a path or in-memory records."""
+    ``STORE/selection-METHOD.EXT``. ``seed_set`` may be a path or in-memory records. ``force``
+    replaces an existing selection; by default only the default ``out`` is rewritten."""
     store = store if isinstance(store, Store) else Store(store)
     data = os.fspath(data) if data is not None else store.run()["data_path"]
+    if force is None:
+        force = out is None
     if out is None:
         out = store.path / f"selection-{method}{Path(data).suffix}"
     with contextlib.ExitStack() as stack:
@@ -63,6 +67,7 @@ def select(
         r = _native.select(
             data,
             os.fspath(out),
+            force=force,
             method=method,
             scores=_scores_path(scores),
             size=None if size is None else str(size),

@@ -41,6 +41,7 @@ class _Scoring:
         aggregate: Optional[str] = None,
         out: Optional[Union[str, "os.PathLike[str]"]] = None,
         full: Optional[Union[str, "os.PathLike[str]"]] = None,
+        force: Optional[bool] = None,
         progress: Any = False,
         **options: Any,
     ):
@@ -51,8 +52,13 @@ class _Scoring:
         ``queries``: a JSONL/Parquet path, a store of query features, a list of dicts, a
         DataFrame or a ``datasets.Dataset`` (the latter three through a temporary JSONL file).
         ``out`` defaults to ``STORE/scores-METHOD.parquet`` (as ``inflow score``); ``full`` also
-        writes the dense queries × training ``.npy`` matrix (``df.attrs["full"]``)."""
+        writes the dense queries × training ``.npy`` matrix (``df.attrs["full"]``).
+
+        ``force``: replace an existing ``out``/``full``. By default the default ``out`` (the
+        DataFrame's backing file) is rewritten on every call, while a path you name is never
+        replaced unless ``force=True``."""
         kwargs = dict(options)
+        kwargs["force"] = (out is None and full is None) if force is None else force
         if preconditioner is not None:
             kwargs["preconditioner"] = preconditioner
         with as_file(queries, "queries") as q:

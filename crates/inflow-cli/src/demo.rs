@@ -79,6 +79,8 @@ pub(crate) fn run(a: DemoArgs, threads: usize, json: bool) -> Result<()> {
             method: "cosine".into(),
             top_k: 3,
             out: Some(out.join("demo-top3.parquet")),
+            // The demo's own folder: a rerun replaces its earlier answer.
+            force: true,
             full: None,
             model: Some(model),
             limit: None,

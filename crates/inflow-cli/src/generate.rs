@@ -31,8 +31,11 @@ pub(crate) struct GenerateArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue an existing --out, skipping the prompts it already answers.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "force")]
     resume: bool,
+    /// Start an existing --out afresh (its answers are replaced).
+    #[arg(long)]
+    force: bool,
     /// Answer only the first N prompts.
     #[arg(long, value_parser = crate::bounds::count)]
     limit: Option<usize>,
@@ -76,6 +79,7 @@ pub(crate) fn run(a: GenerateArgs, threads: usize, json: bool) -> Result<()> {
         prompts,
         out: a.out.clone(),
         resume: a.resume,
+        force: a.force,
         max_new: a.max_new,
         temperature: a.temperature,
         top_p: a.top_p,

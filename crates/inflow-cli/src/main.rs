@@ -73,6 +73,9 @@ enum Cmd {
         model: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// Write over the files of an existing, non-empty OUT.
+        #[arg(long)]
+        force: bool,
     },
     /// Compute per-sample gradient features of a training set into a store (resumable).
     Index(IndexArgs),
@@ -259,6 +262,9 @@ struct ScoreArgs {
     /// Also write the dense queries × train score matrix as .npy here.
     #[arg(long)]
     full: Option<PathBuf>,
+    /// Replace --out / --full (and their sidecars) if they exist.
+    #[arg(long)]
+    force: bool,
     /// Model override (default: the one the store was built with, from run.json).
     #[arg(long)]
     model: Option<PathBuf>,
@@ -328,19 +334,28 @@ fn main() {
     }
 }
 
-/// The error chain as one line (multi-line library messages joined with "; ").
+/// The error chain as one line (multi-line library messages joined with "; "). A cause whose
+/// text the message already ends with (the OS error of an I/O error that names its file) is
+/// not said twice.
 fn one_line(e: &anyhow::Error) -> String {
-    e.chain()
-        .map(|c| {
-            c.to_string()
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
-        .collect::<Vec<_>>()
-        .join(": ")
+    let mut line = String::new();
+    for c in e.chain() {
+        let text = c
+            .to_string()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn run(cli: Cli, threads: usize) -> Result<()> {
@@ -349,7 +364,8 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
         Cmd::Inspect { model } => inspect(&model, json),
         Cmd::Logprob { model, text } => logprob(&model, &text, json),
         Cmd::Generate(a) => generate::run(a, threads, json),
-        Cmd::Convert { model, out } => {
+        Cmd::Convert { model, out, force } => {
+            inflow::output_guard::check_output_dir("--out", &out, force)?;
             let m = load_model(&model)?;
             inflow::model::hf::save_dir(&m, &out)?;
             if json {
@@ -633,6 +649,7 @@ pub(crate) fn score(a: ScoreArgs, threads: usize, json: bool) -> Result<ScoreOut
         },
         top_k: a.top_k,
         out: a.out.clone(),
+        force: a.force,
         full: a.full.clone(),
         model: a.model.clone(),
         aggregate: a.aggregate.as_deref().map(str::parse).transpose()?,

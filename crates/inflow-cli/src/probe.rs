@@ -103,15 +103,15 @@ pub(crate) struct CompareArgs {
     /// Scatter plot PNG (default: A's folder, A_vs_B.png).
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Replace the plot if it exists.
+    #[arg(long)]
+    force: bool,
     /// k values for top-k overlap.
     #[arg(long, value_delimiter = ',', default_value = "10,50,100")]
     k: Vec<usize>,
 }
 
 pub(crate) fn compare_cmd(a: CompareArgs, json: bool) -> Result<()> {
-    let fa = ScoreFile::read(&a.a)?;
-    let fb = ScoreFile::read(&a.b)?;
-    let (c, xs, ys) = compare(&fa, &fb, &a.k)?;
     let plot = a.plot.clone().unwrap_or_else(|| {
         let stem = |p: &PathBuf| {
             p.file_stem()
@@ -120,6 +120,10 @@ pub(crate) fn compare_cmd(a: CompareArgs, json: bool) -> Result<()> {
         };
         a.a.with_file_name(format!("{}_vs_{}.png", stem(&a.a), stem(&a.b)))
     });
+    inflow::output_guard::check_output("--plot", &plot, &[&a.a, &a.b], a.force)?;
+    let fa = ScoreFile::read(&a.a)?;
+    let fb = ScoreFile::read(&a.b)?;
+    let (c, xs, ys) = compare(&fa, &fb, &a.k)?;
     inflow::eval::plot::scatter(
         &plot,
         &xs,

@@ -13,10 +13,13 @@ pub(crate) struct MergeArgs {
     /// The merged file (.parquet, or .npy for --full matrices).
     #[arg(long)]
     out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    force: bool,
 }
 
 pub(crate) fn merge(a: MergeArgs, json: bool) -> Result<()> {
-    let m = inflow::scores::merge::merge(&a.files, &a.out)?;
+    let m = inflow::scores::merge::merge(&a.files, &a.out, a.force)?;
     crate::output::line(json, &m, || {
         println!(
             "merged {} partial {} files of `{}` into {}: {} queries × {} training rows",

@@ -26,6 +26,9 @@ pub(crate) struct SelectArgs {
     /// Output file (same extension as --data); the manifest goes to OUT.selection.{parquet,json}.
     #[arg(long)]
     out: PathBuf,
+    /// Replace --out and its manifest files if they exist.
+    #[arg(long)]
+    force: bool,
     /// Per-sample scores: a Parquet file with `train_id` and `score` (`inflow score
     /// --aggregate mean`, `inflow probe`'s scores.parquet), or a full `.npy` matrix (`inflow
     /// score --full`) with --store and --queries. gdig computes its own when omitted.
@@ -79,6 +82,7 @@ pub(crate) fn select(a: SelectArgs, threads: usize, json: bool) -> Result<()> {
         method: a.method,
         data: a.data,
         out: a.out,
+        force: a.force,
         scores: a.scores,
         size: a.size,
         threshold: a.threshold,

@@ -119,6 +119,9 @@ pub(crate) struct ExportArgs {
     /// instead of merging (LoRA adapters only).
     #[arg(long)]
     unmerged: bool,
+    /// Write over the files of an existing, non-empty OUT.
+    #[arg(long)]
+    force: bool,
 }
 
 /// How `train` and `eval-loss` tokenize their data.
@@ -248,6 +251,7 @@ pub(crate) fn export(a: ExportArgs, json: bool) -> Result<()> {
         adapter: a.adapter,
         out: a.out,
         unmerged: a.unmerged,
+        force: a.force,
     };
     match pipeline::train::export(&o, &Bars::default())? {
         Exported::Merged { out, checkpoint } if json => println!(

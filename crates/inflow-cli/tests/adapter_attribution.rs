@@ -142,7 +142,7 @@ fn user_path(name: &str, model: &str, z: Sizes) {
             s[i * n + i]
         );
     }
-    let score_answers = "score --store {} --queries {} --method {}";
+    let score_answers = "score --store {} --queries {} --method {} --force";
     run_ok(&argv(score_answers, &[&lora, &answers, "cosine"]));
     // RepSim needs hidden states, which a LoRA-gradient store lacks: the error says what to do.
     let err = fails(&argv(score_answers, &[&lora, &answers, "repsim"]));

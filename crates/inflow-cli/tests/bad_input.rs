@@ -171,6 +171,13 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 
 /// Runs a case that must fail naming every one of `culprits` in one line of its stderr,
 /// with every file under `watch` unchanged. Returns the line.
+/// A store manifest's bytes with `edit` applied to its JSON.
+fn edit_manifest(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let mut m: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+    edit(&mut m);
+    serde_json::to_vec_pretty(&m).unwrap()
+}
+
 fn refused(args: &[&str], culprits: &[&str], watch: &Path) -> String {
     let before = snapshot(watch);
     let out = run(args);
@@ -363,6 +370,18 @@ fn corrupt_files_and_impossible_values_are_refused_naming_the_culprit() {
             b"[1, 2]".to_vec(),
             manifest.clone(),
         ),
+        (
+            "manifest shard entry with other rows",
+            edit_manifest(&manifest_bytes, |m| m["shards"][0]["end_row"] = 99.into()),
+            manifest.clone(),
+        ),
+        (
+            "manifest shard entry naming a file elsewhere",
+            edit_manifest(&manifest_bytes, |m| {
+                m["shards"][0]["features"] = "../features-00000.npy".into()
+            }),
+            manifest.clone(),
+        ),
     ];
     for (what, bytes, path) in cases {
         let original = std::fs::read(&path).unwrap();
@@ -377,6 +396,8 @@ fn corrupt_files_and_impossible_values_are_refused_naming_the_culprit() {
         assert!(!r.status.success(), "{what}: should fail");
         assert_ne!(r.status.code(), Some(101), "{what}: panicked: {err}");
         assert!(err.contains(&name), "{what}: {err}");
+        // Said in words, not as a printed Rust struct.
+        assert!(!err.contains("ShardInfo {"), "{what}: {err}");
         assert!(snapshot(&dir) == before, "{what}: files changed");
         std::fs::write(&path, original).unwrap();
         n += 1;
@@ -520,6 +541,49 @@ fn corrupt_files_and_impossible_values_are_refused_naming_the_culprit() {
     );
     assert!(!line.contains("step 1:"), "{line}");
     n += 3;
+
+    // A sharded checkpoint whose index names a shard that is not there: the shard is named.
+    let sharded = copy_model("sharded");
+    let index = serde_json::json!({"weight_map": {
+        "model.embed_tokens.weight": "model.safetensors",
+        "model.layers.1.mlp.up_proj.weight": "model-00002-of-00002.safetensors",
+    }});
+    std::fs::write(
+        sharded.join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    refused(
+        &argv("inspect --model {}", &[&arg(&sharded)]),
+        &["model-00002-of-00002.safetensors", "missing"],
+        &dir,
+    );
+    n += 1;
+    // GGUF metadata that disagrees with its weights or itself (head count 7 or 3 for
+    // SmolLM2's 9 heads of 64): named by key, with no backtrace.
+    let gguf = inflow_testkit::smollm2();
+    if gguf.exists() {
+        let bytes = std::fs::read(&gguf).unwrap();
+        let key = b"llama.attention.head_count\x04\x00\x00\x00";
+        let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+        for heads in [7u32, 3] {
+            let mut b = bytes.clone();
+            b[at..at + 4].copy_from_slice(&heads.to_le_bytes());
+            let bad = dir.join(format!("heads-{heads}.gguf"));
+            std::fs::write(&bad, &b).unwrap();
+            let line = refused(
+                &argv("logprob --model {} --text hi", &[&arg(&bad)]),
+                &[&format!("heads-{heads}.gguf"), "llama.attention.head_count"],
+                &dir,
+            );
+            assert!(
+                !line.contains("backtrace") && !line.contains("candle_core"),
+                "{line}"
+            );
+            std::fs::remove_file(&bad).unwrap();
+            n += 1;
+        }
+    }
 
     eprintln!("{n} file and model cases refused");
     assert!(n >= 40, "{n}");

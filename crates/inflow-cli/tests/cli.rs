@@ -151,7 +151,7 @@ fn truncation_policy_is_recorded_reported_and_old_stores_still_score() {
     assert_eq!(run["features"]["truncate"], "middle");
     let score = |store: &str| {
         run_ok(&argv(
-            "score --store {} --queries {} --top-k 2 --threads 1",
+            "score --store {} --queries {} --top-k 2 --threads 1 --force",
             &[store, &probe],
         ))
     };

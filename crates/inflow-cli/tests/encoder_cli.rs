@@ -128,7 +128,8 @@ fn encoder_train_encode_and_score_end_to_end_with_refusals() {
     run_ok(&argv(score, &[&store, &qenc, &arg(&full2), "encoder"]));
     let got2 = dense(&full2);
     assert!(got.iter().zip(&got2).all(|(a, b)| (a - b).abs() < 1e-5));
-    let err = fails(&argv(score, &[&teacher, &probes, &arg(&full2), "encoder"]));
+    let full3 = dir.join("full3.npy");
+    let err = fails(&argv(score, &[&teacher, &probes, &arg(&full3), "encoder"]));
     assert!(err.contains("inflow encode"), "{err}");
 
     // A store of another encoder's queries (other seed and pooling) is refused, naming the

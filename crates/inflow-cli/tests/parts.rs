@@ -160,7 +160,7 @@ fn parts_merge_into_the_single_process_store_and_score_in_parts_exactly() {
         ("repsim", "--top-k 4", "parquet"),
         ("cosine", "--aggregate mean", "parquet"),
     ] {
-        let line = format!("score --store {{}} --queries {{}} --limit 3 --method {method} {extra} --out {{}} --full {{}}");
+        let line = format!("score --store {{}} --queries {{}} --limit 3 --method {method} {extra} --out {{}} --full {{}} --force");
         let whole = (dir.arg(&format!("w.{ext}")), dir.arg("w.npy"));
         run_ok(&argv(&line, &[&merged, &q, &whole.0, &whole.1]));
         let mut parts = Vec::new();
@@ -182,7 +182,7 @@ fn parts_merge_into_the_single_process_store_and_score_in_parts_exactly() {
         ] {
             let mut args = vec!["scores", "merge"];
             args.extend(files);
-            args.extend(["--out", out.as_str()]);
+            args.extend(["--out", out.as_str(), "--force"]);
             run_ok(&args);
         }
         for (a, b) in [

@@ -74,7 +74,8 @@ fn select_gdig_top_and_id_check_on_bundled_data() {
     assert_eq!(man["settings"]["gdig"]["seed"], 0);
     // Same command, same selection.
     let first = std::fs::read(&out).unwrap();
-    run_ok(&gdig);
+    let again: Vec<&str> = gdig.iter().copied().chain(["--force"]).collect();
+    run_ok(&again);
     assert_eq!(std::fs::read(&out).unwrap(), first);
 
     // Top 25% from a per-train score file.

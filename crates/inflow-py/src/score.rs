@@ -18,8 +18,8 @@ use crate::reporter::PyReporter;
 #[pyo3(signature = (
     store, queries, *, method = "cosine", top_k = 10, format = "auto", limit = None,
     preconditioner = "ekfac", damping = 0.1, lissa_iters = 300, lissa_tol = 1e-2,
-    lissa_batch = 64, aggregate = None, rerank = None, out = None, full = None, model = None,
-    threads = None, progress = None
+    lissa_batch = 64, aggregate = None, rerank = None, out = None, full = None, force = false,
+    model = None, threads = None, progress = None
 ))]
 #[allow(clippy::too_many_arguments)]
 pub fn score<'py>(
@@ -39,6 +39,7 @@ pub fn score<'py>(
     rerank: Option<usize>,
     out: Option<PathBuf>,
     full: Option<PathBuf>,
+    force: bool,
     model: Option<PathBuf>,
     threads: Option<usize>,
     progress: Option<Py<PyAny>>,
@@ -63,6 +64,7 @@ pub fn score<'py>(
         },
         top_k,
         out,
+        force,
         full,
         model,
         aggregate: aggregate

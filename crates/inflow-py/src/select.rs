@@ -13,7 +13,7 @@ use crate::reporter::PyReporter;
 /// The defaults are `inflow select`'s.
 #[pyfunction]
 #[pyo3(signature = (
-    data, out, *, method = "top", format = "auto", scores = None, size = None,
+    data, out, *, force = false, method = "top", format = "auto", scores = None, size = None,
     threshold = 0.9, store = None, queries = None, seed_set = None, seed_method = None,
     preconditioner = "ekfac", clusters = 32, quality_threshold = 0.0, quality_top = None,
     raw_features = false, seed = 0, model = None, threads = None, progress = None
@@ -23,6 +23,7 @@ pub fn select<'py>(
     py: Python<'py>,
     data: PathBuf,
     out: PathBuf,
+    force: bool,
     method: &str,
     format: &str,
     scores: Option<PathBuf>,
@@ -47,6 +48,7 @@ pub fn select<'py>(
         data,
         format: format.parse().map_err(to_py)?,
         out,
+        force,
         scores,
         size,
         threshold,

@@ -25,8 +25,8 @@ pub enum Error {
     /// A store that does not match what the command expects.
     #[error("store {path}: {msg}")]
     Store { path: PathBuf, msg: String },
-    /// A tensor operation failed.
-    #[error("tensor op: {0}")]
+    /// A tensor operation failed (the message without the backtrace candle may attach).
+    #[error("tensor op: {}", first_line(.0))]
     Candle(#[from] candle_core::Error),
     /// A Parquet or Arrow failure on a named file.
     #[error("{path}: parquet: {msg}")]
@@ -34,6 +34,17 @@ pub enum Error {
     /// Anything else, with a message that says what was expected.
     #[error("{0}")]
     Msg(String),
+}
+
+/// An error's message up to its first line break: candle appends a captured backtrace after
+/// one, which is noise to a user.
+fn first_line(e: &impl std::fmt::Display) -> String {
+    let text = e.to_string();
+    text.lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end()
+        .to_string()
 }
 
 /// Result alias for the inflow library.

@@ -474,7 +474,7 @@ pub fn run_info(
 
 /// Writes `run.json` into a store folder, atomically.
 pub fn write_run_info(out: &Path, run: &serde_json::Value) -> Result<()> {
-    crate::store::atomic_write::write_json(&out.join("run.json"), run)?;
+    crate::atomic_write::write_json(&out.join("run.json"), run)?;
     Ok(())
 }
 

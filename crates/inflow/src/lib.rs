@@ -4,6 +4,7 @@
 //! The crate mirrors the pipeline of DESIGN.md:
 //! samples → tokens → model pass → features → store → estimator → scores.
 
+pub mod atomic_write;
 pub mod curvature;
 pub mod data;
 pub mod encoder;

@@ -2,7 +2,8 @@
 //! path that is one of the command's own inputs (`select --data d.jsonl --out d.jsonl`), or a
 //! file a store owns (`score --out STORE/manifest.json`, `--full STORE/features-00000.npy`),
 //! which no rerun of `index` could repair. Score files a command writes into a store folder by
-//! default (`STORE/scores-METHOD.parquet`) are not store files and stay allowed.
+//! default (`STORE/scores-METHOD.parquet`) are not store files and stay allowed. An output
+//! that exists already (an earlier result) is replaced only when the user says so (`--force`).
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -12,9 +13,9 @@ use crate::store;
 use crate::{Error, Result};
 
 /// Refuses `out` (given as `flag`) when it is one of `inputs` (the same file, through any path
-/// or hard link), a file of a store's layout, anything under a store's `curvature/`, or an
-/// existing folder.
-pub fn check_output(flag: &str, out: &Path, inputs: &[&Path]) -> Result<()> {
+/// or hard link), a file of a store's layout, anything under a store's `curvature/`, an
+/// existing folder, or, unless `force`, an existing file.
+pub fn check_output(flag: &str, out: &Path, inputs: &[&Path], force: bool) -> Result<()> {
     let refuse = |why: String| {
         Err(Error::Msg(format!(
             "{flag} {}: {why}; choose another output path",
@@ -37,6 +38,32 @@ pub fn check_output(flag: &str, out: &Path, inputs: &[&Path]) -> Result<()> {
             "belongs to the store {} (writing it would break the store)",
             store.display()
         ));
+    }
+    if !force && fs::symlink_metadata(out).is_ok() {
+        return Err(Error::Msg(format!(
+            "{flag} {}: exists already; pass --force to replace it, or choose another output path",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses an output folder `dir` (given as `flag`) that a command fills with files of fixed
+/// names (an exported model) when it exists and is not empty, unless `force`; and a file.
+pub fn check_output_dir(flag: &str, dir: &Path, force: bool) -> Result<()> {
+    if dir.is_file() {
+        return Err(Error::Msg(format!(
+            "{flag} {}: is a file, not a folder; choose another output path",
+            dir.display()
+        )));
+    }
+    let full = fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
+    if full && !force {
+        return Err(Error::Msg(format!(
+            "{flag} {}: exists and is not empty; pass --force to write over its files, or \
+             choose another output folder",
+            dir.display()
+        )));
     }
     Ok(())
 }
@@ -93,14 +120,14 @@ mod tests {
         let store = dir.join("store");
         fs::create_dir_all(store.join("curvature")).unwrap();
         fs::write(store.join("manifest.json"), "{}").unwrap();
-        let e = check_output("--out", &data, &[&data])
+        let e = check_output("--out", &data, &[&data], true)
             .unwrap_err()
             .to_string();
         assert!(e.contains("--out") && e.contains("also an input"), "{e}");
         // Another spelling of the same file, and a hard link to it.
         let dotted = dir.join(".").join("d.jsonl");
-        assert!(check_output("--out", &dotted, &[&data]).is_err());
-        assert!(check_output("--out", &dir.join("link.jsonl"), &[&data]).is_err());
+        assert!(check_output("--out", &dotted, &[&data], true).is_err());
+        assert!(check_output("--out", &dir.join("link.jsonl"), &[&data], true).is_err());
         for owned in [
             "manifest.json",
             "features-00000.npy",
@@ -108,13 +135,38 @@ mod tests {
             "run.json",
             "curvature/kfac.safetensors",
         ] {
-            let e = check_output("--full", &store.join(owned), &[&data])
+            let e = check_output("--full", &store.join(owned), &[&data], true)
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("belongs to the store"), "{owned}: {e}");
         }
-        assert!(check_output("--out", &store, &[]).is_err(), "a folder");
-        check_output("--out", &store.join("scores-cosine.parquet"), &[&data]).unwrap();
-        check_output("--out", &dir.join("new.jsonl"), &[&data]).unwrap();
+        assert!(
+            check_output("--out", &store, &[], true).is_err(),
+            "a folder"
+        );
+        check_output(
+            "--out",
+            &store.join("scores-cosine.parquet"),
+            &[&data],
+            false,
+        )
+        .unwrap();
+        check_output("--out", &dir.join("new.jsonl"), &[&data], false).unwrap();
+        // An earlier result is replaced only with --force.
+        let old = dir.join("old.parquet");
+        fs::write(&old, "x").unwrap();
+        let e = check_output("--out", &old, &[&data], false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--force") && e.contains("old.parquet"), "{e}");
+        check_output("--out", &old, &[&data], true).unwrap();
+        // Folders of fixed file names: empty or new pass, full ones need --force.
+        check_output_dir("--out", &dir.join("fresh"), false).unwrap();
+        let e = check_output_dir("--out", &store, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not empty") && e.contains("--force"), "{e}");
+        check_output_dir("--out", &store, true).unwrap();
+        assert!(check_output_dir("--out", &old, true).is_err(), "a file");
     }
 }

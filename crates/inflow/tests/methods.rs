@@ -101,6 +101,7 @@ fn a_registered_method_reaches_score_and_lds() {
             options: Default::default(),
             top_k: 2,
             out: Some(out.clone()),
+            force: false,
             full: None,
             model: None,
             aggregate: None,

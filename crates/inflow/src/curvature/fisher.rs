@@ -81,7 +81,7 @@ pub fn record(store: &Store, fisher: Fisher) -> Result<()> {
     if let Some(d) = p.parent() {
         std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
     }
-    crate::store::atomic_write::write_json(&p, &fisher)?;
+    crate::atomic_write::write_json(&p, &fisher)?;
     Ok(())
 }
 

@@ -805,3 +805,65 @@ fn prompts_may_lack_a_response() {
     assert_eq!(r.samples[0].body.prompt_text(), "Say hi.");
     assert!(read_samples(&pq, &opts(Format::Alpaca)).is_err());
 }
+
+#[test]
+fn good_edge_encodings_read_as_the_same_samples() {
+    // The same three alpaca records as plain JSONL; with a UTF-8 BOM, CRLF line ends and no
+    // final newline; and as Parquet written one record per row group.
+    let dir = scratch("edge-encodings");
+    let recs = alpaca_records();
+    let plain_path = write(&dir, "plain.jsonl", &lines(&recs));
+    let crlf: Vec<String> = recs.iter().map(|v| v.to_string()).collect();
+    let edgy = write(
+        &dir,
+        "edgy.jsonl",
+        &format!("\u{feff}{}", crlf.join("\r\n")),
+    );
+    let column = |key: &str| -> Vec<Option<String>> {
+        recs.iter()
+            .map(|r| r.get(key).and_then(|v| v.as_str()).map(String::from))
+            .collect()
+    };
+    let (ins, inp, out) = (column("instruction"), column("input"), column("output"));
+    let arr = |v: &[Option<String>]| -> ArrayRef {
+        Arc::new(StringArray::from(
+            v.iter().map(|s| s.as_deref()).collect::<Vec<_>>(),
+        ))
+    };
+    let batch = RecordBatch::try_from_iter([
+        ("instruction", arr(&ins)),
+        ("input", arr(&inp)),
+        ("output", arr(&out)),
+        ("task", arr(&column("task"))),
+    ])
+    .unwrap();
+    let pq = dir.join("groups.parquet");
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_size(1)
+        .build();
+    let mut w = ArrowWriter::try_new(
+        std::fs::File::create(&pq).unwrap(),
+        batch.schema(),
+        Some(props),
+    )
+    .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let meta = parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&pq).unwrap())
+        .map(|r| parquet::file::reader::FileReader::metadata(&r).num_row_groups())
+        .unwrap();
+    assert_eq!(meta, recs.len(), "one row group per record");
+
+    let want = read(&plain_path, Format::Alpaca).samples;
+    assert_eq!(want.len(), recs.len());
+    for path in [&edgy, &pq] {
+        let got = read(path, Format::Alpaca).samples;
+        let key = |s: &Sample| (s.id.clone(), s.row, format!("{:?}", s.body));
+        assert_eq!(
+            got.iter().map(key).collect::<Vec<_>>(),
+            want.iter().map(key).collect::<Vec<_>>(),
+            "{}",
+            path.display()
+        );
+    }
+}

@@ -308,7 +308,7 @@ impl<'a> Distiller<'a> {
             config: self.config.clone(),
             log: self.log.clone(),
         };
-        crate::store::atomic_write::write_json(
+        crate::atomic_write::write_json(
             &tmp.join(STATE),
             &serde_json::to_value(&st).map_err(|e| Error::Msg(e.to_string()))?,
         )?;

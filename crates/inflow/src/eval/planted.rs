@@ -281,9 +281,7 @@ pub fn write_records(path: &std::path::Path, records: &[Map<String, Value>]) -> 
         serde_json::to_writer(&mut buf, r).map_err(|e| Error::Msg(e.to_string()))?;
         buf.push(b'\n');
     }
-    crate::store::atomic_write::write_atomic(path, |f| {
-        f.write_all(&buf).map_err(|e| Error::io(path, e))
-    })?;
+    crate::atomic_write::write_atomic(path, |f| f.write_all(&buf).map_err(|e| Error::io(path, e)))?;
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! PNG plots (plotters, bitmap backend). Text is drawn with DejaVu Sans embedded in the binary
 //! (assets/fonts, free licence), so plots render the same on machines without system fonts.
 
+use crate::atomic_write::write_atomic_at;
 use crate::{Error, Result};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -30,6 +31,23 @@ pub fn scatter(
     y_label: &str,
     title: &str,
 ) -> Result<()> {
+    // Drawn to a temporary file and renamed: an earlier plot is never left half-written.
+    write_atomic_at(path, |tmp| {
+        scatter_at(tmp, path, xs, ys, x_label, y_label, title)
+    })
+    .map(|_| ())
+}
+
+/// [`scatter`] drawn into `target`; errors name `path`.
+fn scatter_at(
+    target: &Path,
+    path: &Path,
+    xs: &[f64],
+    ys: &[f64],
+    x_label: &str,
+    y_label: &str,
+    title: &str,
+) -> Result<()> {
     register_font();
     let finite: Vec<(f64, f64)> = xs
         .iter()
@@ -51,7 +69,7 @@ pub fn scatter(
     };
     let (x0, x1) = range(&mut finite.iter().map(|p| p.0));
     let (y0, y1) = range(&mut finite.iter().map(|p| p.1));
-    let root = BitMapBackend::new(path, (800, 640)).into_drawing_area();
+    let root = BitMapBackend::new(target, (800, 640)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(path, e))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
@@ -87,11 +105,26 @@ pub fn bars(
     y_label: &str,
     title: &str,
 ) -> Result<()> {
+    write_atomic_at(path, |tmp| {
+        bars_at(tmp, path, labels, values, y_label, title)
+    })
+    .map(|_| ())
+}
+
+/// [`bars`] drawn into `target`; errors name `path`.
+fn bars_at(
+    target: &Path,
+    path: &Path,
+    labels: &[String],
+    values: &[f64],
+    y_label: &str,
+    title: &str,
+) -> Result<()> {
     register_font();
     let lo = values.iter().copied().fold(0.0f64, f64::min);
     let hi = values.iter().copied().fold(0.0f64, f64::max);
     let pad = ((hi - lo) * 0.1).max(1e-6);
-    let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
+    let root = BitMapBackend::new(target, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(path, e))?;
     let n = labels.len().min(values.len());
     // Segmented x axis: each bar owns one segment and its label sits at the segment's centre.

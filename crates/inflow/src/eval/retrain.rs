@@ -7,8 +7,8 @@
 //! is complete, so a killed evaluation reruns exactly the runs that had not finished; a run
 //! killed mid-training continues from its latest checkpoint.
 
+use crate::atomic_write::write_json;
 use crate::model::{LoadedModel, TokenSeq};
-use crate::store::atomic_write::write_json;
 use crate::train::{self, Method, TrainData, TrainOptions};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};

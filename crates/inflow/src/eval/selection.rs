@@ -14,9 +14,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::retrain::retrain_and_eval;
+use crate::atomic_write::write_json;
 use crate::model::{LoadedModel, TokenSeq};
 use crate::random::Stream;
-use crate::store::atomic_write::write_json;
 use crate::train::TrainOptions;
 use crate::{Error, Result};
 

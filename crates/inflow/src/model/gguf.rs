@@ -74,6 +74,26 @@ pub fn config_from_gguf(path: &Path, ct: &Content) -> Result<LlamaConfig> {
         Some(Value::Array(a)) => a.len(),
         _ => need("vocab_size")?,
     };
+    // The head size the metadata states (RoPE rotates whole heads) must be what the head
+    // count makes of the width; a wrong count would otherwise permute q/k rows silently wrong.
+    let (hidden, heads) = (need("embedding_length")?, need("attention.head_count")?);
+    if let Some(rope) = meta_u64(ct, &format!("{arch}.rope.dimension_count")) {
+        if heads == 0 || hidden % heads != 0 || (hidden / heads) as u64 != rope {
+            return Err(err(
+                path,
+                format!(
+                    "`{arch}.attention.head_count` = {heads} splits `{arch}.embedding_length` = \
+                     {hidden} into heads of {}, but `{arch}.rope.dimension_count` says {rope}: \
+                     the metadata disagrees with itself",
+                    if heads == 0 {
+                        0.0
+                    } else {
+                        hidden as f64 / heads as f64
+                    }
+                ),
+            ));
+        }
+    }
     let tied = !ct.tensor_infos.contains_key("output.weight");
     let eos = meta_u64(ct, "tokenizer.ggml.eos_token_id");
     Ok(LlamaConfig {
@@ -178,8 +198,31 @@ pub fn load(path: &Path, dtype: DType) -> Result<LoadedModel> {
     for i in 0..config.num_hidden_layers {
         let p = format!("model.layers.{i}");
         let g = |n: &str| format!("blk.{i}.{n}.weight");
-        let q = unpermute_qk(&get(&g("attn_q"))?, config.num_attention_heads)?;
-        let k = unpermute_qk(&get(&g("attn_k"))?, config.num_key_value_heads)?;
+        let mut qk = |name: String, heads: usize, key: &str| -> Result<Tensor> {
+            let w = get(&name)?;
+            let rows = w.dims2()?.0;
+            if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
+                return Err(err(
+                    path,
+                    format!(
+                        "tensor `{name}` has {rows} rows, which `llama.{key}` = {heads} heads \
+                         cannot split into heads of one even size: the metadata and the weights \
+                         disagree"
+                    ),
+                ));
+            }
+            unpermute_qk(&w, heads)
+        };
+        let q = qk(
+            g("attn_q"),
+            config.num_attention_heads,
+            "attention.head_count",
+        )?;
+        let k = qk(
+            g("attn_k"),
+            config.num_key_value_heads,
+            "attention.head_count_kv",
+        )?;
         t.insert(format!("{p}.self_attn.q_proj.weight"), q);
         t.insert(format!("{p}.self_attn.k_proj.weight"), k);
         for (hf, gg) in [

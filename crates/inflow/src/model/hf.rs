@@ -2,9 +2,11 @@
 //! *.safetensors files, tokenizer.json and tokenizer_config.json (for the chat template).
 
 use super::{LlamaConfig, LoadedModel, ModelSource};
+use crate::atomic_write::{write_atomic, write_atomic_at};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
 
@@ -37,8 +39,47 @@ pub fn read_config(dir: &Path) -> Result<LlamaConfig> {
     serde_json::from_value(v).map_err(|e| err(&path, format!("not a Llama config: {e}")))
 }
 
-/// The safetensors files of a folder, in name order.
+/// The safetensors files of a folder, in name order. A sharded checkpoint's
+/// `model.safetensors.index.json` names its shards: each must be there (a missing one is named
+/// with a tensor it holds, rather than reported later as a missing tensor).
 pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| err(&index, format!("invalid JSON: {e}")))?;
+        let map = v["weight_map"].as_object().ok_or_else(|| {
+            err(
+                &index,
+                "expected an object `weight_map` (tensor → shard file)",
+            )
+        })?;
+        let mut shards: std::collections::BTreeMap<&str, (&str, usize)> = Default::default();
+        for (tensor, file) in map {
+            let file = file.as_str().ok_or_else(|| {
+                err(
+                    &index,
+                    format!("weight_map[`{tensor}`]: expected a file name"),
+                )
+            })?;
+            shards.entry(file).or_insert((tensor, 0)).1 += 1;
+        }
+        let mut files = Vec::with_capacity(shards.len());
+        for (file, (tensor, n)) in shards {
+            let p = dir.join(file);
+            if Path::new(file).file_name() != Some(file.as_ref()) || !p.is_file() {
+                return Err(err(
+                    &p,
+                    format!(
+                        "shard missing: model.safetensors.index.json lists it for {n} tensors \
+                         (e.g. `{tensor}`)"
+                    ),
+                ));
+            }
+            files.push(p);
+        }
+        return Ok(files);
+    }
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -104,9 +145,13 @@ pub fn load_dir(dir: &Path, dtype: DType) -> Result<LoadedModel> {
 pub fn save_dir(model: &LoadedModel, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let cfg = model.llama.config.to_hf_json();
+    // Each file replaces its old self atomically (an export over an earlier one with --force).
     let write = |name: &str, text: String| -> Result<()> {
         let p = dir.join(name);
-        std::fs::write(&p, text).map_err(|e| Error::io(&p, e))
+        write_atomic(&p, |f| {
+            f.write_all(text.as_bytes()).map_err(|e| Error::io(&p, e))
+        })
+        .map(|_| ())
     };
     write("config.json", pretty(&cfg))?;
     let tensors: HashMap<String, Tensor> = model
@@ -116,13 +161,17 @@ pub fn save_dir(model: &LoadedModel, dir: &Path) -> Result<()> {
         .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))
         .collect::<Result<_>>()?;
     let st = dir.join("model.safetensors");
-    candle_core::safetensors::save(&tensors, &st)
-        .map_err(|e| err(&st, format!("cannot write safetensors: {e}")))?;
+    write_atomic_at(&st, |tmp| {
+        candle_core::safetensors::save(&tensors, tmp)
+            .map_err(|e| err(&st, format!("cannot write safetensors: {e}")))
+    })?;
     let tp = dir.join("tokenizer.json");
-    model
-        .tokenizer
-        .save(&tp, true)
-        .map_err(|e| err(&tp, format!("cannot write tokenizer: {e}")))?;
+    write_atomic_at(&tp, |tmp| {
+        model
+            .tokenizer
+            .save(tmp, true)
+            .map_err(|e| err(&tp, format!("cannot write tokenizer: {e}")))
+    })?;
     let tc = serde_json::json!({
         "chat_template": model.chat_template,
         "bos_token": model.bos_token,

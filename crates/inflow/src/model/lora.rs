@@ -433,14 +433,19 @@ impl Adapters {
     pub fn save(&self, dir: &Path, base: &AdapterBase) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let st = dir.join(ADAPTER_WEIGHTS);
-        candle_core::safetensors::save(&self.peft_tensors(), &st).map_err(|e| Error::Model {
-            path: st.clone(),
-            msg: format!("cannot write safetensors: {e}"),
+        crate::atomic_write::write_atomic_at(&st, |tmp| {
+            candle_core::safetensors::save(&self.peft_tensors(), tmp).map_err(|e| Error::Model {
+                path: st.clone(),
+                msg: format!("cannot write safetensors: {e}"),
+            })
         })?;
         let write = |name: &str, v: &serde_json::Value| -> Result<()> {
             let p = dir.join(name);
             let text = serde_json::to_string_pretty(v).map_err(|e| Error::Msg(e.to_string()))?;
-            std::fs::write(&p, text).map_err(|e| Error::io(&p, e))
+            crate::atomic_write::write_atomic(&p, |f| {
+                std::io::Write::write_all(f, text.as_bytes()).map_err(|e| Error::io(&p, e))
+            })
+            .map(|_| ())
         };
         write(ADAPTER_CONFIG, &self.peft_config(&base.name_or_path))?;
         let sidecar = AdapterSidecar {

@@ -318,7 +318,7 @@ pub fn train(o: &TrainOptions, reporter: &dyn Reporter) -> Result<TrainSummary> 
         )));
     }
     std::fs::create_dir_all(o.out.join("cache")).map_err(|e| Error::io(&o.out, e))?;
-    crate::store::atomic_write::write_json(
+    crate::atomic_write::write_json(
         &o.out.join(SPEC_FILE),
         &serde_json::to_value(&spec).map_err(|e| Error::Msg(e.to_string()))?,
     )?;
@@ -443,7 +443,7 @@ pub fn train(o: &TrainOptions, reporter: &dyn Reporter) -> Result<TrainSummary> 
             &o.teacher,
             query_feats.as_ref(),
         )?;
-        crate::store::atomic_write::write_json(
+        crate::atomic_write::write_json(
             &o.out.join("metrics.json"),
             &serde_json::to_value(&m).map_err(|e| Error::Msg(e.to_string()))?,
         )?;

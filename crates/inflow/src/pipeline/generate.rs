@@ -60,6 +60,8 @@ pub struct GenerateOptions {
     /// Continue an existing `out`, skipping the ids already in it (without it an existing
     /// `out` is an error).
     pub resume: bool,
+    /// Start `out` afresh when it exists (its answers are replaced).
+    pub force: bool,
     /// Most new tokens per answer.
     pub max_new: usize,
     /// 0 for greedy decoding, else the sampling temperature.
@@ -84,6 +86,7 @@ impl Default for GenerateOptions {
             prompts: Prompts::Text(String::new()),
             out: None,
             resume: false,
+            force: false,
             max_new: 128,
             temperature: 0.0,
             top_p: 1.0,
@@ -186,10 +189,20 @@ pub fn generate(o: &GenerateOptions, reporter: &dyn Reporter) -> Result<Generate
     };
     decode.validate()?;
     // Check the output before the (slow) model load: never the prompts file itself.
-    if let (Some(out), Prompts::File { path, .. }) = (&o.out, &o.prompts) {
-        crate::output_guard::check_output("--out", out, &[path])?;
+    if let Some(out) = &o.out {
+        let inputs: Vec<&Path> = match &o.prompts {
+            Prompts::File { path, .. } => vec![path],
+            Prompts::Text(_) => Vec::new(),
+        };
+        // An existing file is continued (--resume) or started afresh (--force), never
+        // replaced unasked.
+        crate::output_guard::check_output("--out", out, &inputs, true)?;
     }
     let done = match &o.out {
+        Some(out) if o.force && !o.resume && out.exists() => {
+            std::fs::remove_file(out).map_err(|e| Error::io(out, e))?;
+            HashSet::new()
+        }
         Some(out) => done_ids(out, o.resume)?,
         None => HashSet::new(),
     };
@@ -509,7 +522,7 @@ fn done_ids(out: &Path, resume: bool) -> Result<HashSet<String>> {
     };
     if !resume {
         return Err(Error::Msg(format!(
-            "{} exists; pass --resume to continue it (skipping the prompts it answers) or remove it",
+            "--out {}: exists already; pass --resume to continue it (skipping the prompts it answers) or --force to start it afresh",
             out.display()
         )));
     }

@@ -89,7 +89,7 @@ fn read(format: Format, limit: Option<usize>) -> ReadOptions {
 }
 
 fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
-    crate::store::atomic_write::write_json(path, v).map(|_| ())
+    crate::atomic_write::write_json(path, v).map(|_| ())
 }
 
 impl Ctx<'_> {

@@ -426,7 +426,7 @@ pub fn run(o: &PlantedOptions, reporter: &dyn Reporter) -> Result<PlantedReport>
         "seconds": t0.elapsed().as_secs_f64(),
     });
     let path = o.out.join("report.json");
-    crate::store::atomic_write::write_json(&path, &report)?;
+    crate::atomic_write::write_json(&path, &report)?;
     Ok(PlantedReport {
         kind,
         n_mix: written.n_mix,

@@ -37,8 +37,10 @@ pub struct ScoreOptions {
     pub method: String,
     pub options: methods::Options,
     pub top_k: usize,
-    /// Parquet output; default STORE/scores-METHOD.parquet.
+    /// Parquet output; default STORE/scores-METHOD.parquet ([`output_path`]).
     pub out: Option<PathBuf>,
+    /// Replace outputs that exist already.
+    pub force: bool,
     /// Also the dense nq × n matrix as `.npy` (with a JSON sidecar naming the queries).
     pub full: Option<PathBuf>,
     /// Model override (default: the store's, from run.json).
@@ -112,6 +114,19 @@ pub fn recorded_read(s: &Store, run: &index::RunInfo) -> Result<ReadOptions> {
     })
 }
 
+/// Where `o`'s scores go: `--out`, or `STORE/scores-METHOD.parquet`, where METHOD is the
+/// method's name (`influence-PRECONDITIONER` for influence), known before any work so an
+/// existing file is refused up front.
+pub fn output_path(o: &ScoreOptions) -> PathBuf {
+    o.out.clone().unwrap_or_else(|| {
+        let name = match o.method.as_str() {
+            "influence" => format!("influence-{}", o.options.preconditioner),
+            m => m.to_string(),
+        };
+        o.store.join(format!("scores-{name}.parquet"))
+    })
+}
+
 /// Scores the queries of `o` with its method and writes the outputs.
 pub fn score(o: &ScoreOptions, reporter: &dyn Reporter) -> Result<ScoreOutput> {
     let method = methods::by_name(&o.method)?;
@@ -127,15 +142,20 @@ pub fn score(o: &ScoreOptions, reporter: &dyn Reporter) -> Result<ScoreOutput> {
             )));
         }
     }
-    // Outputs must not replace an input or a store's own files (checked before any work).
-    if let Some(out) = &o.out {
-        check_output("--out", out, &[&o.queries])?;
-        check_output("--out", &report_path(out), &[&o.queries])?;
-    }
+    // Outputs must not replace an input or a store's own files, nor (without --force) an
+    // earlier result: checked before any work, after the cheap checks of the inputs below.
+    let out = output_path(o);
+    let mut outputs = vec![("--out", out.clone()), ("--out", report_path(&out))];
     if let Some(full) = &o.full {
-        check_output("--full", full, &[&o.queries])?;
-        check_output("--full", &full.with_extension("json"), &[&o.queries])?;
+        outputs.push(("--full", full.clone()));
+        outputs.push(("--full", full.with_extension("json")));
     }
+    let check_outputs = |force: bool| {
+        outputs
+            .iter()
+            .try_for_each(|(flag, p)| check_output(flag, p, &[&o.queries], force))
+    };
+    check_outputs(true)?;
     let train = train_set(&o.store)?;
     // A store folder as --queries: features indexed once, scored against many stores.
     let (queries, given) = if o.queries.join("manifest.json").exists() {
@@ -161,6 +181,7 @@ pub fn score(o: &ScoreOptions, reporter: &dyn Reporter) -> Result<ScoreOutput> {
     } else {
         None
     };
+    check_outputs(o.force)?;
     if method.needs().contains(&Need::Checkpoints) {
         let n = scores::checkpoints::find(&o.store)?.len();
         reporter.note(&format!(
@@ -205,10 +226,7 @@ pub fn score(o: &ScoreOptions, reporter: &dyn Reporter) -> Result<ScoreOutput> {
             .map(|s| format!("{}{}", s.body.prompt_text(), s.body.response()))
             .collect()
     };
-    let out = o
-        .out
-        .clone()
-        .unwrap_or_else(|| o.store.join(format!("scores-{}.parquet", scored.method)));
+    let out = output_path(o);
     // A partial run's per-sample scores and ids: its part's rows.
     let part_rows = scored.result.part.as_ref().map(|p| p.rows.clone());
     let per_train = match (o.aggregate, &scored.per_train) {
@@ -249,8 +267,7 @@ pub fn score(o: &ScoreOptions, reporter: &dyn Reporter) -> Result<ScoreOutput> {
         // The whole report (LiSSA's per-iteration trace, …) goes beside the scores; the
         // terminal gets its one-line summary.
         let side = report_path(&out);
-        let text = serde_json::to_string_pretty(r).map_err(|e| Error::Msg(e.to_string()))?;
-        std::fs::write(&side, text).map_err(|e| Error::io(&side, e))?;
+        crate::atomic_write::write_json(&side, r)?;
         if let Some(summary) = r.get("summary").and_then(|v| v.as_str()) {
             reporter.note(&format!("{summary} (report: {})", side.display()));
         } else if !method.needs().contains(&Need::Checkpoints) {

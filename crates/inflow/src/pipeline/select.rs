@@ -28,6 +28,8 @@ pub struct SelectOptions {
     pub format: Format,
     /// Output file; the manifest goes to OUT.selection.{parquet,json}.
     pub out: PathBuf,
+    /// Replace outputs that exist already.
+    pub force: bool,
     /// Per-sample scores (Parquet with `train_id`, `score`) or a full `.npy` matrix.
     pub scores: Option<PathBuf>,
     /// How many: a count (500) or a percentage of the scored samples (5%), as given.
@@ -138,9 +140,14 @@ pub fn run(o: &SelectOptions, reporter: &dyn Reporter) -> Result<SelectOutput> {
     .map(PathBuf::as_path)
     .collect();
     let (mpq, mjs) = write::manifest_paths(&o.out);
-    for out in [&o.out, &mpq, &mjs] {
-        crate::output_guard::check_output("--out", out, &inputs)?;
-    }
+    // Inputs and store files are never written; an earlier selection only with --force,
+    // checked once the (quick) score file has been read and matched, before slow work.
+    let check_outputs = |force: bool| {
+        [&o.out, &mpq, &mjs]
+            .iter()
+            .try_for_each(|out| crate::output_guard::check_output("--out", out, &inputs, force))
+    };
+    check_outputs(true)?;
     let samples = read_data(&o.data, o.format)?;
     let mut settings = json!({
         "method": o.method,
@@ -152,6 +159,8 @@ pub fn run(o: &SelectOptions, reporter: &dyn Reporter) -> Result<SelectOutput> {
         "top" => {
             let path = need_scores(o, "--method top needs --scores")?;
             let (scored, m) = read_scores(o, path)?;
+            input::check_coverage(&scored.ids, &samples, path, &o.data)?;
+            check_outputs(o.force)?;
             settings["score_method"] = m.into();
             ranked::top(&scored, size(o)?)
         }
@@ -161,11 +170,16 @@ pub fn run(o: &SelectOptions, reporter: &dyn Reporter) -> Result<SelectOutput> {
                 "--method icp needs --scores (the scores.parquet of `inflow probe`)",
             )?;
             let (scored, m) = read_scores(o, path)?;
+            input::check_coverage(&scored.ids, &samples, path, &o.data)?;
+            check_outputs(o.force)?;
             settings["score_method"] = m.into();
             settings["threshold"] = o.threshold.into();
             threshold::above(&scored, o.threshold)
         }
-        "gdig" => gdig_select(o, &mut settings, reporter)?,
+        "gdig" => {
+            check_outputs(o.force)?;
+            gdig_select(o, &samples, &mut settings, reporter)?
+        }
         m => {
             return Err(Error::Msg(format!(
                 "unknown --method `{m}`; expected top, gdig or icp"
@@ -189,6 +203,7 @@ pub fn run(o: &SelectOptions, reporter: &dyn Reporter) -> Result<SelectOutput> {
 
 fn gdig_select(
     o: &SelectOptions,
+    samples: &[Sample],
     settings: &mut Value,
     reporter: &dyn Reporter,
 ) -> Result<Selection> {
@@ -247,6 +262,12 @@ fn gdig_select(
             ))
         }
     };
+    input::check_coverage(
+        &scored.ids,
+        samples,
+        o.scores.as_deref().unwrap_or(store_dir),
+        &o.data,
+    )?;
     let opts = GdigOptions {
         quality,
         clusters: o.clusters,

@@ -419,7 +419,7 @@ pub fn run(o: &SelectionEvalOptions, reporter: &dyn Reporter) -> Result<Selectio
     let report = report?;
     selection::plot(&report, &o.out)?;
     let notes_path = o.out.join("methods.json");
-    crate::store::atomic_write::write_json(&notes_path, &notes)?;
+    crate::atomic_write::write_json(&notes_path, &notes)?;
     Ok(SelectionEvalOutput {
         report,
         size: m,

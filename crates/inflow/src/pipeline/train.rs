@@ -210,6 +210,8 @@ pub struct ExportOptions {
     pub out: PathBuf,
     /// Write `out/base` + `out/adapter` (PEFT's pair) instead of merging (LoRA only).
     pub unmerged: bool,
+    /// Write over the files of an existing, non-empty `out`.
+    pub force: bool,
 }
 
 /// What `export` wrote.
@@ -237,6 +239,7 @@ pub enum Exported {
 /// `base_model_name_or_path` set to `out/base`'s absolute path (its sidecar still names the
 /// model it was trained on).
 pub fn export(o: &ExportOptions, reporter: &dyn Reporter) -> Result<Exported> {
+    crate::output_guard::check_output_dir("--out", &o.out, o.force)?;
     let mut m = load_model(&o.model, reporter)?;
     if !o.unmerged {
         let checkpoint = features::attach(&mut m, &o.adapter)?;

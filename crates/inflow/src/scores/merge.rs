@@ -59,9 +59,16 @@ impl Partial {
 /// Merges partial score files (all `.parquet` top-k or per-sample files, or all `.npy`
 /// matrices with their JSON sidecars) into `out`, checking that they come from one run
 /// (method, sign convention, k, store rows) and cover every row of the store exactly once.
-pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Merged> {
+/// `out` must not be an input (or a store's file), and replaces an existing file only if
+/// `force`.
+pub fn merge(inputs: &[PathBuf], out: &Path, force: bool) -> Result<Merged> {
     if inputs.is_empty() {
         return Err(Error::Msg("scores merge: no files given".into()));
+    }
+    let given: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    crate::output_guard::check_output("--out", out, &given, force)?;
+    if out.extension().is_some_and(|e| e == "npy") {
+        crate::output_guard::check_output("--out", &out.with_extension("json"), &given, force)?;
     }
     let is_npy = |p: &PathBuf| p.extension().is_some_and(|e| e == "npy");
     if inputs.iter().any(is_npy) {
@@ -420,17 +427,17 @@ mod tests {
             files.push(write(&r, &format!("p{i}.parquet")));
         }
         let m = dir.join("m.parquet");
-        merge(&files, &m).unwrap();
+        merge(&files, &m, false).unwrap();
         assert_eq!(std::fs::read(&w).unwrap(), std::fs::read(&m).unwrap());
         let npys: Vec<PathBuf> = files.iter().map(|f| f.with_extension("npy")).collect();
-        merge(&npys, &dir.join("m.npy")).unwrap();
+        merge(&npys, &dir.join("m.npy"), false).unwrap();
         assert_eq!(
             std::fs::read(w.with_extension("npy")).unwrap(),
             std::fs::read(dir.join("m.npy")).unwrap()
         );
-        let e = merge(&files[..3], &m).unwrap_err().to_string();
+        let e = merge(&files[..3], &m, true).unwrap_err().to_string();
         assert!(e.contains("are in no file"), "{e}");
-        let e = merge(&[files[0].clone(), npys[1].clone()], &m)
+        let e = merge(&[files[0].clone(), npys[1].clone()], &m, true)
             .unwrap_err()
             .to_string();
         assert!(e.contains("not both"), "{e}");

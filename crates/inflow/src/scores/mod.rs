@@ -196,7 +196,22 @@ impl Scoring<'_> {
                 queries.len()
             )));
         }
+        if let Some(p) = queries.iter().position(|x| !x.is_finite()) {
+            return Err(Error::Msg(format!(
+                "query features: query {}, column {}: value {} is not finite",
+                p / dim.max(1),
+                p % dim.max(1),
+                queries[p]
+            )));
+        }
         let q = est.prepare_queries(queries.to_vec(), dim)?;
+        if q.iter().any(|x| !x.is_finite()) {
+            return Err(Error::Msg(format!(
+                "estimator {}: the prepared query features are not finite (is its fitted \
+                 curvature damaged? fit again)",
+                est.name()
+            )));
+        }
         if q.len() != queries.len() {
             return Err(Error::Msg(format!(
                 "estimator {} changed the query shape",
@@ -242,18 +257,12 @@ impl Scoring<'_> {
             let above: Vec<f32> = heaps.iter().map(TopK::floor).collect();
             // Each job scores its blocks into a buffer that stays in cache and feeds its own
             // heaps; the heaps are merged afterwards (ties still go to the smaller row).
-            let work = || -> Vec<Vec<TopK>> {
+            let work = || -> Vec<(Vec<TopK>, Option<NonFinite>)> {
                 blocks
                     .par_iter()
                     .fold(
-                        || (Vec::new(), Vec::new(), Vec::<TopK>::new(), Vec::new()),
-                        |(mut buf, mut out, mut local, mut floors): (
-                            Vec<f32>,
-                            Vec<f32>,
-                            Vec<TopK>,
-                            Vec<f32>,
-                        ),
-                         &r0| {
+                        || (Vec::new(), Vec::new(), Vec::<TopK>::new(), Vec::new(), None),
+                        |(mut buf, mut out, mut local, mut floors, mut bad): BlockState, &r0| {
                             if local.is_empty() {
                                 local = above.iter().map(|&f| TopK::above(k, f)).collect();
                             }
@@ -303,13 +312,24 @@ impl Scoring<'_> {
                                 let enters = row
                                     .iter()
                                     .zip(&floors)
-                                    .fold(false, |a, (&x, &f)| a | (x >= f) | x.is_nan());
+                                    .fold(false, |a, (&x, &f)| a | (x >= f) | !x.is_finite());
                                 if !enters && !full {
                                     continue;
                                 }
+                                // The queries are finite, so a non-finite score comes from this
+                                // row (a store written by another tool, or damaged): dropping it
+                                // from the ranking silently would be a wrong answer.
+                                if let Some(j) = row.iter().position(|x| !x.is_finite()) {
+                                    bad.get_or_insert(NonFinite {
+                                        shard,
+                                        row: r0 + i,
+                                        query: j,
+                                        value: row[j],
+                                    });
+                                    continue;
+                                }
                                 for (j, &x) in row.iter().enumerate() {
-                                    // NaN goes to the heap, which ranks it last.
-                                    if x >= floors[j] || x.is_nan() {
+                                    if x >= floors[j] {
                                         local[j].push(g, x);
                                         floors[j] = local[j].floor();
                                     }
@@ -323,17 +343,21 @@ impl Scoring<'_> {
                                     }
                                 }
                             }
-                            (buf, out, local, floors)
+                            (buf, out, local, floors, bad)
                         },
                     )
-                    .map(|(_, _, local, _)| local)
-                    .collect()
+                    .map(|(_, _, local, _, bad)| (local, bad))
+                    .collect::<Vec<_>>()
             };
             let (partial, opened) = rayon::join(work, || open(shard + 1));
+            // The smallest bad row, so the message does not depend on the thread count.
+            if let Some(bad) = partial.iter().filter_map(|(_, b)| *b).min_by_key(|b| b.row) {
+                return Err(bad.error(store));
+            }
             next = opened?;
             // The shard's map is released here, before the next one is scored.
             drop(shard_rows);
-            for local in partial {
+            for (local, _) in partial {
                 for (h, l) in heaps.iter_mut().zip(local) {
                     h.absorb(l);
                 }
@@ -352,6 +376,41 @@ impl Scoring<'_> {
                 top_k: k,
             }),
         })
+    }
+}
+
+/// A scoring job's state across its blocks: the row buffer, the block's scores, its heaps,
+/// their floors, and the first non-finite score met.
+type BlockState = (Vec<f32>, Vec<f32>, Vec<TopK>, Vec<f32>, Option<NonFinite>);
+
+/// The first training row whose score came out NaN or infinite against finite queries.
+#[derive(Clone, Copy)]
+struct NonFinite {
+    shard: usize,
+    /// Row within the shard.
+    row: usize,
+    query: usize,
+    value: f32,
+}
+
+impl NonFinite {
+    /// The error naming the shard file, the row and its sample id.
+    fn error(self, store: &Store) -> Error {
+        let global = store.shard_range(self.shard).start + self.row;
+        let id = store
+            .shard_samples(self.shard)
+            .ok()
+            .and_then(|s| s.get(self.row).map(|r| format!(" (sample `{}`)", r.id)))
+            .unwrap_or_default();
+        Error::Store {
+            path: store.dir().to_path_buf(),
+            msg: format!(
+                "row {global}{id}, row {} of shard {}, scores {} against query {}: its stored \
+                 features, norm or scale are not finite (or overflow); the store was damaged or \
+                 written by another tool: index that sample again",
+                self.row, self.shard, self.value, self.query
+            ),
+        }
     }
 }
 
@@ -615,6 +674,41 @@ mod tests {
                 r.topk[0][0].1
             );
         }
+    }
+
+    #[test]
+    fn non_finite_rows_and_queries_are_refused_naming_them() {
+        let dir = temp_dir("score_nan");
+        let store = filled_store(&dir, spec(Dtype::F32, 4, 2, 8), &random(5 * 4, 3));
+        // Another tool's store: row 3 (row 1 of shard 1) column 2 is NaN on disk; the f32 data
+        // ends the file, two rows of four.
+        let file = dir.join("features-00001.npy");
+        let mut bytes = std::fs::read(&file).unwrap();
+        let at = bytes.len() - 2 * 4 * 4 + (4 + 2) * 4;
+        bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+        std::fs::write(&file, bytes).unwrap();
+        for est in [&Dot as &dyn Estimator, &Cosine] {
+            for full in [false, true] {
+                let msg = score_store(&store, &[1.0; 8], 2, est, 2, full, &mut |_| {})
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    msg.contains("row 3 (sample") && msg.contains("shard 1"),
+                    "{msg}"
+                );
+            }
+        }
+        let mut q = [1.0f32; 8];
+        q[5] = f32::INFINITY;
+        let good = filled_store(
+            &temp_dir("score_nan_q"),
+            spec(Dtype::F32, 4, 2, 8),
+            &random(20, 1),
+        );
+        let msg = score_store(&good, &q, 2, &Dot, 2, false, &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("query 1, column 1"), "{msg}");
     }
 
     #[test]

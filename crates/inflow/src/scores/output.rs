@@ -13,7 +13,8 @@ use parquet::file::properties::WriterProperties;
 use serde_json::json;
 
 use super::{PartScope, ScoreResult};
-use crate::store::{atomic_write::write_atomic, npy};
+use crate::atomic_write::write_atomic;
+use crate::store::npy;
 use crate::{Error, Result};
 
 /// Rows per Parquet record batch (bounds the memory of the write).

@@ -14,7 +14,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
-use crate::store::atomic_write::write_atomic;
+use crate::atomic_write::write_atomic;
 use crate::{Error, Result};
 
 /// One column of a table.

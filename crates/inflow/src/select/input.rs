@@ -220,6 +220,40 @@ pub fn join_data(ids: &[String], samples: &[Sample], data: &Path) -> Result<Vec<
         .collect()
 }
 
+/// Checks scores against the data file both ways before anything is selected: every scored id
+/// must be a sample of the data (else the scores belong to other data), and the scored samples
+/// must be the data's first n (a store indexed with `--limit n`); scores that skip a sample in
+/// between cover only part of the data, and selecting "5%" of them would silently select from
+/// that part. Returns how many of the data's samples are scored.
+pub fn check_coverage(
+    ids: &[String],
+    samples: &[Sample],
+    scores: &Path,
+    data: &Path,
+) -> Result<usize> {
+    join_data(ids, samples, data)?;
+    let scored: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let n = scored.len();
+    if let Some(gap) = samples[..n.min(samples.len())]
+        .iter()
+        .find(|s| !scored.contains(s.id.as_str()))
+    {
+        return Err(bad(
+            scores,
+            format!(
+                "scores {n} of the {} samples of {}, but not sample {} (row {}) among the first \
+                 {n}: the scores cover only part of this data; score every sample (or the same \
+                 first N as the store's --limit) and select again",
+                samples.len(),
+                data.display(),
+                gap.id,
+                gap.row
+            ),
+        ));
+    }
+    Ok(n)
+}
+
 /// The seed-set scoring used when none is named: the influence function with EK-FAC when
 /// the store has fitted curvature (`inflow fit`), else gradient cosine (no curvature needed,
 /// and insensitive to the gradient norm that long or badly fit samples inflate).

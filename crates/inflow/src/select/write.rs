@@ -12,8 +12,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 
 use super::Selection;
+use crate::atomic_write::write_atomic;
 use crate::scores::table::{write_table, Column};
-use crate::store::atomic_write::write_atomic;
 use crate::{Error, Result};
 
 fn ext(path: &Path) -> String {
@@ -212,7 +212,7 @@ pub fn write_manifest(
         "inflow_version": crate::version(),
         "picks": picks,
     });
-    crate::store::atomic_write::write_json(&json_path, &doc)?;
+    crate::atomic_write::write_json(&json_path, &doc)?;
     Ok((pq_path, json_path))
 }
 

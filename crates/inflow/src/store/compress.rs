@@ -200,7 +200,7 @@ pub fn compress(
     let run = parent.dir().join("run.json");
     if run.exists() {
         let text = std::fs::read(&run).map_err(|e| Error::io(&run, e))?;
-        super::atomic_write::write_atomic(&out.join("run.json"), |f| {
+        crate::atomic_write::write_atomic(&out.join("run.json"), |f| {
             use std::io::Write;
             f.write_all(&text).map_err(|e| Error::io(&run, e))
         })?;

@@ -266,7 +266,7 @@ fn side_files(root: &Path, dir: &Path, out: &Path, summary: &mut MergeSummary) -
     Ok(())
 }
 
-/// A file being written by [`super::atomic_write`] (`.NAME.tmp.PID`), not yet in place.
+/// A file being written by [`crate::atomic_write`] (`.NAME.tmp.PID.EXT`), not yet in place.
 fn is_temporary(name: &str) -> bool {
     name.starts_with('.') && name.contains(".tmp.")
 }

@@ -14,7 +14,6 @@
 //! manifest (written the same way): a killed run resumes where it stopped, and a shard listed in
 //! the manifest is always whole. Files the manifest does not name are ignored and overwritten.
 
-pub mod atomic_write;
 pub mod compress;
 pub mod lock;
 mod manifest;
@@ -122,7 +121,11 @@ impl Store {
                 "Use another --out directory, or run with the same settings as the store.",
             )?;
             let before = store.manifest.shards.len();
-            store.manifest.shards.retain(|s| shard_files_intact(dir, s));
+            let spec = store.manifest.spec.clone();
+            store
+                .manifest
+                .shards
+                .retain(|s| shard_files_intact(dir, &spec, s));
             if store.manifest.shards.len() != before {
                 store.manifest.status = Status::InProgress;
                 store.save_manifest()?;
@@ -185,13 +188,29 @@ impl Store {
         }
         if let Some(p) = &manifest.part {
             let shards = p.part().shards(manifest.n_shards());
+            let rows = manifest.rows_of(&shards);
             if p.count == 0
                 || [shards.start, shards.end] != p.shards
-                || manifest.rows_of(&shards) != (p.rows[0]..p.rows[1])
+                || rows != (p.rows[0]..p.rows[1])
             {
                 return Err(store_err(
                     &path,
-                    format!("part entry {p:?} is inconsistent with the spec"),
+                    format!(
+                        "`part` says part {}/{} with shards {}..{} and rows {}..{}, but the spec \
+                         ({} rows, shards of {}) makes that part shards {}..{}, rows {}..{}",
+                        p.index,
+                        p.count,
+                        p.shards[0],
+                        p.shards[1],
+                        p.rows[0],
+                        p.rows[1],
+                        manifest.n_samples,
+                        manifest.spec.shard_size,
+                        shards.start,
+                        shards.end,
+                        rows.start,
+                        rows.end
+                    ),
                 ));
             }
         }
@@ -199,17 +218,27 @@ impl Store {
         for s in &manifest.shards {
             let expected = manifest.shard_range(s.index);
             let plain = |n: &str| Path::new(n).file_name() == Some(n.as_ref());
-            if !own.contains(&s.index)
-                || (s.start_row, s.end_row) != (expected.start, expected.end)
-                || ![&s.features, &s.norms, &s.samples].iter().all(|n| plain(n))
-            {
-                return Err(store_err(
-                    &path,
-                    format!(
-                        "shard entry {} is inconsistent with the spec: {s:?}",
-                        s.index
-                    ),
-                ));
+            let why = if !own.contains(&s.index) {
+                Some(format!(
+                    "is not a shard of this store (it holds shards {}..{})",
+                    own.start, own.end
+                ))
+            } else if (s.start_row, s.end_row) != (expected.start, expected.end) {
+                Some(format!(
+                    "has rows {}..{}, the spec makes them {}..{}",
+                    s.start_row, s.end_row, expected.start, expected.end
+                ))
+            } else {
+                [&s.features, &s.norms, &s.samples]
+                    .into_iter()
+                    .chain(&s.scales)
+                    .find(|n| !plain(n))
+                    .map(|n| {
+                        format!("names the file `{n}`, expected a file name in the store folder")
+                    })
+            };
+            if let Some(why) = why {
+                return Err(store_err(&path, format!("shard entry {} {why}", s.index)));
             }
         }
         Ok(Store {
@@ -514,7 +543,7 @@ impl Store {
             }
         };
         bytes += npy::write_file(&npath, &[rows], &norms)?;
-        bytes += atomic_write::write_atomic(&spath, |file| {
+        bytes += crate::atomic_write::write_atomic(&spath, |file| {
             let mut w = samples::SamplesWriter::new(&spath, file)?;
             w.write(samples)?;
             w.close()
@@ -546,16 +575,23 @@ impl Store {
                 return Err(store_err(
                     &self.dir,
                     format!(
-                        "shard entry {} does not fit this store: {info:?}",
-                        info.index
+                        "shard entry {} (rows {}..{}) does not fit this store (its shards {}..{}, rows {}..{} for this one)",
+                        info.index,
+                        info.start_row,
+                        info.end_row,
+                        self.own_shards().start,
+                        self.own_shards().end,
+                        expected.start,
+                        expected.end
                     ),
                 ));
             }
-            if !shard_files_intact(&self.dir, &info) {
+            if !shard_files_intact(&self.dir, self.spec(), &info) {
                 return Err(store_err(
                     &self.dir,
                     format!(
-                        "the files of shard {} are missing or not the size recorded ({} bytes)",
+                        "the files of shard {} are missing, not the size recorded ({} bytes) or \
+                         have headers other than the manifest's",
                         info.index, info.bytes
                     ),
                 ));
@@ -593,7 +629,7 @@ impl Store {
                 ),
             ));
         }
-        atomic_write::write_atomic(&all, |file| {
+        crate::atomic_write::write_atomic(&all, |file| {
             let mut w = samples::SamplesWriter::new(&all, file)?;
             for i in self.own_shards() {
                 w.write(&self.shard_samples(i)?)?;
@@ -733,7 +769,7 @@ impl Store {
         let mut text = serde_json::to_string_pretty(&self.manifest)
             .map_err(|e| store_err(&path, format!("cannot serialize manifest: {e}")))?;
         text.push('\n');
-        atomic_write::write_atomic(&path, |file| {
+        crate::atomic_write::write_atomic(&path, |file| {
             let mut w = BufWriter::new(file);
             w.write_all(text.as_bytes())
                 .and_then(|_| w.flush())
@@ -792,16 +828,32 @@ fn spec_value(spec: &StoreSpec, n_samples: usize) -> Value {
     v
 }
 
-fn shard_files_intact(dir: &Path, s: &ShardInfo) -> bool {
+/// Whether a shard's files are there, of the recorded total size, and with `.npy` headers
+/// that agree with the manifest (dtype, rows × columns): a shard failing any of this is not
+/// trusted on resume but written again.
+fn shard_files_intact(dir: &Path, spec: &StoreSpec, s: &ShardInfo) -> bool {
     let size = |n: &str| fs::metadata(dir.join(n)).map(|m| m.len()).ok();
     let scales = match &s.scales {
         Some(n) => size(n),
         None => Some(0),
     };
-    match (size(&s.features), size(&s.norms), size(&s.samples), scales) {
+    let sizes_ok = match (size(&s.features), size(&s.norms), size(&s.samples), scales) {
         (Some(a), Some(b), Some(c), Some(d)) => a + b + c + d == s.bytes,
         _ => false,
-    }
+    };
+    let rows = s.end_row.saturating_sub(s.start_row);
+    let header_is = |name: &str, dtype: Dtype, shape: &[usize]| {
+        npy::read_header(&dir.join(name)).is_ok_and(|(d, sh)| d == dtype && sh == shape)
+    };
+    let vector = |name: &str| header_is(name, Dtype::F32, &[rows]);
+    sizes_ok
+        && header_is(
+            &s.features,
+            spec.dtype,
+            &[rows, spec.dtype.file_cols(spec.dim)],
+        )
+        && vector(&s.norms)
+        && s.scales.as_deref().is_none_or(vector)
 }
 
 /// The features of one written shard, memory-mapped, with what its dtype needs to read them
@@ -1174,8 +1226,21 @@ pub(crate) mod tests {
             "{msg}"
         );
         drop(s);
-        let s = Store::create_or_resume(&dir, sp, n).unwrap();
+        let s = Store::create_or_resume(&dir, sp.clone(), n).unwrap();
         assert_eq!(s.pending_shards(), vec![0, 2]);
+
+        // A listed shard of the recorded size whose header disagrees with the manifest (here
+        // shape (1, 4) for the entry's 2 × 2) is not trusted on resume either.
+        let f1 = dir.join("features-00001.npy");
+        let text = fs::read(&f1).unwrap();
+        let mut bytes = text.clone();
+        let at = text.windows(6).position(|w| w == b"(2, 2)").unwrap();
+        bytes[at..at + 6].copy_from_slice(b"(1, 4)");
+        fs::write(&f1, &bytes).unwrap();
+        assert!(Store::open(&dir).unwrap().shard_features(1).is_err());
+        drop(s);
+        let s = Store::create_or_resume(&dir, sp, n).unwrap();
+        assert_eq!(s.pending_shards(), vec![0, 1, 2]);
     }
 
     #[test]

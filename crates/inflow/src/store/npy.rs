@@ -13,8 +13,8 @@ use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use memmap2::Mmap;
 
-use super::atomic_write::write_atomic;
 use super::Dtype;
+use crate::atomic_write::write_atomic;
 use crate::{Error, Result};
 
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
@@ -269,6 +269,34 @@ impl NpyFile {
         self.copy_rows_f32(0, self.rows(), &mut out);
         out
     }
+}
+
+/// The dtype and shape in a `.npy` file's header, read without mapping the data (to check a
+/// shard against its manifest entry cheaply, e.g. on resume).
+pub fn read_header(path: &Path) -> Result<(Dtype, Vec<usize>)> {
+    use std::io::Read;
+    let bad = |msg: String| Error::Store {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // Our writer pads the header to 128 bytes; numpy's headers are short too. A longer one is
+    // read whole below.
+    let mut head = Vec::with_capacity(4096);
+    (&mut file)
+        .take(4096)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::io(path, e))?;
+    let parsed = match parse_header(&head) {
+        Err(m) if m.contains("truncated") && head.len() == 4096 => {
+            file.read_to_end(&mut head)
+                .map_err(|e| Error::io(path, e))?;
+            parse_header(&head)
+        }
+        r => r,
+    };
+    let (dtype, shape, _) = parsed.map_err(|m| bad(format!("not a valid .npy file: {m}")))?;
+    Ok((dtype, shape))
 }
 
 /// Parses magic, version and header dict; returns dtype, shape and the data offset.

@@ -54,7 +54,7 @@ impl TrainLog {
                 }
             }
         }
-        crate::store::atomic_write::write_atomic(&path, |f| {
+        crate::atomic_write::write_atomic(&path, |f| {
             f.write_all(kept.as_bytes())
                 .map_err(|e| Error::io(&path, e))
         })?;

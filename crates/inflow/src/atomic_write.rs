@@ -9,14 +9,19 @@ use std::path::{Path, PathBuf};
 use crate::{Error, Result};
 
 /// The temporary name used while `path` is being written: hidden, in the same directory
-/// (rename is only atomic within one file system), and unique per process so two writers
-/// never interleave bytes in one temp file.
+/// (rename is only atomic within one file system), unique per process so two writers never
+/// interleave bytes in one temp file, and ending in `path`'s extension for writers that pick
+/// the format by it (a plot's `.png`): `.NAME.tmp.PID.EXT`.
 fn temp_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp.{}", std::process::id()))
+    let ext = path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp.{}{ext}", std::process::id()))
 }
 
 /// Writes `v` as pretty-printed JSON (and a final newline) to `path`, atomically.
@@ -31,14 +36,27 @@ pub fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<u64> {
 
 /// Writes `path` atomically: `write` fills a fresh temporary file, which is then flushed to
 /// disk and renamed over `path`; the directory is synced so the rename itself survives a crash.
-/// Returns the size of the written file in bytes. On any error the temporary file is removed.
+/// Returns the size of the written file in bytes. On any error the temporary file is removed,
+/// and the error names `path` (what the user asked for), never the temporary name.
 pub fn write_atomic(path: &Path, write: impl FnOnce(&mut File) -> Result<()>) -> Result<u64> {
+    write_atomic_at(path, |tmp| {
+        let mut file = File::create(tmp).map_err(|e| Error::io(tmp, e))?;
+        write(&mut file)
+    })
+}
+
+/// [`write_atomic`] for writers that take a path rather than a file (safetensors, a
+/// tokenizer): `write` creates and fills the temporary path it is given.
+pub fn write_atomic_at(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<u64> {
     let tmp = temp_path(path);
     let result = (|| {
-        let mut file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        write(&mut file)?;
-        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        let bytes = file.metadata().map_err(|e| Error::io(&tmp, e))?.len();
+        write(&tmp).map_err(|e| match e {
+            Error::Io { path: p, source } if p == tmp => Error::io(path, source),
+            e => e,
+        })?;
+        let file = File::open(&tmp).map_err(|e| Error::io(path, e))?;
+        file.sync_all().map_err(|e| Error::io(path, e))?;
+        let bytes = file.metadata().map_err(|e| Error::io(path, e))?.len();
         drop(file);
         fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
         Ok(bytes)
@@ -77,7 +95,9 @@ mod tests {
 
     #[test]
     fn replaces_whole_file_and_leaves_no_temp_on_error() {
-        let dir = crate::store::tests::temp_dir("atomic");
+        let dir = std::env::temp_dir().join(format!("inflow-atomic-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
         let path = dir.join("a.txt");
         let n = write_atomic(&path, |f| {
             f.write_all(b"hello").map_err(|e| Error::io("a", e))
