@@ -179,7 +179,7 @@ def cases(big):
         ("score file covering 1 of 4 samples", "inconsistent", sel[:2] + ["partial.parquet"] + sel[3:], ["partial.parquet"]),
         ("GGUF with a wrong head count", "vague", ["logprob", "--model", hf("heads7.gguf"), "--text", "hi"], ["head_count"]),
         ("missing safetensors shard", "vague", ["logprob", "--model", hf("hf_shards"), "--text", "hi"], ["model-00002-of-00002.safetensors"]),
-        ("bad manifest shard entry", "vague", ["score", "--store", "S_manifest", "--queries", q, "--out", "o.parquet"], ["manifest.json", "end_row", "99"]),
+        ("bad manifest shard entry", "vague", ["score", "--store", "S_manifest", "--queries", q, "--out", "o.parquet"], ["manifest.json", "shard entry 0", "99"]),
         ("score --method bogus lists every method", "vague", score + ["--method", "bogus"], ["bogus", "encoder", "one-step"]),
     ]
     # Nonsense values of the numeric flags of the main verbs.
@@ -268,8 +268,9 @@ def main():
                 changed = any(after.get(k) != v for k, v in before.items())
                 cat = classify(code, err, culprits, changed)
             said = [l for l in err.splitlines() if l.startswith("error")]
+            last = said[-1] if said else (err.strip().splitlines() or [""])[-1]
             rows.append({"case": name, "group": group, "category": cat, "secs": round(secs, 1),
-                         "error": (said[-1] if said else err.strip().splitlines()[-1:] or [""])[0][:300]})
+                         "error": last[:300]})
             print(f"{label:4} {cat:13} {name}", flush=True)
         results[label] = rows
     out = Path(a.out)

@@ -1,13 +1,10 @@
-//! `inflow bench features`: throughput of per-sample gradient features on the reference model,
-//! beside baselines measured in the same run (this machine's GEMM rate, and plain candle
-//! autograd that also computes every weight gradient).
+//! `inflow bench …`: the CLI side of the benchmarks (the measuring is in
+//! `inflow::pipeline::bench_features`, `bench_score` and `encoder::bench`).
 
-use anyhow::{bail, Result};
-use candle_core::DType;
+use anyhow::Result;
 use clap::Args;
-use inflow::data::{read_samples, Format, ReadOptions};
-use inflow::features::Projection;
-use inflow::index::{FeatureOptions, FeaturePass, Featurizer, Progress};
+use inflow::data::Format;
+use inflow::pipeline::bench_features::{BenchFeatures, BenchFeaturesOptions};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -18,126 +15,131 @@ pub(crate) use inflow::pipeline::machine::{gemm_gflops, peak_rss};
 pub(crate) struct FeaturesArgs {
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Samples from the bundled Natural Instructions data.
-    #[arg(long, value_parser = crate::bounds::count, default_value_t = 64)]
+    /// Samples to read (default: the bundled Natural Instructions extract).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Format of --data.
+    #[arg(long, default_value = "auto")]
+    format: String,
+    /// The first N samples of --data.
+    #[arg(long, visible_alias = "limit", value_parser = crate::bounds::count, default_value_t = 64)]
     samples: usize,
     #[arg(long, value_parser = crate::bounds::count, default_value_t = 256)]
     max_tokens: usize,
     /// LoGra rank per side.
     #[arg(long, value_parser = crate::bounds::count, default_value_t = 16)]
     rank: usize,
+    /// Timed passes of inflow (and of --baseline-cmd), interleaved: medians are reported.
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 1)]
+    rounds: usize,
+    /// A shell command timed in the same run between inflow's passes, e.g. the torch hooks
+    /// baseline: `python3 ../shared/bench/torch_baseline.py …`. Wall and CPU seconds of both.
+    #[arg(long)]
+    baseline_cmd: Option<String>,
+    /// Samples for the plain-autograd comparison on one thread (0 skips it).
+    #[arg(long, default_value_t = 4)]
+    autograd_samples: usize,
 }
 
 pub(crate) fn features(a: FeaturesArgs, threads: usize, json: bool) -> Result<()> {
-    let (n, max_tokens, rank) = (a.samples, a.max_tokens, a.rank);
     let model_path = crate::model_or_default(a.model)?;
     let m = crate::load_model(&model_path)?;
-    let data = crate::assets_dir()?.join("train.jsonl");
-    let report = read_samples(
-        &data,
-        &ReadOptions {
-            format: Format::Alpaca,
-            skip_bad: false,
-            limit: Some(n),
-        },
-    )?;
-    if report.samples.is_empty() {
-        bail!("no samples in {}", data.display());
-    }
-    let n = report.samples.len();
-    let opts = FeatureOptions {
-        projection: Projection::Logra {
-            rank_in: rank,
-            rank_out: rank,
-        },
-        seed: 0,
-        modules: "all".into(),
-        template: inflow::data::tokens::Template::Auto,
-        max_tokens,
-        truncate: Default::default(),
-        labels: Default::default(),
+    let data = match a.data {
+        Some(d) => d,
+        None => crate::assets_dir()?.join("train.jsonl"),
     };
-    let fz = Featurizer::new(&m, &opts)?;
-    let dim = fz.spec().dim();
-    let params = m.llama.n_params() as f64;
-
-    eprintln!("measuring GEMM (1024³ f32) with 1 and {threads} threads…");
-    let gemm1 = gemm_gflops(1, 1024, 8)?;
-    let gemm_n = gemm_gflops(threads, 1024, 8)?;
-
-    eprintln!("features: {n} samples, {threads} workers…");
-    let progress = Progress::default();
-    let pb = crate::bar(n, "bench");
-    let t = Instant::now();
-    let res = crate::with_progress(&pb, &progress, || {
-        fz.featurize(&report.samples, 1, threads, &progress)
-    });
-    pb.finish_and_clear();
-    let rows = res?.rows;
-    let secs = t.elapsed().as_secs_f64();
-    let tokens: usize = rows.iter().map(|r| r.n_tokens as usize).sum();
-    let gflops = 6.0 * params * tokens as f64 / secs / 1e9;
-
-    // Baseline in the same run: plain candle autograd (weights as Vars, stock matmul backward
-    // computing every dW), one thread, on the first few samples, vs our path on the same ones.
-    let nb = n.min(4);
-    eprintln!("baseline: plain autograd on {nb} samples, 1 thread…");
-    let fz1 = &fz;
-    let t = Instant::now();
-    let p1 = Progress::default();
-    fz1.featurize(&report.samples[..nb], 1, 1, &p1)?;
-    let ours_1t = t.elapsed().as_secs_f64();
-    let mut trainable = inflow::model::LoadedModel::load(&model_path, DType::F32)?;
-    trainable.llama.make_trainable()?;
-    let seqs: Vec<_> = report.samples[..nb]
-        .iter()
-        .map(|s| fz.renderer().tokenize(s).map(|t| t.seq))
-        .collect::<inflow::Result<_>>()?;
-    let t = Instant::now();
-    for s in &seqs {
-        trainable.llama.loss_and_grads(std::slice::from_ref(s))?;
-    }
-    let autograd_1t = t.elapsed().as_secs_f64();
-    drop(trainable);
-
-    let out = serde_json::json!({
-        "model": model_path, "samples": n, "tokens": tokens, "threads": threads,
-        "seconds": secs, "samples_per_s": n as f64 / secs, "tokens_per_s": tokens as f64 / secs,
-        "gflops_6pt": gflops, "gemm_gflops_1_thread": gemm1, "gemm_gflops_all_threads": gemm_n,
-        "fraction_of_gemm": gflops / gemm_n,
-        "feature_dim": dim, "bytes_per_sample_f16": dim * 2 + 4,
-        "peak_rss_bytes": peak_rss(),
-        "baseline_samples": nb, "ours_1_thread_s": ours_1t, "plain_autograd_1_thread_s": autograd_1t,
-        "speedup_vs_plain_autograd": autograd_1t / ours_1t,
-    });
-    crate::output::pretty(json, &out, || {
-        println!(
-            "inflow bench features — {} ({:.1} M params), LoGra rank {rank}, {threads} workers",
-            model_path.display(),
-            params / 1e6
-        );
-        println!("  samples             {n} ({tokens} tokens, ≤ {max_tokens} each)");
-        println!("  time                {secs:.2} s");
-        println!(
-            "  throughput          {:.2} samples/s, {:.0} tokens/s",
-            n as f64 / secs,
-            tokens as f64 / secs
-        );
-        println!("  achieved            {gflops:.1} GFLOP/s (6·params·tokens)");
-        println!("  GEMM, same run      {gemm1:.1} GFLOP/s on 1 thread, {gemm_n:.1} on {threads}  → {:.0}% of GEMM", 100.0 * gflops / gemm_n);
-        println!("  vs plain autograd   {:.2}× faster ({nb} samples, 1 thread: {ours_1t:.2} s vs {autograd_1t:.2} s)", autograd_1t / ours_1t);
-        println!(
-            "  store               {dim} dims, {} bytes/sample (f16 + norm)",
-            dim * 2 + 4
-        );
-        if let Some(r) = peak_rss() {
-            println!(
-                "  peak RSS            {:.2} GiB",
-                r as f64 / (1u64 << 30) as f64
-            );
-        }
+    let o = BenchFeaturesOptions {
+        data,
+        format: a.format.parse::<Format>()?,
+        limit: a.samples,
+        max_tokens: a.max_tokens,
+        rank: a.rank,
+        threads,
+        rounds: a.rounds,
+        baseline_cmd: a.baseline_cmd,
+        autograd_samples: a.autograd_samples,
+    };
+    let r = inflow::pipeline::bench_features::bench(&m, &o, &crate::progress::Bars::default())?;
+    let mut v = serde_json::to_value(&r)?;
+    v["model"] = serde_json::json!(model_path);
+    crate::output::pretty(json, &v, || {
+        print_features(&r, &model_path, &o);
         Ok(())
     })
+}
+
+fn print_features(r: &BenchFeatures, model: &std::path::Path, o: &BenchFeaturesOptions) {
+    let (gf, f) = (1e9, &r.flops);
+    println!(
+        "inflow bench features — {} ({:.1} M params), LoGra rank {}, {} workers, {} round(s)",
+        model.display(),
+        r.params as f64 / 1e6,
+        o.rank,
+        r.threads,
+        o.rounds
+    );
+    println!(
+        "  samples             {} ({} tokens, ≤ {} each) from {}",
+        r.samples,
+        r.tokens,
+        o.max_tokens,
+        o.data.display()
+    );
+    let cpu = |c: Option<f64>| c.map_or("?".into(), |c| format!("{c:.2}"));
+    println!(
+        "  inflow              {:.2} s wall, {} CPU s → {:.2} samples/s, {:.0} tokens/s",
+        r.wall_s,
+        cpu(r.cpu_s),
+        r.samples as f64 / r.wall_s.max(1e-9),
+        r.tokens_per_s
+    );
+    println!(
+        "  work done           {:.1} GFLOP: forward {:.1}, input-gradient backward {:.1} (no dW), projection {:.2}",
+        f.total() / gf,
+        f.forward / gf,
+        f.input_backward / gf,
+        f.projection / gf
+    );
+    let per_cpu = r
+        .gflops_per_cpu_s
+        .map_or(String::new(), |g| format!(", {g:.1} per CPU second"));
+    println!(
+        "  achieved            {:.1} GFLOP/s{per_cpu}; GEMM in the same run {:.1} on 1 thread, {:.1} on {} → {:.0}% of GEMM",
+        r.gflops,
+        r.gemm_gflops_1_thread,
+        r.gemm_gflops_all_threads,
+        r.threads,
+        100.0 * r.gflops / r.gemm_gflops_all_threads.max(1e-9)
+    );
+    if let (Some(cmd), Some(bw)) = (&o.baseline_cmd, r.baseline_wall_s) {
+        println!(
+            "  baseline            {bw:.2} s wall, {} CPU s  ({cmd})",
+            cpu(r.baseline_cpu_s)
+        );
+        println!(
+            "  inflow vs baseline  {:.2}× by wall time, {} by CPU time",
+            r.speedup_wall.unwrap_or(0.0),
+            r.speedup_cpu.map_or("?".into(), |s| format!("{s:.2}×"))
+        );
+    }
+    if let (Some(o1), Some(ag)) = (r.ours_1_thread_s, r.autograd_1_thread_s) {
+        println!(
+            "  vs plain autograd   {:.2}× faster ({} samples, 1 thread: {o1:.2} s vs {ag:.2} s)",
+            ag / o1.max(1e-9),
+            r.autograd_samples
+        );
+    }
+    println!(
+        "  store               {} dims, {} bytes/sample (f16 + norm)",
+        r.feature_dim,
+        r.feature_dim * 2 + 4
+    );
+    if let Some(b) = r.peak_rss_bytes {
+        println!(
+            "  peak RSS            {:.2} GiB",
+            b as f64 / (1u64 << 30) as f64
+        );
+    }
 }
 
 /// `inflow bench influence`: EK-FAC fit and influence scoring at scale on synthetic features.

@@ -530,8 +530,6 @@ fn logprob(path: &Path, text: &str, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub(crate) use progress::{bar, with_progress};
-
 // `inflow fit`'s arguments (its help is the `Fit` variant's).
 #[derive(Args)]
 struct FitArgs {

@@ -60,30 +60,3 @@ impl Reporter for Bars {
         }
     }
 }
-
-/// Follows one existing bar.
-struct OneBar<'a>(&'a ProgressBar);
-
-impl Reporter for OneBar<'_> {
-    fn start(&self, _: &str, _: usize) {}
-    fn update(&self, _: &str, done: usize, total: usize, note: &str) {
-        if total > 0 && self.0.length() != Some(total as u64) {
-            self.0.set_length(total as u64);
-        }
-        self.0.set_position(done as u64);
-        self.0.set_message(note.to_string());
-    }
-    fn finish(&self, _: &str) {}
-    fn note(&self, line: &str) {
-        self.0.println(line);
-    }
-}
-
-/// Runs `work` while `pb` follows `progress`.
-pub(crate) fn with_progress<T: Send>(
-    pb: &ProgressBar,
-    progress: &inflow::index::Progress,
-    work: impl FnOnce() -> T + Send,
-) -> T {
-    inflow::pipeline::watch(&OneBar(pb), "", progress, work)
-}

@@ -50,6 +50,7 @@ const FLAGS: &[(&str, &str, Bound)] = &[
     ("bench features", "--samples", Count),
     ("bench features", "--max-tokens", Count),
     ("bench features", "--rank", Count),
+    ("bench features", "--rounds", Count),
     ("bench score", "--rows", Count),
     ("bench score", "--dim", Count),
     ("bench score", "--queries", Count),

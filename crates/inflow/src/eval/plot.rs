@@ -32,69 +32,56 @@ pub fn scatter(
     title: &str,
 ) -> Result<()> {
     // Drawn to a temporary file and renamed: an earlier plot is never left half-written.
-    write_atomic_at(path, |tmp| {
-        scatter_at(tmp, path, xs, ys, x_label, y_label, title)
+    write_atomic_at(path, |target| {
+        register_font();
+        let finite: Vec<(f64, f64)> = xs
+            .iter()
+            .zip(ys)
+            .filter(|(a, b)| a.is_finite() && b.is_finite())
+            .map(|(a, b)| (*a, *b))
+            .collect();
+        let range = |v: &mut dyn Iterator<Item = f64>| {
+            let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+            for x in v {
+                lo = lo.min(x);
+                hi = hi.max(x);
+            }
+            if !lo.is_finite() {
+                return (0.0, 1.0);
+            }
+            let pad = ((hi - lo) * 0.05).max(1e-9);
+            (lo - pad, hi + pad)
+        };
+        let (x0, x1) = range(&mut finite.iter().map(|p| p.0));
+        let (y0, y1) = range(&mut finite.iter().map(|p| p.1));
+        let root = BitMapBackend::new(target, (800, 640)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(path, e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(48)
+            .y_label_area_size(64)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(|e| err(path, e))?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(|e| err(path, e))?;
+        let color = RGBColor(31, 119, 180).mix(0.6);
+        chart
+            .draw_series(
+                finite
+                    .iter()
+                    .map(|&(a, b)| Circle::new((a, b), 3, color.filled())),
+            )
+            .map_err(|e| err(path, e))?;
+        root.present().map_err(|e| err(path, e))?;
+        Ok(())
     })
     .map(|_| ())
-}
-
-/// [`scatter`] drawn into `target`; errors name `path`.
-fn scatter_at(
-    target: &Path,
-    path: &Path,
-    xs: &[f64],
-    ys: &[f64],
-    x_label: &str,
-    y_label: &str,
-    title: &str,
-) -> Result<()> {
-    register_font();
-    let finite: Vec<(f64, f64)> = xs
-        .iter()
-        .zip(ys)
-        .filter(|(a, b)| a.is_finite() && b.is_finite())
-        .map(|(a, b)| (*a, *b))
-        .collect();
-    let range = |v: &mut dyn Iterator<Item = f64>| {
-        let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-        for x in v {
-            lo = lo.min(x);
-            hi = hi.max(x);
-        }
-        if !lo.is_finite() {
-            return (0.0, 1.0);
-        }
-        let pad = ((hi - lo) * 0.05).max(1e-9);
-        (lo - pad, hi + pad)
-    };
-    let (x0, x1) = range(&mut finite.iter().map(|p| p.0));
-    let (y0, y1) = range(&mut finite.iter().map(|p| p.1));
-    let root = BitMapBackend::new(target, (800, 640)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(path, e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(64)
-        .build_cartesian_2d(x0..x1, y0..y1)
-        .map_err(|e| err(path, e))?;
-    chart
-        .configure_mesh()
-        .x_desc(x_label)
-        .y_desc(y_label)
-        .label_style(("sans-serif", 14))
-        .draw()
-        .map_err(|e| err(path, e))?;
-    let color = RGBColor(31, 119, 180).mix(0.6);
-    chart
-        .draw_series(
-            finite
-                .iter()
-                .map(|&(a, b)| Circle::new((a, b), 3, color.filled())),
-        )
-        .map_err(|e| err(path, e))?;
-    root.present().map_err(|e| err(path, e))?;
-    Ok(())
 }
 
 /// A bar chart: one bar per label.
@@ -105,90 +92,78 @@ pub fn bars(
     y_label: &str,
     title: &str,
 ) -> Result<()> {
-    write_atomic_at(path, |tmp| {
-        bars_at(tmp, path, labels, values, y_label, title)
+    write_atomic_at(path, |target| {
+        register_font();
+        let lo = values.iter().copied().fold(0.0f64, f64::min);
+        let hi = values.iter().copied().fold(0.0f64, f64::max);
+        let pad = ((hi - lo) * 0.1).max(1e-6);
+        let root = BitMapBackend::new(target, (800, 500)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(path, e))?;
+        let n = labels.len().min(values.len());
+        // Segmented x axis: each bar owns one segment and its label sits at the segment's centre.
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(60)
+            .y_label_area_size(64)
+            .build_cartesian_2d(
+                (0..n.saturating_sub(1)).into_segmented(),
+                (lo - pad)..(hi + pad),
+            )
+            .map_err(|e| err(path, e))?;
+        let labels_owned = labels.to_vec();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n.max(1))
+            .x_label_formatter(&|x| match x {
+                SegmentValue::CenterOf(i) => labels_owned.get(*i).cloned().unwrap_or_default(),
+                _ => String::new(),
+            })
+            .y_desc(y_label)
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(|e| err(path, e))?;
+        chart
+            .draw_series(values.iter().take(n).enumerate().map(|(i, &v)| {
+                let v = if v.is_finite() { v } else { 0.0 };
+                let mut r = Rectangle::new(
+                    [
+                        (SegmentValue::Exact(i), 0.0),
+                        (SegmentValue::Exact(i + 1), v),
+                    ],
+                    RGBColor(31, 119, 180).filled(),
+                );
+                r.set_margin(0, 0, 12, 12);
+                r
+            }))
+            .map_err(|e| err(path, e))?;
+        // The value above (or below) each bar.
+        chart
+            .draw_series(values.iter().take(n).enumerate().map(|(i, &v)| {
+                let y = match v {
+                    v if v >= 0.0 => v + pad * 0.25,
+                    v if v < 0.0 => v - pad * 0.6,
+                    _ => pad * 0.25,
+                };
+                Text::new(
+                    if v.is_finite() {
+                        format!("{v:.3}")
+                    } else {
+                        "n/a".into()
+                    },
+                    (SegmentValue::CenterOf(i), y),
+                    ("sans-serif", 13)
+                        .into_font()
+                        .color(&BLACK)
+                        .pos(Pos::new(HPos::Center, VPos::Bottom)),
+                )
+            }))
+            .map_err(|e| err(path, e))?;
+        root.present().map_err(|e| err(path, e))?;
+        Ok(())
     })
     .map(|_| ())
-}
-
-/// [`bars`] drawn into `target`; errors name `path`.
-fn bars_at(
-    target: &Path,
-    path: &Path,
-    labels: &[String],
-    values: &[f64],
-    y_label: &str,
-    title: &str,
-) -> Result<()> {
-    register_font();
-    let lo = values.iter().copied().fold(0.0f64, f64::min);
-    let hi = values.iter().copied().fold(0.0f64, f64::max);
-    let pad = ((hi - lo) * 0.1).max(1e-6);
-    let root = BitMapBackend::new(target, (800, 500)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(path, e))?;
-    let n = labels.len().min(values.len());
-    // Segmented x axis: each bar owns one segment and its label sits at the segment's centre.
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(16)
-        .x_label_area_size(60)
-        .y_label_area_size(64)
-        .build_cartesian_2d(
-            (0..n.saturating_sub(1)).into_segmented(),
-            (lo - pad)..(hi + pad),
-        )
-        .map_err(|e| err(path, e))?;
-    let labels_owned = labels.to_vec();
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(n.max(1))
-        .x_label_formatter(&|x| match x {
-            SegmentValue::CenterOf(i) => labels_owned.get(*i).cloned().unwrap_or_default(),
-            _ => String::new(),
-        })
-        .y_desc(y_label)
-        .label_style(("sans-serif", 14))
-        .draw()
-        .map_err(|e| err(path, e))?;
-    chart
-        .draw_series(values.iter().take(n).enumerate().map(|(i, &v)| {
-            let v = if v.is_finite() { v } else { 0.0 };
-            let mut r = Rectangle::new(
-                [
-                    (SegmentValue::Exact(i), 0.0),
-                    (SegmentValue::Exact(i + 1), v),
-                ],
-                RGBColor(31, 119, 180).filled(),
-            );
-            r.set_margin(0, 0, 12, 12);
-            r
-        }))
-        .map_err(|e| err(path, e))?;
-    // The value above (or below) each bar.
-    chart
-        .draw_series(values.iter().take(n).enumerate().map(|(i, &v)| {
-            let y = match v {
-                v if v >= 0.0 => v + pad * 0.25,
-                v if v < 0.0 => v - pad * 0.6,
-                _ => pad * 0.25,
-            };
-            Text::new(
-                if v.is_finite() {
-                    format!("{v:.3}")
-                } else {
-                    "n/a".into()
-                },
-                (SegmentValue::CenterOf(i), y),
-                ("sans-serif", 13)
-                    .into_font()
-                    .color(&BLACK)
-                    .pos(Pos::new(HPos::Center, VPos::Bottom)),
-            )
-        }))
-        .map_err(|e| err(path, e))?;
-    root.present().map_err(|e| err(path, e))?;
-    Ok(())
 }
 
 #[cfg(test)]

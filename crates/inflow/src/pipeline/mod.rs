@@ -3,6 +3,7 @@
 //! CLI parses arguments into these options, implements the reporter with progress bars, and
 //! prints the results.
 
+pub mod bench_features;
 pub mod bench_score;
 pub mod compress;
 pub mod encoder;

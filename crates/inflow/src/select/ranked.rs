@@ -40,7 +40,7 @@ impl std::str::FromStr for Size {
         let s = s.trim();
         let bad = || {
             Error::Msg(format!(
-                "size `{s}`: expected a count (500) or a percentage in (0, 100] (5%)"
+                "--size `{s}`: expected a count (500) or a percentage in (0, 100] (5%)"
             ))
         };
         if let Some(p) = s.strip_suffix('%') {
