@@ -86,11 +86,12 @@ fn print_features(r: &BenchFeatures, model: &std::path::Path, o: &BenchFeaturesO
         o.data.display()
     );
     let cpu = |c: Option<f64>| c.map_or("?".into(), |c| format!("{c:.2}"));
+    let ratio = |s: Option<f64>| s.map_or("?".into(), |s| format!("{s:.2}×"));
     println!(
         "  inflow              {:.2} s wall, {} CPU s → {:.2} samples/s, {:.0} tokens/s",
-        r.wall_s,
-        cpu(r.cpu_s),
-        r.samples as f64 / r.wall_s.max(1e-9),
+        r.ours.wall_s,
+        cpu(r.ours.cpu_s),
+        r.samples as f64 / r.ours.wall_s.max(1e-9),
         r.tokens_per_s
     );
     println!(
@@ -103,30 +104,33 @@ fn print_features(r: &BenchFeatures, model: &std::path::Path, o: &BenchFeaturesO
     let per_cpu = r
         .gflops_per_cpu_s
         .map_or(String::new(), |g| format!(", {g:.1} per CPU second"));
+    let [g1, gn] = r.gemm_gflops;
     println!(
-        "  achieved            {:.1} GFLOP/s{per_cpu}; GEMM in the same run {:.1} on 1 thread, {:.1} on {} → {:.0}% of GEMM",
+        "  achieved            {:.1} GFLOP/s{per_cpu}; GEMM in the same run {g1:.1} on 1 thread, {gn:.1} on {} → {:.0}% of GEMM",
         r.gflops,
-        r.gemm_gflops_1_thread,
-        r.gemm_gflops_all_threads,
         r.threads,
-        100.0 * r.gflops / r.gemm_gflops_all_threads.max(1e-9)
+        100.0 * r.gflops / gn.max(1e-9)
     );
-    if let (Some(cmd), Some(bw)) = (&o.baseline_cmd, r.baseline_wall_s) {
+    if let (Some(cmd), Some(b)) = (&o.baseline_cmd, &r.baseline) {
         println!(
-            "  baseline            {bw:.2} s wall, {} CPU s  ({cmd})",
-            cpu(r.baseline_cpu_s)
+            "  baseline            {:.2} s wall, {} CPU s  ({cmd})",
+            b.theirs.wall_s,
+            cpu(b.theirs.cpu_s)
         );
         println!(
             "  inflow vs baseline  {:.2}× by wall time, {} by CPU time",
-            r.speedup_wall.unwrap_or(0.0),
-            r.speedup_cpu.map_or("?".into(), |s| format!("{s:.2}×"))
+            b.speedup_wall,
+            ratio(b.speedup_cpu)
         );
     }
-    if let (Some(o1), Some(ag)) = (r.ours_1_thread_s, r.autograd_1_thread_s) {
+    if let Some(a) = &r.autograd {
         println!(
-            "  vs plain autograd   {:.2}× faster ({} samples, 1 thread: {o1:.2} s vs {ag:.2} s)",
-            ag / o1.max(1e-9),
-            r.autograd_samples
+            "  vs plain autograd   {:.2}× by wall time, {} by CPU time ({} samples, 1 thread: {:.2} s vs {:.2} s)",
+            a.speedup_wall,
+            ratio(a.speedup_cpu),
+            r.autograd_samples,
+            a.ours.wall_s,
+            a.theirs.wall_s
         );
     }
     println!(

@@ -38,9 +38,11 @@ fn bench_features_counts_parts_and_interleaves_the_baseline() {
     );
     assert!(fw > 0.0 && bw > fw && pr > 0.0, "{f}");
     assert!(v["tokens"].as_u64().unwrap() > 0);
-    let gflops = v["gflops"].as_f64().unwrap() * v["wall_s"].as_f64().unwrap() * 1e9;
+    let gflops = v["gflops"].as_f64().unwrap() * v["ours"]["wall_s"].as_f64().unwrap() * 1e9;
     assert!((gflops - (fw + bw + pr)).abs() < 1e-6 * gflops, "{v}");
-    assert!(v["speedup_wall"].as_f64().is_some() && v["baseline_wall_s"].as_f64().is_some());
+    let b = &v["baseline"];
+    assert!(b["speedup_wall"].as_f64().is_some() && b["theirs"]["wall_s"].as_f64().is_some());
+    assert!(v["autograd"]["theirs"]["wall_s"].as_f64().is_some());
 
     // A failing baseline stops the benchmark, naming the command.
     let e = fails(&argv(

@@ -11,11 +11,21 @@ fn bytes(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap()
 }
 
-#[test]
-fn outputs_over_inputs_or_store_files_are_refused_and_nothing_changes() {
-    let (dir, model) = tiny_scratch("outputs", 32, 2, 3);
+/// A scratch folder with a tiny model (seeded) and a copy of the bundled training data, the
+/// user's own file that no command may replace.
+fn scratch_with_data(
+    name: &str,
+    seed: u64,
+) -> (inflow_testkit::Scratch, String, std::path::PathBuf) {
+    let (dir, model) = tiny_scratch(name, 32, 2, seed);
     let data = dir.join("d.jsonl");
     std::fs::copy(inflow_testkit::asset("train.jsonl"), &data).unwrap();
+    (dir, model, data)
+}
+
+#[test]
+fn outputs_over_inputs_or_store_files_are_refused_and_nothing_changes() {
+    let (dir, model, data) = scratch_with_data("outputs", 3);
     let (d, store, q) = (arg(&data), dir.arg("store"), asset("probe.jsonl"));
     run_ok(&argv(
         "index --model {} --data {} --limit 6 --out {} --shard-size 4 --rank 2 --threads 1",
@@ -87,9 +97,7 @@ fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
 
 #[test]
 fn earlier_results_need_force_partial_scores_and_bad_rows_are_refused() {
-    let (dir, model) = tiny_scratch("outputs-force", 32, 2, 4);
-    let data = dir.join("d.jsonl");
-    std::fs::copy(inflow_testkit::asset("train.jsonl"), &data).unwrap();
+    let (dir, model, data) = scratch_with_data("outputs-force", 4);
     let (d, store, q) = (arg(&data), dir.arg("store"), asset("probe.jsonl"));
     let index = "index --model {} --data {} --limit 6 --out {} --shard-size 4 --rank 2 --dtype f32 --threads 1";
     run_ok(&argv(index, &[&model, &d, &store]));

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use super::machine::{gemm_gflops, median, peak_rss, process_cpu_seconds};
+use super::machine::{children_cpu_seconds, gemm_gflops, median, peak_rss, process_cpu_seconds};
 use super::report::Reporter;
 use crate::data::{read_samples, Format, ReadOptions};
 use crate::features::Projection;
@@ -122,36 +122,47 @@ pub struct BenchFeatures {
     pub flops: Flops,
     pub passes: Vec<Pass>,
     /// Medians of our passes.
-    pub wall_s: f64,
-    pub cpu_s: Option<f64>,
+    pub ours: Timing,
     pub tokens_per_s: f64,
-    /// Executed FLOPs per wall second.
+    /// Executed FLOPs per wall second, and per CPU second (the rate per core actually used).
     pub gflops: f64,
-    /// The same FLOPs per CPU second (the rate per core actually used).
     pub gflops_per_cpu_s: Option<f64>,
-    pub gemm_gflops_1_thread: f64,
-    pub gemm_gflops_all_threads: f64,
-    /// Medians of the baseline's passes, and ours over theirs (> 1: we are faster).
-    pub baseline_wall_s: Option<f64>,
-    pub baseline_cpu_s: Option<f64>,
-    pub speedup_wall: Option<f64>,
-    pub speedup_cpu: Option<f64>,
-    /// Plain candle autograd (every weight gradient) vs our path, one thread, same samples.
+    /// This machine's f32 GEMM GFLOP/s in the same run, on 1 thread and on `threads`.
+    pub gemm_gflops: [f64; 2],
+    /// The baseline command's medians and ours over theirs (> 1: we are faster).
+    pub baseline: Option<Versus>,
+    /// Plain candle autograd (every weight gradient) on one thread against our path on the
+    /// same `autograd_samples` samples.
     pub autograd_samples: usize,
-    pub ours_1_thread_s: Option<f64>,
-    pub autograd_1_thread_s: Option<f64>,
+    pub autograd: Option<Versus>,
     pub peak_rss_bytes: Option<u64>,
 }
 
-/// CPU seconds of finished child processes (user + system), from `getrusage(RUSAGE_CHILDREN)`
-/// as Linux exposes it: `/proc/self/stat` fields cutime and cstime.
-fn children_cpu_seconds() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let rest = &s[s.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let cu: f64 = f.get(13)?.parse().ok()?;
-    let cs: f64 = f.get(14)?.parse().ok()?;
-    Some((cu + cs) / 100.0)
+/// Median wall and CPU seconds of a set of passes.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Timing {
+    pub wall_s: f64,
+    pub cpu_s: Option<f64>,
+}
+
+/// Another way of doing the job, timed against ours: its times and the ratios theirs / ours.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Versus {
+    pub theirs: Timing,
+    pub ours: Timing,
+    pub speedup_wall: f64,
+    pub speedup_cpu: Option<f64>,
+}
+
+impl Versus {
+    fn new(theirs: Timing, ours: Timing) -> Self {
+        Versus {
+            theirs,
+            ours,
+            speedup_wall: theirs.wall_s / ours.wall_s.max(1e-9),
+            speedup_cpu: theirs.cpu_s.zip(ours.cpu_s).map(|(t, o)| t / o.max(1e-9)),
+        }
+    }
 }
 
 /// Runs `cmd` with `sh -c`, timing wall and CPU seconds; its output goes to the log, not ours.
@@ -246,44 +257,50 @@ pub fn bench(
             passes.push(run_baseline(cmd, round, reporter)?);
         }
     }
-    let med = |w: &str, f: fn(&Pass) -> Option<f64>| -> Option<f64> {
-        let v: Vec<f64> = passes
-            .iter()
-            .filter(|p| p.what == w)
-            .filter_map(f)
-            .collect();
-        (!v.is_empty()).then(|| median(v))
+    let med = |w: &str| -> Option<Timing> {
+        let mine: Vec<&Pass> = passes.iter().filter(|p| p.what == w).collect();
+        let cpu: Vec<f64> = mine.iter().filter_map(|p| p.cpu_s).collect();
+        (!mine.is_empty()).then(|| Timing {
+            wall_s: median(mine.iter().map(|p| p.wall_s).collect()),
+            cpu_s: (cpu.len() == mine.len()).then(|| median(cpu)),
+        })
     };
-    let wall = med("inflow", |p| Some(p.wall_s)).unwrap_or(0.0);
-    let cpu = med("inflow", |p| p.cpu_s);
-    let (bwall, bcpu) = (
-        med("baseline", |p| Some(p.wall_s)),
-        med("baseline", |p| p.cpu_s),
-    );
+    let ours = med("inflow").ok_or_else(|| Error::Msg("no timed pass".into()))?;
     let flops = capture_flops(&model.llama.config, &tokens, o.rank);
     let n_tokens: usize = tokens.iter().sum();
 
     // Plain candle autograd (weights as Vars, every dW) on one thread, beside our path on the
     // same samples and thread count.
     let nb = o.autograd_samples.min(samples.len());
-    let (ours_1t, autograd_1t) = if nb > 0 {
+    let autograd = if nb > 0 {
         reporter.note(&format!("plain autograd on {nb} samples, 1 thread…"));
-        let t = Instant::now();
-        fz.featurize(&samples[..nb], 1, 1, &Progress::default())?;
-        let ours = t.elapsed().as_secs_f64();
+        let timed = |work: &mut dyn FnMut() -> Result<()>| -> Result<Timing> {
+            let (cpu0, t) = (process_cpu_seconds(), Instant::now());
+            work()?;
+            Ok(Timing {
+                wall_s: t.elapsed().as_secs_f64(),
+                cpu_s: cpu0.zip(process_cpu_seconds()).map(|(a, b)| b - a),
+            })
+        };
+        let ours_1t = timed(&mut || {
+            fz.featurize(&samples[..nb], 1, 1, &Progress::default())
+                .map(|_| ())
+        })?;
         let mut trainable = LoadedModel::load(&model.source.path, candle_core::DType::F32)?;
         trainable.llama.make_trainable()?;
         let seqs: Vec<_> = samples[..nb]
             .iter()
             .map(|s| fz.renderer().tokenize(s).map(|t| t.seq))
             .collect::<Result<_>>()?;
-        let t = Instant::now();
-        for s in &seqs {
-            trainable.llama.loss_and_grads(std::slice::from_ref(s))?;
-        }
-        (Some(ours), Some(t.elapsed().as_secs_f64()))
+        let theirs = timed(&mut || {
+            for s in &seqs {
+                trainable.llama.loss_and_grads(std::slice::from_ref(s))?;
+            }
+            Ok(())
+        })?;
+        Some(Versus::new(theirs, ours_1t))
     } else {
-        (None, None)
+        None
     };
     Ok(BenchFeatures {
         samples: samples.len(),
@@ -292,20 +309,14 @@ pub fn bench(
         params: model.llama.n_params(),
         feature_dim: fz.spec().dim(),
         flops,
-        wall_s: wall,
-        cpu_s: cpu,
-        tokens_per_s: n_tokens as f64 / wall.max(1e-9),
-        gflops: flops.total() / wall.max(1e-9) / 1e9,
-        gflops_per_cpu_s: cpu.map(|c| flops.total() / c.max(1e-9) / 1e9),
-        gemm_gflops_1_thread: gemm1,
-        gemm_gflops_all_threads: gemm_n,
-        baseline_wall_s: bwall,
-        baseline_cpu_s: bcpu,
-        speedup_wall: bwall.map(|b| b / wall.max(1e-9)),
-        speedup_cpu: bcpu.zip(cpu).map(|(b, c)| b / c.max(1e-9)),
+        ours,
+        tokens_per_s: n_tokens as f64 / ours.wall_s.max(1e-9),
+        gflops: flops.total() / ours.wall_s.max(1e-9) / 1e9,
+        gflops_per_cpu_s: ours.cpu_s.map(|c| flops.total() / c.max(1e-9) / 1e9),
+        gemm_gflops: [gemm1, gemm_n],
+        baseline: med("baseline").map(|b| Versus::new(b, ours)),
         autograd_samples: nb,
-        ours_1_thread_s: ours_1t,
-        autograd_1_thread_s: autograd_1t,
+        autograd,
         passes,
         peak_rss_bytes: peak_rss(),
     })

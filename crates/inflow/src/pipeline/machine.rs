@@ -12,14 +12,25 @@ use crate::{Error, Result};
 /// User + system CPU seconds of this process, all threads (Linux `/proc/self/stat`, in
 /// clock ticks of 1/100 s, the kernel's USER_HZ on every common Linux build).
 pub fn process_cpu_seconds() -> Option<f64> {
+    stat_seconds(11)
+}
+
+/// User + system CPU seconds of this process's finished (waited-for) children: what
+/// `getrusage(RUSAGE_CHILDREN)` reports, from the same file.
+pub fn children_cpu_seconds() -> Option<f64> {
+    stat_seconds(13)
+}
+
+/// The sum of two adjacent clock-tick fields of `/proc/self/stat`, in seconds: `at` counts
+/// the fields after the command name (which may hold spaces) in parentheses, state being 0
+/// (utime is 11, cutime 13).
+fn stat_seconds(at: usize) -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may hold spaces) in parentheses: state is the
-    // first, utime the 12th and stime the 13th.
     let rest = &s[s.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
+    let user: f64 = f.get(at)?.parse().ok()?;
+    let system: f64 = f.get(at + 1)?.parse().ok()?;
+    Some((user + system) / 100.0)
 }
 
 /// The median of timed passes (the upper one of an even count; 0 for none).
