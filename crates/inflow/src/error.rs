@@ -12,8 +12,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// Malformed input data: file, 1-based line (or row) and what was expected.
-    #[error("{path}:{line}: {msg}")]
+    /// Malformed input data: file, 1-based line (or row; 0 when the fault is the file as a
+    /// whole, and then no line is printed) and what was expected.
+    #[error("{}", at_line(path, *line, msg))]
     BadInput {
         path: PathBuf,
         line: usize,
@@ -34,6 +35,14 @@ pub enum Error {
     /// Anything else, with a message that says what was expected.
     #[error("{0}")]
     Msg(String),
+}
+
+/// `path:line: msg`, or `path: msg` for line 0 (the whole file).
+fn at_line(path: &std::path::Path, line: usize, msg: &str) -> String {
+    match line {
+        0 => format!("{}: {msg}", path.display()),
+        l => format!("{}:{l}: {msg}", path.display()),
+    }
 }
 
 /// An error's message up to its first line break: candle appends a captured backtrace after
