@@ -4,15 +4,16 @@
 # teacher's gradient methods, and one selection experiment (`eval selection`) with the
 # encoder's selection beside the teacher's (gradient cosine, in-process LESS), random subsets
 # (3 seeds) and the full pool. SmolLM2-135M-Instruct, the bundled NI samples, 2 threads.
-# About 10 minutes per planted run and 30 for the selection on a shared 2-core machine; every
-# step resumes. Writes runs/enc-planted-*/, runs/enc-sel-*/ and copies the JSON reports (and
-# their text tables) to docs/reports/encoder/downstream/.
+# About 12-15 minutes per planted run and 18 for the selection on a shared 2-core machine;
+# every step resumes. PLANTED="" skips the planted runs, SELECTION=0 the selection. Writes
+# runs/enc-planted-*/, runs/enc-sel-*/ and copies the JSON reports (and their text tables) to
+# docs/reports/encoder/downstream/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEED=${SEED:-7}
 THREADS=${THREADS:-2}
-PLANTED=${PLANTED:-"backdoor backdoor-strong harmful"}
-SELECTION=${SELECTION:-1}
+PLANTED=${PLANTED-"backdoor backdoor-strong harmful"}
+SELECTION=${SELECTION-1}
 M=models/SmolLM2-135M-Instruct.Q4_1.gguf
 OUT=docs/reports/encoder/downstream
 ./scripts/fetch-model.sh
