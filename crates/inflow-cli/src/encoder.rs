@@ -37,6 +37,10 @@ pub(crate) struct TrainArgs {
     /// Model override (default: the teacher's, from its run.json).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// A LoRA adapter (or checkpoint) the trunk carries: the one the teacher was indexed at
+    /// (then give --query-store, the queries indexed at the same weights).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// Encoder folder; rerunning the same command resumes it.
     #[arg(long)]
     out: PathBuf,
@@ -81,6 +85,46 @@ pub(crate) struct TrainArgs {
     seed: u64,
     #[arg(long, value_parser = crate::bounds::count, default_value_t = 100)]
     checkpoint_every: usize,
+}
+
+/// The encoder an experiment distils from its teacher store when `encoder` is among its
+/// methods (`eval planted`, `eval selection`); the rest of `encoder train`'s settings keep
+/// their defaults.
+#[derive(Args)]
+pub(crate) struct ExperimentEncoderArgs {
+    /// encoder: trunk of the model's first K blocks.
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 6)]
+    encoder_layers: usize,
+    /// encoder: hidden width of the head's MLP (0: linear head).
+    #[arg(long, default_value_t = 1024)]
+    encoder_hidden: usize,
+    /// encoder: embedding dimension.
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 256)]
+    encoder_dim: usize,
+    /// encoder: distillation steps.
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 600)]
+    encoder_steps: usize,
+    /// encoder: seed of the split, the head's initialisation and the sampler.
+    #[arg(long, default_value_t = 0)]
+    encoder_seed: u64,
+}
+
+impl ExperimentEncoderArgs {
+    /// The library's settings.
+    pub(crate) fn settings(&self) -> pipe::EncoderSettings {
+        let d = pipe::EncoderSettings::default();
+        pipe::EncoderSettings {
+            layers: self.encoder_layers,
+            hidden: self.encoder_hidden,
+            dim: self.encoder_dim,
+            distil: DistilConfig {
+                steps: self.encoder_steps,
+                seed: self.encoder_seed,
+                ..d.distil
+            },
+            ..d
+        }
+    }
 }
 
 #[derive(Args)]
@@ -143,6 +187,7 @@ fn train(a: TrainArgs, threads: usize, json: bool) -> Result<()> {
         query_format: a.format.parse::<Format>()?,
         query_store: a.query_store,
         model: a.model,
+        adapter: a.adapter,
         out: a.out,
         layers: a.layers,
         pooling: a.pooling.parse()?,

@@ -33,7 +33,8 @@ pub(crate) struct PlantedArgs {
     #[arg(long, value_parser = crate::bounds::count, default_value_t = 12)]
     queries: usize,
     /// Methods of `inflow methods` (dot, cosine, repsim, repsim-mean, kfac, ekfac, datainf,
-    /// identity, lissa, exact, icp, …); less runs over the fine-tuning's own checkpoints.
+    /// identity, lissa, exact, icp, …); less runs over the fine-tuning's own checkpoints;
+    /// encoder distils the mix's gradient store into an encoder (--encoder-*) and scores with it.
     #[arg(long, default_value = "dot,cosine,less,kfac,ekfac,datainf,repsim")]
     methods: String,
     /// Relative damping of the influence preconditioners (× mean eigenvalue per layer).
@@ -74,6 +75,8 @@ pub(crate) struct PlantedArgs {
     /// (train, generate, index --adapter, fit, score; README's worked example).
     #[arg(long)]
     data_only: bool,
+    #[command(flatten)]
+    encoder: crate::encoder::ExperimentEncoderArgs,
 }
 
 pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
@@ -110,6 +113,7 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
         max_tokens: a.max_tokens,
         truncate: a.truncate.policy()?,
         generate: a.generate,
+        encoder: a.encoder.settings(),
         threads,
     };
     let bars = crate::progress::Bars::default();

@@ -36,8 +36,9 @@ pub(crate) struct SelectionEvalArgs {
     /// Comma-separated: random, full, gdig (seed-set quality + k-means over --store features),
     /// less (per target task mean, max over tasks; from --scores less=… or, in-process, gradient
     /// cosine on --store at the base model), icp (top by --scores icp=…), cosine, dot,
-    /// influence (top by mean score against the targets on --store), or any NAME given in
-    /// --scores NAME=file (top by that score).
+    /// influence (top by mean score against the targets on --store), encoder (an encoder
+    /// distilled from --store with the targets as anchors, --encoder-*; top by mean encoder
+    /// cosine against the targets), or any NAME given in --scores NAME=file (top by that score).
     #[arg(long, default_value = "random,gdig,less,full")]
     methods: String,
     /// Precomputed per-sample score files, NAME=path (Parquet with train_id and score).
@@ -87,6 +88,8 @@ pub(crate) struct SelectionEvalArgs {
     /// Output folder (one subfolder per run; rerunning resumes).
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    encoder: crate::encoder::ExperimentEncoderArgs,
 }
 
 pub(crate) fn run(a: SelectionEvalArgs, threads: usize, json: bool) -> Result<()> {
@@ -125,6 +128,7 @@ pub(crate) fn run(a: SelectionEvalArgs, threads: usize, json: bool) -> Result<()
         truncate: a.truncate.policy()?,
         template: a.template.parse()?,
         with_base: !a.no_base,
+        encoder: a.encoder.settings(),
         out: a.out,
         threads,
     };

@@ -2,7 +2,8 @@
 //! `encode` into an ordinary store that `score` uses unchanged (queries through the same
 //! encoder, equal to cosines of the encoded features), the `encoder` method, and the
 //! refusals (a teacher too small, a query store of other settings, another model, a store
-//! of another encoder), none of which writes anything.
+//! of another encoder), none of which writes anything; and the encoder as a method of
+//! `eval selection`.
 
 mod common;
 
@@ -191,4 +192,68 @@ fn encoder_train_encode_and_score_end_to_end_with_refusals() {
     ));
     assert!(err.contains("was trained on model"), "{err}");
     assert!(!dir.join("enc-other").exists());
+}
+
+#[test]
+fn eval_selection_selects_by_an_encoder_distilled_from_the_pool_store() {
+    let (dir, model) = tiny_scratch("encoder-selection", 32, 2, 5);
+    let (pool, targets, test) = (
+        asset("train.jsonl"),
+        asset("probe.jsonl"),
+        asset("probe-tasks.jsonl"),
+    );
+    let store = dir.arg("pool-store");
+    run_ok(&argv(&tiny_index(16), &[&model, &pool, "40", &store]));
+    let out = dir.join("sel");
+    let r = json(&run_ok(&argv(
+        "eval selection --model {} --pool {} --pool-limit 40 --targets {} --test {} \
+         --test-limit 4 --size 8 --methods cosine,encoder --store {} --out {} --no-base \
+         --max-new-tokens 2 --max-tokens 96 --batch-size 4 --lr 1e-2 --encoder-layers 1 \
+         --encoder-hidden 16 --encoder-dim 8 --encoder-steps 20 --threads 1 --json",
+        &[&model, &pool, &targets, &test, &store, &arg(&out)],
+    )));
+    let summary = r["summary"].as_array().unwrap();
+    for m in ["cosine", "encoder"] {
+        let s = summary.iter().find(|s| s["method"] == m).unwrap();
+        assert_eq!(s["n_train"], 8, "{s}");
+        assert!(s["loss"]["mean"].as_f64().unwrap().is_finite(), "{s}");
+    }
+    // The encoder was distilled from the pool's store, all its steps.
+    let notes: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("methods.json")).unwrap()).unwrap();
+    let d = &notes["encoder_distillation"];
+    assert_eq!(d["training"]["steps"], 20, "{d}");
+    assert_eq!(d["teacher"], store.as_str());
+    // Its selection is the top 8 by the mean `encoder` score against the targets on the
+    // encoded pool, as `score` computes it.
+    let full = dir.join("enc-full.npy");
+    run_ok(&argv(
+        "score --store {} --queries {} --method encoder --top-k 1 --full {} --threads 1 --json",
+        &[&arg(&out.join("distil/store")), &targets, &arg(&full)],
+    ));
+    let scores = dense(&full);
+    let (n, nq) = (40, scores.len() / 40);
+    let mean: Vec<f64> = (0..n)
+        .map(|j| (0..nq).map(|q| scores[q * n + j] as f64).sum::<f64>() / nq as f64)
+        .collect();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| mean[b].total_cmp(&mean[a]));
+    let ids: Vec<String> = inflow::store::Store::open(&out.join("distil/store"))
+        .unwrap()
+        .samples()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    let mut want: Vec<&str> = order[..8].iter().map(|&i| ids[i].as_str()).collect();
+    let mut got: Vec<&str> = notes["selected"]["encoder"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    want.sort_unstable();
+    got.sort_unstable();
+    assert!(mean[order[7]] - mean[order[8]] > 1e-6, "a tie at the cut");
+    assert_eq!(got, want);
 }

@@ -1,9 +1,10 @@
 //! `inflow eval planted` end to end on a tiny random model: the planted set, fine-tuning,
-//! features, every method's scores and the report, for a backdoor and for flipped labels.
+//! features, every method's scores and the report, for a backdoor and for flipped labels;
+//! and the amortized encoder distilled from the mix's store inside the experiment.
 
 mod common;
 
-use common::{arg, argv, json, run_ok, tiny_scratch};
+use common::{arg, argv, dense, json, jsonl, manifest, run_ok, tiny_scratch};
 use std::path::{Path, PathBuf};
 
 /// `inflow eval planted HOW --out OUT SHARED…` (which must succeed): its JSON report.
@@ -78,5 +79,69 @@ fn planted_backdoor_and_mislabel_reports_are_complete() {
     for m in ["dot", "ekfac", "loss"] {
         let v = r["metrics"][m]["self_score_auc"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&v), "{m}: {v}");
+    }
+}
+
+#[test]
+fn planted_backdoor_with_the_encoder_scores_an_encoder_distilled_from_the_mix() {
+    let (dir, model) = tiny_scratch("planted-encoder", 32, 2, 3);
+    let data = arg(&pool(&dir));
+    let out = dir.join("backdoor");
+    let shared = argv(
+        "--model {} --data {} --n-train 40 --queries 4 --epochs 1 --lr 1e-2 --rank 2 \
+         --max-tokens 48 --generate 1 --threads 1 --json --encoder-layers 1 \
+         --encoder-hidden 16 --encoder-dim 8 --encoder-steps 20",
+        &[&model, &data],
+    );
+    let r = planted("--kind backdoor --methods cosine,encoder", &out, &shared);
+    let x = &r["metrics"]["encoder"];
+    for k in ["acc", "cover", "auc"] {
+        let v = x[k].as_f64().unwrap_or_else(|| panic!("encoder.{k}: {x}"));
+        assert!((0.0..=1.0).contains(&v), "encoder.{k} = {v}");
+    }
+    // The encoder was trained (all its steps) on the mix's gradient store, and the store it
+    // scored is an encoder store naming that teacher.
+    let e = &r["encoder"];
+    assert_eq!(e["training"]["steps"], 20, "{e}");
+    assert_eq!(e["training"]["finished"], true);
+    assert!(e["training"]["metrics"]["held_out_samples"]["encoder"]["spearman"].is_number());
+    let man = manifest(&out.join("distil/store")).unwrap();
+    assert_eq!(man["spec"]["features"]["kind"], "encoder");
+    assert_eq!(man["spec"]["dim"], 8);
+    let teacher = std::fs::canonicalize(out.join("store")).unwrap();
+    assert_eq!(
+        man["spec"]["features"]["encoder"]["teacher"],
+        arg(&teacher),
+        "{man}"
+    );
+    // The report's encoder row is the `encoder` method's own scores on that store: `score`
+    // on the encoded mix gives the same top-1 and top-k hits per query.
+    let full = dir.join("enc-full.npy");
+    run_ok(&argv(
+        "score --store {} --queries {} --method encoder --top-k 1 --full {} --threads 1 --json",
+        &[
+            &arg(&out.join("distil/store")),
+            &arg(&out.join("queries.jsonl")),
+            &arg(&full),
+        ],
+    ));
+    let scores = dense(&full);
+    let planted: Vec<bool> = jsonl(&out.join("mix.jsonl"))
+        .iter()
+        .map(|v| v["planted"] == true)
+        .collect();
+    let (n, k) = (planted.len(), 4);
+    let per_query = x["per_query"].as_array().unwrap();
+    assert_eq!(per_query.len(), 4);
+    for (q, want) in per_query.iter().enumerate() {
+        let row = &scores[q * n..(q + 1) * n];
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        let cover = order[..k].iter().filter(|&&i| planted[i]).count() as f64 / k as f64;
+        assert_eq!(want[0], planted[order[0]], "query {q}");
+        assert!(
+            (want[1].as_f64().unwrap() - cover).abs() < 1e-12,
+            "query {q}"
+        );
     }
 }

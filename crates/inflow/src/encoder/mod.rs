@@ -102,6 +102,10 @@ pub struct EncoderSpec {
     pub teacher: TeacherRef,
     /// The distillation settings.
     pub train: distil::DistilConfig,
+    /// A LoRA adapter or checkpoint the trunk carries on top of `model_path` (the weights a
+    /// teacher indexed at a fine-tuned model was taken at); `model` hashes it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<crate::train::features::CheckpointInfo>,
 }
 
 impl EncoderSpec {

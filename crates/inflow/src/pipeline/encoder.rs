@@ -38,6 +38,9 @@ pub struct TrainOptions {
     pub query_store: Option<PathBuf>,
     /// Model override (default: the teacher's, from its run.json).
     pub model: Option<PathBuf>,
+    /// A LoRA adapter or checkpoint attached to the model, so the trunk runs at the weights a
+    /// teacher indexed at a fine-tuned model saw.
+    pub adapter: Option<PathBuf>,
     /// The encoder folder; rerunning the same command resumes it.
     pub out: PathBuf,
     /// Trunk blocks k.
@@ -218,7 +221,11 @@ pub fn train(o: &TrainOptions, reporter: &dyn Reporter) -> Result<TrainSummary> 
     let weights = crate::train::features::store_weights(&o.teacher)?;
     let run = weights.run.clone();
     let model_path = o.model.clone().unwrap_or(run.model_path.clone());
-    let model = super::score::load_model(&model_path, reporter)?;
+    let mut model = super::score::load_model(&model_path, reporter)?;
+    let adapter = match &o.adapter {
+        Some(a) => Some(crate::train::features::attach(&mut model, a)?),
+        None => None,
+    };
     teacher
         .check_compatible(&serde_json::json!({ "model": index::model_spec(&model)? }))
         .map_err(|e| Error::Msg(format!("teacher {}: {e}", o.teacher.display())))?;
@@ -260,7 +267,10 @@ pub fn train(o: &TrainOptions, reporter: &dyn Reporter) -> Result<TrainSummary> 
         }
         _ => None,
     };
-    if !queries.is_empty() && query_given.is_none() && weights.checkpoint.is_some() {
+    if !queries.is_empty()
+        && query_given.is_none()
+        && (weights.checkpoint.is_some() || adapter.is_some())
+    {
         return Err(Error::Msg(format!(
             "teacher {} was indexed at a checkpoint: give the queries' features at the same weights with --query-store",
             o.teacher.display()
@@ -285,6 +295,7 @@ pub fn train(o: &TrainOptions, reporter: &dyn Reporter) -> Result<TrainSummary> 
             dim: teacher.dim(),
         },
         train: o.distil.clone(),
+        adapter,
     };
     if o.layers > model.llama.config.num_hidden_layers {
         return Err(Error::Msg(format!(
@@ -578,6 +589,132 @@ fn evaluate(
     Ok(m)
 }
 
+/// The encoder an experiment distils from its own teacher store (`eval planted`, `eval
+/// selection` with `encoder` among their methods): trunk, pooling, head and distillation, as
+/// `encoder train` takes them.
+#[derive(Debug, Clone)]
+pub struct EncoderSettings {
+    /// Trunk blocks k.
+    pub layers: usize,
+    pub pooling: Pooling,
+    /// Hidden width of the head's MLP (0: a linear head).
+    pub hidden: usize,
+    /// Output dimension of φ.
+    pub dim: usize,
+    pub distil: DistilConfig,
+}
+
+impl Default for EncoderSettings {
+    /// `encoder train`'s defaults.
+    fn default() -> Self {
+        Self {
+            layers: 6,
+            pooling: Pooling::LastMean,
+            hidden: 1024,
+            dim: 256,
+            distil: DistilConfig::default(),
+        }
+    }
+}
+
+/// An encoder distilled from a teacher store, and the teacher's training data encoded with it.
+pub struct Distilled {
+    /// The encoder folder.
+    pub encoder: PathBuf,
+    /// The teacher's training samples, encoded (an ordinary store of kind `encoder`).
+    pub store: PathBuf,
+    /// The encoder's model (the trunk's), for encoding queries.
+    pub model: LoadedModel,
+    /// What distillation did, with agreement on held-out samples and queries.
+    pub summary: TrainSummary,
+}
+
+/// Distils `teacher` into `dir/encoder` (anchors: its training samples and the `queries`,
+/// whose teacher features are `query_store` when given, else computed at the teacher's
+/// recorded weights) and encodes the teacher's training data, forward only, into
+/// `dir/store`. Both steps resume. The trunk is the model the teacher's run.json names plus
+/// `adapter`: give the adapter a teacher was indexed at in-process (its run.json does not
+/// record it), so the trunk and the teacher see the same weights.
+#[allow(clippy::too_many_arguments)]
+pub fn distil_and_encode(
+    teacher: &Path,
+    adapter: Option<&Path>,
+    queries: Option<&Path>,
+    query_format: Format,
+    query_store: Option<&Path>,
+    s: &EncoderSettings,
+    dir: &Path,
+    threads: usize,
+    reporter: &dyn Reporter,
+) -> Result<Distilled> {
+    let encoder = dir.join("encoder");
+    let summary = train(
+        &TrainOptions {
+            teacher: teacher.to_path_buf(),
+            queries: queries.map(Path::to_path_buf),
+            query_format,
+            query_store: query_store.map(Path::to_path_buf),
+            model: None,
+            adapter: adapter.map(Path::to_path_buf),
+            out: encoder.clone(),
+            layers: s.layers,
+            pooling: s.pooling,
+            hidden: s.hidden,
+            dim: s.dim,
+            distil: s.distil.clone(),
+            threads,
+            stop_after: None,
+        },
+        reporter,
+    )?;
+    if !summary.finished {
+        return Err(Error::Msg(format!(
+            "{}: distillation stopped at step {} of {}",
+            encoder.display(),
+            summary.steps,
+            s.distil.steps
+        )));
+    }
+    let t = Store::open(teacher)?;
+    let run = crate::train::features::store_weights(teacher)?.run;
+    let read = super::score::recorded_read(&t, &run)?;
+    let model = encoder_model(&encoder, None, reporter)?;
+    let store = dir.join("store");
+    encode_with(
+        &model,
+        &EncodeOptions {
+            encoder: encoder.clone(),
+            data: run.data_path.clone(),
+            read,
+            model: None,
+            out: store.clone(),
+            dtype: Dtype::F32,
+            shard_size: 256,
+            batch_size: 1,
+            threads,
+            part: None,
+        },
+        "encode",
+        reporter,
+    )?;
+    // Scores on the encoder store stand for scores on the teacher: same rows, same order.
+    let ids =
+        |s: &Store| -> Result<Vec<String>> { Ok(s.samples()?.into_iter().map(|r| r.id).collect()) };
+    if ids(&Store::open(&store)?)? != ids(&t)? {
+        return Err(Error::Msg(format!(
+            "{}: its samples are not the teacher's {} (the data file changed since it was indexed)",
+            store.display(),
+            teacher.display()
+        )));
+    }
+    Ok(Distilled {
+        encoder,
+        store,
+        model,
+        summary,
+    })
+}
+
 /// What `encode` reads and writes.
 #[derive(Debug, Clone)]
 pub struct EncodeOptions {
@@ -603,7 +740,11 @@ pub fn encoder_model(
 ) -> Result<LoadedModel> {
     let spec = EncoderSpec::read(encoder)?;
     let path = model.map_or(spec.model_path.clone(), Path::to_path_buf);
-    super::score::load_model(&path, reporter)
+    let mut m = super::score::load_model(&path, reporter)?;
+    if let Some(a) = &spec.adapter {
+        crate::train::features::attach(&mut m, &a.path)?;
+    }
+    Ok(m)
 }
 
 /// Runs (or resumes) `encode` on a loaded model: the encoder's features of `o.data` into
@@ -627,10 +768,15 @@ pub fn encode_with(
         batch_size: o.batch_size,
         threads: o.threads,
     };
+    let mut run = vec![("encoder".into(), serde_json::json!(enc.dir))];
+    // Recorded like `index --adapter`'s, so `score` loads the trunk's weights for the queries.
+    if let Some(a) = &enc.spec.adapter {
+        run.push(("checkpoint".into(), serde_json::json!(a)));
+    }
     let extras = StoreExtras {
         repsim: false,
         features: fields,
-        run: vec![("encoder".into(), serde_json::json!(enc.dir))],
+        run,
     };
     let progress = Progress::default();
     watch(reporter, stage, &progress, || {

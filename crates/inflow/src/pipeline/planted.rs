@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::encoder::{distil_and_encode, Distilled, EncoderSettings};
 use super::index::{at_checkpoint, index};
 use super::report::Reporter;
 use super::score::load_model;
@@ -72,6 +73,8 @@ pub struct PlantedOptions {
     pub truncate: Truncate,
     /// Triggered queries to generate answers for (attack success rate).
     pub generate: usize,
+    /// The encoder distilled from the mix's store when `encoder` is among the methods.
+    pub encoder: EncoderSettings,
     /// Worker threads.
     pub threads: usize,
 }
@@ -312,6 +315,13 @@ pub fn run(o: &PlantedOptions, reporter: &dyn Reporter) -> Result<PlantedReport>
             store_dir.display()
         )));
     }
+    // The amortized encoder, distilled from this store (mislabel needs a self-score, which a
+    // cosine does not have).
+    let distilled = if kind != Kind::Mislabel && o.methods.iter().any(|x| x == "encoder") {
+        Some(distil(o, &m, &last, &store_dir, &written, reporter)?)
+    } else {
+        None
+    };
 
     // 4. Scores and metrics per method.
     let mut results: Vec<MethodMetrics> = Vec::new();
@@ -339,14 +349,20 @@ pub fn run(o: &PlantedOptions, reporter: &dyn Reporter) -> Result<PlantedReport>
             let n = store.n_samples();
             reporter.start(name, n);
             let progress = crate::index::Progress::default();
+            // `encoder` scores the encoded mix, its queries through the same encoder; every
+            // other method the gradient store. Both models are the fine-tuned one.
+            let (scored_store, model) = match (&distilled, name.as_str()) {
+                (Some(d), "encoder") => (d.store.as_path(), &d.model),
+                _ => (store_dir.as_path(), &m),
+            };
             let ctx = methods::Context {
                 train: methods::TrainSet {
-                    store: &store_dir,
+                    store: scored_store,
                     data: iopts.data.clone(),
                     read: iopts.read.clone(),
                     features: iopts.features.clone(),
                 },
-                model: Some(&m),
+                model: Some(model),
                 model_path: Some(&o.model),
                 queries: &qsamples,
                 queries_path: &written.queries,
@@ -413,6 +429,7 @@ pub fn run(o: &PlantedOptions, reporter: &dyn Reporter) -> Result<PlantedReport>
         },
         "features": {"projection": "logra", "rank": o.rank, "modules": "all", "dim": store.dim()},
         "damping": o.damping,
+        "encoder": distilled.as_ref().map(|d| encoder_entry(d, o)),
         "fisher": fisher,
         "factors": o.factors.to_string(),
         "metrics": results.iter().map(|r| (r.name.clone(), r.value.clone())).collect::<serde_json::Map<_, _>>(),
@@ -437,6 +454,59 @@ pub fn run(o: &PlantedOptions, reporter: &dyn Reporter) -> Result<PlantedReport>
         methods: results,
         path,
         json: report,
+    })
+}
+
+/// Distils the mix's gradient store (at the fine-tuned model) into an encoder under
+/// `out/distil/` with the queries as anchors (their teacher features indexed at the same
+/// weights into `out/distil/query-store`) and encodes the mix with it. The trunk carries the
+/// fine-tuned adapter `adapter`, so it sees the weights the teacher's gradients were taken at.
+fn distil(
+    o: &PlantedOptions,
+    m: &LoadedModel,
+    adapter: &Path,
+    store_dir: &Path,
+    written: &PlantedData,
+    reporter: &dyn Reporter,
+) -> Result<Distilled> {
+    let dir = o.out.join("distil");
+    let qstore = dir.join("query-store");
+    let qopts = mix_index(
+        o,
+        &written.queries,
+        Projection::Logra {
+            rank_in: o.rank,
+            rank_out: o.rank,
+        },
+    );
+    index(m, &qopts, &qstore, "index (queries)", reporter)?;
+    distil_and_encode(
+        store_dir,
+        Some(adapter),
+        Some(&written.queries),
+        Format::Alpaca,
+        Some(&qstore),
+        &o.encoder,
+        &dir,
+        o.threads,
+        reporter,
+    )
+}
+
+/// The encoder's entry in report.json: where it is, how it was made, and its agreement with
+/// the teacher on held-out samples and queries.
+fn encoder_entry(d: &Distilled, o: &PlantedOptions) -> Value {
+    json!({
+        "encoder": d.encoder,
+        "store": d.store,
+        "teacher": "the mix's LoGra store at the fine-tuned model (store/)",
+        "trunk": format!("the first {} blocks of the fine-tuned model (base + the last checkpoint's LoRA adapter)", o.encoder.layers),
+        "queries": "the planted queries are distillation anchors (their held-out share is in training.metrics.held_out_queries)",
+        "pooling": o.encoder.pooling.to_string(),
+        "hidden": o.encoder.hidden,
+        "dim": o.encoder.dim,
+        "distil": {"steps": o.encoder.distil.steps, "seed": o.encoder.distil.seed},
+        "training": d.summary,
     })
 }
 

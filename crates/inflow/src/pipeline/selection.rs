@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use super::encoder::{distil_and_encode, EncoderSettings};
 use super::report::{watch, Reporter};
 use super::score::load_model;
 use crate::data::tokens::{Renderer, Template, Truncate};
@@ -44,7 +45,7 @@ pub struct SelectionEvalOptions {
     pub test_limit: usize,
     /// Selection size.
     pub size: Size,
-    /// random, full, gdig, less, cosine, dot, influence, or a name of `scores`.
+    /// random, full, gdig, less, cosine, dot, influence, encoder, or a name of `scores`.
     pub methods: Vec<String>,
     /// Precomputed per-sample score files (Parquet with train_id and score), by name.
     pub scores: Vec<(String, PathBuf)>,
@@ -80,6 +81,8 @@ pub struct SelectionEvalOptions {
     pub template: Template,
     /// Evaluate the untrained base model too (its own row).
     pub with_base: bool,
+    /// `encoder`: the encoder distilled from `store` (with the targets as anchors).
+    pub encoder: EncoderSettings,
     /// Output folder (one subfolder per run; rerunning resumes).
     pub out: PathBuf,
     /// Worker threads.
@@ -244,13 +247,63 @@ impl Selector<'_> {
             "influence" => input::default_seed_method(store_dir),
             other => MethodSpec::plain(other),
         };
+        self.top_by_score(method, store_dir, self.model, &spec, notes)
+    }
+
+    /// The amortized encoder: distilled from the store (the teacher) with the targets as
+    /// anchors into `out/distil/`, the pool encoded forward only, then the top `m` by the mean
+    /// encoder cosine against the targets (encoded by the same encoder): `cosine`'s rule on
+    /// the encoder's features.
+    fn encoder(&self, notes: &mut Map<String, Value>) -> Result<Vec<usize>> {
+        let teacher = self.store("encoder")?;
+        let d = distil_and_encode(
+            teacher,
+            None,
+            Some(&self.o.targets),
+            Format::Auto,
+            None,
+            &self.o.encoder,
+            &self.o.out.join("distil"),
+            self.o.threads,
+            self.reporter,
+        )?;
+        let picks = self.top_by_score(
+            "encoder",
+            &d.store,
+            &d.model,
+            &MethodSpec::plain("cosine"),
+            notes,
+        )?;
+        let s = &self.o.encoder;
+        notes.insert(
+            "encoder_distillation".into(),
+            serde_json::json!({
+                "encoder": d.encoder, "store": d.store, "teacher": teacher,
+                "layers": s.layers, "pooling": s.pooling.to_string(), "hidden": s.hidden,
+                "dim": s.dim, "steps": s.distil.steps, "seed": s.distil.seed,
+                "training": d.summary,
+            }),
+        );
+        Ok(picks)
+    }
+
+    /// The top `m` by the mean score of `spec` on `store_dir` against the targets (`less`: per
+    /// target task mean, max over tasks).
+    fn top_by_score(
+        &self,
+        method: &str,
+        store_dir: &Path,
+        model: &LoadedModel,
+        spec: &MethodSpec,
+        notes: &mut Map<String, Value>,
+    ) -> Result<Vec<usize>> {
         let progress = Progress::default();
         let s = watch(self.reporter, method, &progress, || {
             score_samples(
                 store_dir,
-                self.model,
+                model,
                 self.targets,
-                &spec,
+                spec,
                 1,
                 true,
                 self.o.threads,
@@ -333,6 +386,7 @@ impl Selector<'_> {
             }
             "gdig" => method_arm(self.gdig(notes)?),
             "less" | "cosine" | "dot" | "influence" => method_arm(self.scored(method, notes)?),
+            "encoder" => method_arm(self.encoder(notes)?),
             other => {
                 return Err(Error::Msg(format!(
                 "unknown method `{other}` in --methods; give its scores as --scores {other}=PATH"
@@ -390,6 +444,17 @@ pub fn run(o: &SelectionEvalOptions, reporter: &dyn Reporter) -> Result<Selectio
             arms.extend(selector.arms(method, pool.len(), &mut notes)?);
         }
     }
+    // Which pool samples each method picked (not random's or full's): the selections can be
+    // compared with each other, e.g. the encoder's with the teacher's.
+    let selected: Map<String, Value> = arms
+        .iter()
+        .filter(|a| a.kind == ArmKind::Method)
+        .map(|a| {
+            let ids: Vec<&str> = a.subset.iter().map(|&i| pool[i].id.as_str()).collect();
+            (a.method.clone(), serde_json::json!(ids))
+        })
+        .collect();
+    notes.insert("selected".into(), selected.into());
     let mut train = TrainOptions::lora(o.lora_rank, o.lora_alpha, &o.lora_modules);
     train.lr = o.lr;
     train.epochs = o.epochs;
