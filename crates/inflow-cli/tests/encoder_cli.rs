@@ -8,8 +8,8 @@
 mod common;
 
 use common::{
-    arg, argv, asset, dense, fails, index_train_and_probes, json, run_ok, tiny_index, tiny_model,
-    tiny_scratch,
+    arg, argv, asset, dense, fails, index_train_and_probes, json, run_ok, store_ids, tiny_index,
+    tiny_model, tiny_scratch,
 };
 
 /// Every row of a complete store as f32.
@@ -238,13 +238,7 @@ fn eval_selection_selects_by_an_encoder_distilled_from_the_pool_store() {
         .collect();
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| mean[b].total_cmp(&mean[a]));
-    let ids: Vec<String> = inflow::store::Store::open(&out.join("distil/store"))
-        .unwrap()
-        .samples()
-        .unwrap()
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
+    let ids = store_ids(&out.join("distil/store"));
     let mut want: Vec<&str> = order[..8].iter().map(|&i| ids[i].as_str()).collect();
     let mut got: Vec<&str> = notes["selected"]["encoder"]
         .as_array()

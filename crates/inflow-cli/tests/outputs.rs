@@ -127,13 +127,7 @@ fn earlier_results_need_force_partial_scores_and_bad_rows_are_refused() {
 
     // A per-train score file of rows 0, 1 and 3 only (row 2 missing): a part of the data.
     let partial = dir.join("partial.parquet");
-    let ids: Vec<String> = inflow::store::Store::open(&dir.join("store"))
-        .unwrap()
-        .samples()
-        .unwrap()
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
+    let ids = store_ids(&dir.join("store"));
     let some = [ids[0].clone(), ids[1].clone(), ids[3].clone()];
     inflow::scores::write_per_train_parquet(
         &partial,

@@ -152,3 +152,14 @@ pub fn index_train_and_probes(
         &[model, &probes, &n_queries.to_string(), qstore],
     ));
 }
+
+/// The sample ids of a store, in row order.
+pub fn store_ids(store: &Path) -> Vec<String> {
+    inflow::store::Store::open(store)
+        .unwrap()
+        .samples()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect()
+}
