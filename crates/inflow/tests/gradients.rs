@@ -344,3 +344,30 @@ fn sampled_labels_estimate_the_gauss_newton_matrix() {
         assert!(rel < 0.1, "probe {i}: {} vs exact {}", mc[i], exact[i]);
     }
 }
+
+/// Tracking only the upper blocks starts the backward there (the blocks below build no graph):
+/// the upper Linears' inputs and output gradients are exactly those of a pass tracking all,
+/// and the losses are the same.
+#[test]
+fn tracking_upper_blocks_only_gives_the_same_captures() {
+    let m = tiny::random(&tiny::config(16, 3), 7, DType::F32).unwrap();
+    let batch = &seqs(&m)[..3];
+    let all = capture_all(&m, batch);
+    let upper: Vec<usize> = (14..21).collect();
+    let part = m.llama.loss_and_capture(batch, &upper).unwrap();
+    assert_eq!(part.losses, all.losses);
+    assert_eq!(part.layers.len(), 7);
+    for got in &part.layers {
+        let want = all
+            .layers
+            .iter()
+            .find(|l| l.info.name == got.info.name)
+            .unwrap();
+        assert!(got.info.name.contains("layers.2."), "{}", got.info.name);
+        for (a, b) in [(&got.x, &want.x), (&got.delta, &want.delta)] {
+            let (a, b) = (to_f64(a), to_f64(b));
+            assert!(a.iter().any(|v| *v != 0.0));
+            assert_eq!(a, b, "{}", got.info.name);
+        }
+    }
+}

@@ -569,9 +569,17 @@ impl Llama {
             .embed
             .embedding(&ids.flatten_all()?)?
             .reshape((b, t, c.hidden_size))?;
+        // Backward starts where capture starts: the residual stream becomes the autograd leaf
+        // at the input of the lowest tracked block, so the blocks below build no graph and
+        // take no backward (`--modules layers.20.` does not pay for blocks 0–19). The δ and x
+        // of the tracked Linears depend only on what runs above, so they are unchanged.
+        let lowest = tracker
+            .as_ref()
+            .and_then(|tr| tr.slots.keys().min().map(|&f| f / 7))
+            .unwrap_or(0);
         let mut h = match tracker {
-            Some(_) => Var::from_tensor(&emb)?.as_tensor().clone(),
-            None => emb,
+            Some(_) if lowest == 0 => Var::from_tensor(&emb)?.as_tensor().clone(),
+            _ => emb,
         };
         let (cos, sin, mask) = match pad {
             None => {
@@ -599,6 +607,9 @@ impl Llama {
             len: p0 + t,
         };
         for (li, block) in self.blocks.iter().enumerate() {
+            if tracker.is_some() && lowest > 0 && li == lowest {
+                h = Var::from_tensor(&h.detach())?.as_tensor().clone();
+            }
             let mut lin = |j: usize, x: &Tensor| -> Result<Tensor> {
                 let flat = li * 7 + j;
                 let slot = match tracker.as_deref_mut() {
