@@ -120,7 +120,7 @@ pub(crate) fn compare_cmd(a: CompareArgs, json: bool) -> Result<()> {
         };
         a.a.with_file_name(format!("{}_vs_{}.png", stem(&a.a), stem(&a.b)))
     });
-    inflow::output_guard::check_output("--plot", &plot, &[&a.a, &a.b], a.force)?;
+    inflow::output_guard::check_new_output("--plot", &plot, &[&a.a, &a.b], a.force)?;
     let fa = ScoreFile::read(&a.a)?;
     let fb = ScoreFile::read(&a.b)?;
     let (c, xs, ys) = compare(&fa, &fb, &a.k)?;

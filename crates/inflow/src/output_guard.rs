@@ -13,9 +13,10 @@ use crate::store;
 use crate::{Error, Result};
 
 /// Refuses `out` (given as `flag`) when it is one of `inputs` (the same file, through any path
-/// or hard link), a file of a store's layout, anything under a store's `curvature/`, an
-/// existing folder, or, unless `force`, an existing file.
-pub fn check_output(flag: &str, out: &Path, inputs: &[&Path], force: bool) -> Result<()> {
+/// or hard link), a file of a store's layout, anything under a store's `curvature/`, or an
+/// existing folder: outputs that no flag may write. An earlier result is
+/// [`check_overwrite`]'s business.
+pub fn check_output(flag: &str, out: &Path, inputs: &[&Path]) -> Result<()> {
     let refuse = |why: String| {
         Err(Error::Msg(format!(
             "{flag} {}: {why}; choose another output path",
@@ -39,6 +40,11 @@ pub fn check_output(flag: &str, out: &Path, inputs: &[&Path], force: bool) -> Re
             store.display()
         ));
     }
+    Ok(())
+}
+
+/// Refuses an `out` (given as `flag`) that exists already (an earlier result), unless `force`.
+pub fn check_overwrite(flag: &str, out: &Path, force: bool) -> Result<()> {
     if !force && fs::symlink_metadata(out).is_ok() {
         return Err(Error::Msg(format!(
             "{flag} {}: exists already; pass --force to replace it, or choose another output path",
@@ -46,6 +52,12 @@ pub fn check_output(flag: &str, out: &Path, inputs: &[&Path], force: bool) -> Re
         )));
     }
     Ok(())
+}
+
+/// [`check_output`] and [`check_overwrite`] together, for commands with no slow step between.
+pub fn check_new_output(flag: &str, out: &Path, inputs: &[&Path], force: bool) -> Result<()> {
+    check_output(flag, out, inputs)?;
+    check_overwrite(flag, out, force)
 }
 
 /// Refuses an output folder `dir` (given as `flag`) that a command fills with files of fixed
@@ -120,14 +132,14 @@ mod tests {
         let store = dir.join("store");
         fs::create_dir_all(store.join("curvature")).unwrap();
         fs::write(store.join("manifest.json"), "{}").unwrap();
-        let e = check_output("--out", &data, &[&data], true)
+        let e = check_output("--out", &data, &[&data])
             .unwrap_err()
             .to_string();
         assert!(e.contains("--out") && e.contains("also an input"), "{e}");
         // Another spelling of the same file, and a hard link to it.
         let dotted = dir.join(".").join("d.jsonl");
-        assert!(check_output("--out", &dotted, &[&data], true).is_err());
-        assert!(check_output("--out", &dir.join("link.jsonl"), &[&data], true).is_err());
+        assert!(check_output("--out", &dotted, &[&data]).is_err());
+        assert!(check_output("--out", &dir.join("link.jsonl"), &[&data]).is_err());
         for owned in [
             "manifest.json",
             "features-00000.npy",
@@ -135,31 +147,28 @@ mod tests {
             "run.json",
             "curvature/kfac.safetensors",
         ] {
-            let e = check_output("--full", &store.join(owned), &[&data], true)
+            let e = check_output("--full", &store.join(owned), &[&data])
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("belongs to the store"), "{owned}: {e}");
         }
-        assert!(
-            check_output("--out", &store, &[], true).is_err(),
-            "a folder"
-        );
-        check_output(
+        assert!(check_output("--out", &store, &[]).is_err(), "a folder");
+        check_new_output(
             "--out",
             &store.join("scores-cosine.parquet"),
             &[&data],
             false,
         )
         .unwrap();
-        check_output("--out", &dir.join("new.jsonl"), &[&data], false).unwrap();
+        check_new_output("--out", &dir.join("new.jsonl"), &[&data], false).unwrap();
         // An earlier result is replaced only with --force.
         let old = dir.join("old.parquet");
         fs::write(&old, "x").unwrap();
-        let e = check_output("--out", &old, &[&data], false)
+        let e = check_new_output("--out", &old, &[&data], false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("--force") && e.contains("old.parquet"), "{e}");
-        check_output("--out", &old, &[&data], true).unwrap();
+        check_new_output("--out", &old, &[&data], true).unwrap();
         // Folders of fixed file names: empty or new pass, full ones need --force.
         check_output_dir("--out", &dir.join("fresh"), false).unwrap();
         let e = check_output_dir("--out", &store, false)

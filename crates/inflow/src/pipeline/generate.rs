@@ -196,7 +196,7 @@ pub fn generate(o: &GenerateOptions, reporter: &dyn Reporter) -> Result<Generate
         };
         // An existing file is continued (--resume) or started afresh (--force), never
         // replaced unasked.
-        crate::output_guard::check_output("--out", out, &inputs, true)?;
+        crate::output_guard::check_output("--out", out, &inputs)?;
     }
     let done = match &o.out {
         Some(out) if o.force && !o.resume && out.exists() => {

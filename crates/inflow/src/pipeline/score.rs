@@ -7,7 +7,7 @@ use super::report::{watch, Reporter};
 use crate::data::{self, Format, ReadOptions, Sample};
 use crate::index::{self, Progress};
 use crate::methods::{self, Context, Need, PerTrain, TrainSet};
-use crate::output_guard::check_output;
+use crate::output_guard::{check_output, check_overwrite};
 use crate::scores::{self, ScoreResult};
 use crate::store::{SampleRow, Store};
 use crate::{Error, Result};
@@ -150,12 +150,9 @@ pub fn score(o: &ScoreOptions, reporter: &dyn Reporter) -> Result<ScoreOutput> {
         outputs.push(("--full", full.clone()));
         outputs.push(("--full", full.with_extension("json")));
     }
-    let check_outputs = |force: bool| {
-        outputs
-            .iter()
-            .try_for_each(|(flag, p)| check_output(flag, p, &[&o.queries], force))
-    };
-    check_outputs(true)?;
+    for (flag, p) in &outputs {
+        check_output(flag, p, &[&o.queries])?;
+    }
     let train = train_set(&o.store)?;
     // A store folder as --queries: features indexed once, scored against many stores.
     let (queries, given) = if o.queries.join("manifest.json").exists() {
@@ -181,7 +178,9 @@ pub fn score(o: &ScoreOptions, reporter: &dyn Reporter) -> Result<ScoreOutput> {
     } else {
         None
     };
-    check_outputs(o.force)?;
+    for (flag, p) in &outputs {
+        check_overwrite(flag, p, o.force)?;
+    }
     if method.needs().contains(&Need::Checkpoints) {
         let n = scores::checkpoints::find(&o.store)?.len();
         reporter.note(&format!(

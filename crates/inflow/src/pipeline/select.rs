@@ -142,12 +142,15 @@ pub fn run(o: &SelectOptions, reporter: &dyn Reporter) -> Result<SelectOutput> {
     let (mpq, mjs) = write::manifest_paths(&o.out);
     // Inputs and store files are never written; an earlier selection only with --force,
     // checked once the (quick) score file has been read and matched, before slow work.
-    let check_outputs = |force: bool| {
-        [&o.out, &mpq, &mjs]
+    let outputs = [&o.out, &mpq, &mjs];
+    for out in outputs {
+        crate::output_guard::check_output("--out", out, &inputs)?;
+    }
+    let check_overwrite = || {
+        outputs
             .iter()
-            .try_for_each(|out| crate::output_guard::check_output("--out", out, &inputs, force))
+            .try_for_each(|out| crate::output_guard::check_overwrite("--out", out, o.force))
     };
-    check_outputs(true)?;
     let samples = read_data(&o.data, o.format)?;
     let mut settings = json!({
         "method": o.method,
@@ -160,7 +163,7 @@ pub fn run(o: &SelectOptions, reporter: &dyn Reporter) -> Result<SelectOutput> {
             let path = need_scores(o, "--method top needs --scores")?;
             let (scored, m) = read_scores(o, path)?;
             input::check_coverage(&scored.ids, &samples, path, &o.data)?;
-            check_outputs(o.force)?;
+            check_overwrite()?;
             settings["score_method"] = m.into();
             ranked::top(&scored, size(o)?)
         }
@@ -171,13 +174,13 @@ pub fn run(o: &SelectOptions, reporter: &dyn Reporter) -> Result<SelectOutput> {
             )?;
             let (scored, m) = read_scores(o, path)?;
             input::check_coverage(&scored.ids, &samples, path, &o.data)?;
-            check_outputs(o.force)?;
+            check_overwrite()?;
             settings["score_method"] = m.into();
             settings["threshold"] = o.threshold.into();
             threshold::above(&scored, o.threshold)
         }
         "gdig" => {
-            check_outputs(o.force)?;
+            check_overwrite()?;
             gdig_select(o, &samples, &mut settings, reporter)?
         }
         m => {

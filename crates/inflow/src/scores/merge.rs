@@ -66,9 +66,9 @@ pub fn merge(inputs: &[PathBuf], out: &Path, force: bool) -> Result<Merged> {
         return Err(Error::Msg("scores merge: no files given".into()));
     }
     let given: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
-    crate::output_guard::check_output("--out", out, &given, force)?;
+    crate::output_guard::check_new_output("--out", out, &given, force)?;
     if out.extension().is_some_and(|e| e == "npy") {
-        crate::output_guard::check_output("--out", &out.with_extension("json"), &given, force)?;
+        crate::output_guard::check_new_output("--out", &out.with_extension("json"), &given, force)?;
     }
     let is_npy = |p: &PathBuf| p.extension().is_some_and(|e| e == "npy");
     if inputs.iter().any(is_npy) {
