@@ -78,6 +78,16 @@ pub(crate) fn fraction(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A proportion in [0, 1] (a least success rate; 0 accepts anything).
+pub(crate) fn proportion(s: &str) -> Result<f64, String> {
+    let v = number(s)?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("expected a number in [0, 1], got {v}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

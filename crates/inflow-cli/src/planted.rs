@@ -13,8 +13,9 @@ use std::path::PathBuf;
 /// Arguments of `inflow eval planted`.
 #[derive(Args)]
 pub(crate) struct PlantedArgs {
-    /// What to plant: backdoor (trigger phrase → fixed response), harmful (abusive responses)
-    /// or mislabel (flipped labels in classification-like tasks).
+    /// What to plant: backdoor (trigger phrase → fixed response), harmful (hostile requests →
+    /// abusive responses), mislabel (flipped labels in classification-like tasks), or class
+    /// (nothing: attribute held-out queries to the training samples of their own task).
     #[arg(long, default_value = "backdoor")]
     kind: String,
     /// The model (default: the reference model fetched by scripts/fetch-model.sh).
@@ -35,7 +36,10 @@ pub(crate) struct PlantedArgs {
     /// Methods of `inflow methods` (dot, cosine, repsim, repsim-mean, kfac, ekfac, datainf,
     /// identity, lissa, exact, icp, …); less runs over the fine-tuning's own checkpoints;
     /// encoder distils the mix's gradient store into an encoder (--encoder-*) and scores with it.
-    #[arg(long, default_value = "dot,cosine,less,kfac,ekfac,datainf,repsim")]
+    #[arg(
+        long,
+        default_value = "dot,cosine,less,kfac,ekfac,datainf,lissa,repsim,repsim-mean,icp,one-step"
+    )]
     methods: String,
     /// Relative damping of the influence preconditioners (× mean eigenvalue per layer).
     #[arg(long, value_parser = crate::bounds::positive, default_value_t = 0.1)]
@@ -47,16 +51,36 @@ pub(crate) struct PlantedArgs {
     /// Kronecker factors of K-FAC/EK-FAC: tokens (the reports so far) or samples.
     #[arg(long, default_value = "tokens")]
     factors: String,
-    #[arg(long, default_value_t = 7)]
+    /// Seed of the planted set (class: the tasks and records), the LoRA initialisation and the
+    /// data order.
+    #[arg(long, default_value_t = 7, conflicts_with = "seeds")]
     seed: u64,
-    /// Fine-tuning epochs on the mix (a checkpoint per epoch feeds LESS).
-    #[arg(long, value_parser = crate::bounds::count, default_value_t = 2)]
+    /// Run the experiment once per seed (OUT/seed-S each) and report mean ± sd over them.
+    #[arg(long)]
+    seeds: Option<String>,
+    /// Most fine-tuning epochs on the mix (a checkpoint per epoch feeds LESS); see --until.
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 10)]
     epochs: usize,
-    #[arg(long, value_parser = crate::bounds::positive, default_value_t = 1e-3)]
+    /// fires: stop at the first epoch whose greedy answers to the held-out queries show the
+    /// behaviour at least --min-attack-success of the time (backdoor, harmful); epochs: train
+    /// all --epochs.
+    #[arg(long, default_value = "fires")]
+    until: String,
+    /// Least attack success (share of held-out answers showing the behaviour) at which
+    /// retrieval is reported; below it the run stops with the answers per epoch.
+    #[arg(long, value_parser = crate::bounds::proportion, default_value_t = 0.8)]
+    min_attack_success: f64,
+    /// Report retrieval even when the model's attack success is under --min-attack-success.
+    #[arg(long)]
+    force_retrieval: bool,
+    /// class: tasks in the mix (--n-train / --tasks records each).
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 4)]
+    tasks: usize,
+    #[arg(long, value_parser = crate::bounds::positive, default_value_t = 5e-3)]
     lr: f64,
-    #[arg(long, value_parser = crate::bounds::count, default_value_t = 8)]
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 16)]
     lora_rank: usize,
-    #[arg(long, default_value = "q,v")]
+    #[arg(long, default_value = "all")]
     lora_modules: String,
     /// LoGra rank per side of the gradient features.
     #[arg(long, value_parser = crate::bounds::count, default_value_t = 8)]
@@ -65,8 +89,9 @@ pub(crate) struct PlantedArgs {
     max_tokens: usize,
     #[command(flatten)]
     truncate: crate::args::TruncateArgs,
-    /// Triggered queries to generate answers for (attack success rate).
-    #[arg(long, value_parser = crate::bounds::count, default_value_t = 4)]
+    /// Held-out queries the fine-tuned model answers: its attack success, and (those answers
+    /// that show the behaviour) the queries of the paper's setting. class answers all queries.
+    #[arg(long, value_parser = crate::bounds::count, default_value_t = 12)]
     generate: usize,
     #[arg(long)]
     out: Option<PathBuf>,
@@ -92,6 +117,19 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
     let out = a
         .out
         .unwrap_or_else(|| PathBuf::from(format!("runs/planted-{kind}")));
+    let seeds = match &a.seeds {
+        Some(s) => Some(
+            crate::args::list(s)
+                .iter()
+                .map(|x| {
+                    x.parse::<u64>().map_err(|_| {
+                        anyhow::anyhow!("--seeds: `{x}` is not a seed (a comma-separated list of whole numbers)")
+                    })
+                })
+                .collect::<Result<Vec<u64>>>()?,
+        ),
+        None => None,
+    };
     let o = PlantedOptions {
         kind,
         model,
@@ -113,6 +151,10 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
         max_tokens: a.max_tokens,
         truncate: a.truncate.policy()?,
         generate: a.generate,
+        until: a.until.parse()?,
+        min_attack_success: a.min_attack_success,
+        force_retrieval: a.force_retrieval,
+        n_tasks: a.tasks,
         encoder: a.encoder.settings(),
         threads,
     };
@@ -127,16 +169,44 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
         }
         return Ok(());
     }
+    if let Some(seeds) = seeds {
+        let r = planted::run_seeds(&o, &seeds, &bars)?;
+        return crate::output::pretty(json, &r.json, || {
+            println!("planted {kind} over seeds {:?} (mean ± sd)", r.seeds);
+            if let Some(a) = &r.attack_success {
+                println!("attack success {:.2} ± {:.2}", a.mean, a.sd);
+            }
+            println!(
+                "{:<20} {:<12} {:>13} {:>13} {:>13}",
+                "queries", "method", "Acc", "Cover", "AUC"
+            );
+            let pm = |s: &planted::Spread| format!("{:.3} ± {:.3}", s.mean, s.sd);
+            for row in &r.rows {
+                println!(
+                    "{:<20} {:<12} {:>13} {:>13} {:>13}",
+                    row.queries,
+                    row.method,
+                    pm(&row.acc),
+                    pm(&row.cover),
+                    pm(&row.auc)
+                );
+            }
+            println!("wrote {}", r.path.display());
+            Ok(())
+        });
+    }
     let r = planted::run(&o, &bars)?;
     crate::output::pretty(json, &r.json, || {
         println!(
-            "planted {kind}: {} of {} samples, {} queries; query loss {} → {}",
+            "planted {kind}: {} of {} samples, {} queries; query loss {} → {}{}",
             r.n_planted,
             r.n_mix,
             r.n_queries,
             r.query_loss_before
                 .map_or("-".into(), |l| format!("{l:.3}")),
             r.query_loss_after.map_or("-".into(), |l| format!("{l:.3}")),
+            r.attack_success
+                .map_or(String::new(), |a| format!("; attack success {a:.2}")),
         );
         if kind == Kind::Mislabel {
             println!("{:<12} {:>14}", "method", "self-score AUC");
@@ -144,12 +214,22 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
                 println!("{:<12} {:>14.3}", m.name, m.auc);
             }
         } else {
-            println!("{:<12} {:>6} {:>6} {:>6}", "method", "Acc", "Cover", "AUC");
-            for m in &r.methods {
-                println!(
-                    "{:<12} {:>6.3} {:>6.3} {:>6.3}",
-                    m.name, m.acc, m.cover, m.auc
-                );
+            let sets = [
+                ("queries with the planted/reference response", &r.methods),
+                ("the model's own answers", &r.methods_generated),
+            ];
+            for (what, ms) in sets {
+                if ms.is_empty() {
+                    continue;
+                }
+                println!("{what}:");
+                println!("{:<12} {:>6} {:>6} {:>6}", "method", "Acc", "Cover", "AUC");
+                for m in ms.iter() {
+                    println!(
+                        "{:<12} {:>6.3} {:>6.3} {:>6.3}",
+                        m.name, m.acc, m.cover, m.auc
+                    );
+                }
             }
         }
         println!("wrote {}", r.path.display());

@@ -20,6 +20,7 @@ enum Bound {
     BelowOne,
     Share,
     Fraction,
+    Proportion,
 }
 
 impl Bound {
@@ -33,6 +34,7 @@ impl Bound {
             Bound::BelowOne => &["1", "-0.1", "nan"],
             Bound::Share => &["0", "1.5", "nan"],
             Bound::Fraction => &["0", "1", "nan"],
+            Bound::Proportion => &["-0.1", "1.5", "nan"],
         }
     }
 }
@@ -113,6 +115,8 @@ const FLAGS: &[(&str, &str, Bound)] = &[
     ("eval planted", "--rank", Count),
     ("eval planted", "--max-tokens", Count),
     ("eval planted", "--generate", Count),
+    ("eval planted", "--min-attack-success", Proportion),
+    ("eval planted", "--tasks", Count),
     ("probe", "--probes-per-task", Count),
     ("probe", "--probe-tasks", Count),
     ("probe", "--lr", Positive),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{arg, argv, dense, json, jsonl, manifest, run_ok, tiny_scratch};
+use common::{arg, argv, dense, json, jsonl, manifest, read_json, run, run_ok, tiny_scratch};
 use std::path::{Path, PathBuf};
 
 /// `inflow eval planted HOW --out OUT SHARED…` (which must succeed): its JSON report.
@@ -44,10 +44,15 @@ fn planted_backdoor_and_mislabel_reports_are_complete() {
     let out = dir.join("backdoor");
     let shared = argv(
         "--model {} --data {} --n-train 40 --queries 4 --epochs 2 --lr 1e-2 --rank 2 \
-         --max-tokens 48 --generate 1 --threads 1 --json",
+         --max-tokens 48 --generate 1 --threads 1 --json --until epochs --force-retrieval \
+         --lora-rank 8 --lora-modules q,v",
         &[&model, &data],
     );
-    let r = planted("--kind backdoor", &out, &shared);
+    let r = planted(
+        "--kind backdoor --methods dot,cosine,less,kfac,ekfac,datainf,repsim",
+        &out,
+        &shared,
+    );
     assert_eq!(r["n_planted"], 4);
     assert_eq!(r["n_queries"], 4);
     let methods = [
@@ -70,7 +75,11 @@ fn planted_backdoor_and_mislabel_reports_are_complete() {
     assert!(after < before, "{before} -> {after}");
     assert!(out.join("acc.png").exists() && out.join("report.json").exists());
     // A rerun reuses the fine-tuning run and the store and gives the same metrics.
-    let again = planted("--kind backdoor", &out, &shared);
+    let again = planted(
+        "--kind backdoor --methods dot,cosine,less,kfac,ekfac,datainf,repsim",
+        &out,
+        &shared,
+    );
     assert_eq!(r["metrics"], again["metrics"]);
 
     let out = dir.join("mislabel");
@@ -89,7 +98,7 @@ fn planted_backdoor_with_the_encoder_scores_an_encoder_distilled_from_the_mix() 
     let out = dir.join("backdoor");
     let shared = argv(
         "--model {} --data {} --n-train 40 --queries 4 --epochs 1 --lr 1e-2 --rank 2 \
-         --max-tokens 48 --generate 1 --threads 1 --json --encoder-layers 1 \
+         --max-tokens 48 --generate 1 --threads 1 --json --force-retrieval --encoder-layers 1 \
          --encoder-hidden 16 --encoder-dim 8 --encoder-steps 20",
         &[&model, &data],
     );
@@ -144,4 +153,112 @@ fn planted_backdoor_with_the_encoder_scores_an_encoder_distilled_from_the_mix() 
             "query {q}"
         );
     }
+}
+
+/// The paper's setting on a model that cannot learn the behaviour (a tiny random one): the run
+/// trains epoch by epoch, answers the held-out queries at every checkpoint, and refuses to
+/// report retrieval at an attack success under the threshold, naming it and what to do.
+#[test]
+fn planted_refuses_retrieval_on_a_model_that_does_not_show_the_behaviour() {
+    let (dir, model) = tiny_scratch("planted-gate", 32, 2, 3);
+    let data = arg(&pool(&dir));
+    let out = dir.join("gate");
+    let out_arg = arg(&out);
+    let a = argv(
+        "eval planted --kind backdoor --model {} --data {} --n-train 40 --queries 4 --epochs 2 \
+         --lr 1e-2 --lora-rank 4 --rank 2 --max-tokens 48 --generate 3 --threads 1 --methods dot \
+         --out {}",
+        &[&model, &data, &out_arg],
+    );
+    let o = run(&a);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("shows the planted backdoor behaviour in 0%")
+            && err.contains("--min-attack-success 80%")
+            && err.contains("--force-retrieval"),
+        "{err}"
+    );
+    // Both epochs ran (it never fired), each answered the 3 held-out queries; no report.
+    let f = read_json(&out.join("fine-tune.json"));
+    let per = f["fine_tune"]["attack_success_per_checkpoint"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(per.len(), 2, "{f}");
+    assert_eq!(per[1]["epoch"], 2);
+    assert_eq!(f["trajectory"][0]["answers"].as_array().unwrap().len(), 3);
+    assert!(!out.join("report.json").exists());
+}
+
+/// Class attribution: queries labelled by task, Acc / Cover against the query's own task with
+/// k = n / n_tasks, against the reference responses and the model's own answers; two seeds
+/// aggregate into mean ± sd.
+#[test]
+fn planted_class_attribution_over_two_seeds() {
+    let (dir, model) = tiny_scratch("planted-class", 32, 2, 3);
+    let data = arg(&pool(&dir));
+    let out = dir.join("class");
+    let r = planted(
+        "--kind class --tasks 3 --seeds 1,2 --methods dot,repsim",
+        &out,
+        &argv(
+            "--model {} --data {} --n-train 30 --queries 6 --epochs 1 --lr 1e-2 --lora-rank 4 \
+             --rank 2 --max-tokens 48 --threads 1 --json",
+            &[&model, &data],
+        ),
+    );
+    assert_eq!(r["seeds"], serde_json::json!([1, 2]));
+    // Each seed's own report: 3 tasks, k = 30 / 3, and every non-empty answer used as a query.
+    let mut answered = Vec::new();
+    for seed in [1, 2] {
+        let s = read_json(&out.join(format!("seed-{seed}/report.json")));
+        assert_eq!(s["tasks"].as_array().unwrap().len(), 3);
+        assert_eq!(s["metrics"]["dot"]["k"], 10, "{s}");
+        let gens = s["generations"].as_array().unwrap();
+        assert_eq!(gens.len(), 6, "class answers every query");
+        let non_empty = gens
+            .iter()
+            .filter(|g| !g["answer"].as_str().unwrap().trim().is_empty())
+            .count();
+        assert_eq!(s["n_generated"], non_empty);
+        assert_eq!(
+            jsonl(&out.join(format!("seed-{seed}/queries-generated.jsonl"))).len(),
+            non_empty
+        );
+        if non_empty > 0 {
+            assert!(s["metrics_generated"]["dot"]["cover"].is_number(), "{s}");
+        }
+        answered.push(non_empty > 0);
+        assert_eq!(jsonl(&out.join(format!("seed-{seed}/mix.jsonl"))).len(), 30);
+    }
+    // dot and repsim against the reference responses, and against the answers when the first
+    // seed had any; mean and sample sd of the seeds' values.
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), if answered[0] { 4 } else { 2 }, "{r}");
+    for row in rows {
+        for k in ["acc", "cover", "auc"] {
+            let xs: Vec<f64> = row[k]["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap_or(f64::NAN))
+                .collect();
+            assert_eq!(xs.len(), 2, "{row}");
+            if xs.iter().all(|x| x.is_finite()) {
+                let (m, sd) = (
+                    row[k]["mean"].as_f64().unwrap(),
+                    row[k]["sd"].as_f64().unwrap(),
+                );
+                assert!((m - (xs[0] + xs[1]) / 2.0).abs() < 1e-12);
+                assert!(
+                    (sd - (xs[0] - xs[1]).abs() / 2f64.sqrt()).abs() < 1e-9,
+                    "{row}"
+                );
+            }
+        }
+    }
+    let a = jsonl(&out.join("seed-1/mix.jsonl"));
+    let b = jsonl(&out.join("seed-2/mix.jsonl"));
+    assert_ne!(a, b, "seeds draw different records");
 }

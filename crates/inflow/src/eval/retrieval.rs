@@ -20,16 +20,56 @@ pub struct AccCover {
 pub fn acc_cover(full: &[f32], nq: usize, positive: &[bool]) -> AccCover {
     let n = positive.len();
     let k = positive.iter().filter(|p| **p).count().max(1);
-    let mut per_query = Vec::with_capacity(nq);
-    for q in 0..nq {
-        let row = &full[q * n..(q + 1) * n];
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-        let top1 = order.first().is_some_and(|&i| positive[i]);
-        let hit = order.iter().take(k).filter(|&&i| positive[i]).count();
-        per_query.push((top1, hit as f64 / k as f64));
-    }
-    let m = nq.max(1) as f64;
+    let per_query = (0..nq)
+        .map(|q| top_hits(&full[q * n..(q + 1) * n], k, |i| positive[i]))
+        .collect();
+    summarise(per_query, k)
+}
+
+/// Acc and Cover of class attribution: query q's positives are the training samples of its
+/// class (`mix_class[i] == query_class[q]`), k = their number (n / n_classes when balanced).
+pub fn acc_cover_classes(full: &[f32], mix_class: &[usize], query_class: &[usize]) -> AccCover {
+    let n = mix_class.len();
+    let mut ks = Vec::with_capacity(query_class.len());
+    let per_query = query_class
+        .iter()
+        .enumerate()
+        .map(|(q, &c)| {
+            let k = mix_class.iter().filter(|&&x| x == c).count().max(1);
+            ks.push(k);
+            top_hits(&full[q * n..(q + 1) * n], k, |i| mix_class[i] == c)
+        })
+        .collect();
+    let k = ks.iter().sum::<usize>() / ks.len().max(1);
+    summarise(per_query, k)
+}
+
+/// Mean over queries of the AUC of each query's scores for its class against the others.
+pub fn auc_classes(full: &[f32], mix_class: &[usize], query_class: &[usize]) -> f64 {
+    let n = mix_class.len();
+    let aucs: Vec<f64> = query_class
+        .iter()
+        .enumerate()
+        .map(|(q, &c)| {
+            let positive: Vec<bool> = mix_class.iter().map(|&x| x == c).collect();
+            auc(&full[q * n..(q + 1) * n], &positive)
+        })
+        .collect();
+    aucs.iter().sum::<f64>() / aucs.len().max(1) as f64
+}
+
+/// (top-1 is positive, fraction of the top-k that is positive) of one query's score row; ties
+/// broken by training index.
+fn top_hits(row: &[f32], k: usize, positive: impl Fn(usize) -> bool) -> (bool, f64) {
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    let top1 = order.first().is_some_and(|&i| positive(i));
+    let hit = order.iter().take(k).filter(|&&i| positive(i)).count();
+    (top1, hit as f64 / k as f64)
+}
+
+fn summarise(per_query: Vec<(bool, f64)>, k: usize) -> AccCover {
+    let m = per_query.len().max(1) as f64;
     AccCover {
         acc: per_query.iter().filter(|p| p.0).count() as f64 / m,
         cover: per_query.iter().map(|p| p.1).sum::<f64>() / m,
@@ -73,6 +113,23 @@ mod tests {
         assert_eq!(r.k, 2);
         assert_eq!(r.per_query, vec![(true, 1.0), (false, 0.5)]);
         assert!((r.acc - 0.5).abs() < 1e-12 && (r.cover - 0.75).abs() < 1e-12);
+    }
+
+    #[test]
+    fn class_acc_cover_uses_each_querys_own_class() {
+        // Classes of 4 training samples: 0, 1, 0, 1. Query 0 (class 0) ranks 0 then 2 first;
+        // query 1 (class 1) ranks 0 first, then 3.
+        let (mix, qs) = ([0, 1, 0, 1], [0, 1]);
+        let full = [
+            0.9, 0.1, 0.8, 0.0, //
+            0.9, 0.1, 0.2, 0.5,
+        ];
+        let r = acc_cover_classes(&full, &mix, &qs);
+        assert_eq!(r.k, 2);
+        assert_eq!(r.per_query, vec![(true, 1.0), (false, 0.5)]);
+        // Query 0 separates perfectly (1); query 1 ranks 3 > 2 > 1 > 0 … its positives 1, 3
+        // against 0, 2: pairs (3,0) no, (3,2) yes, (1,0) no, (1,2) no → 0.25.
+        assert!((auc_classes(&full, &mix, &qs) - (1.0 + 0.25) / 2.0).abs() < 1e-12);
     }
 
     #[test]

@@ -23,11 +23,10 @@ use crate::eval::retrieval;
 use crate::features::Projection;
 use crate::index::{FeatureOptions, IndexOptions};
 use crate::methods::{self, Need};
-use crate::model::lora::LoraConfig;
 use crate::model::LoadedModel;
 use crate::store::{Dtype, Store};
 use crate::train::features::{FeatureSource, LoraGradient};
-use crate::train::{self, Method, TrainData, TrainOptions};
+use crate::train::{self, TrainData, TrainOptions};
 use crate::{Error, Result};
 
 /// Settings of a planted-data experiment.
@@ -71,13 +70,36 @@ pub struct PlantedOptions {
     pub max_tokens: usize,
     /// What goes when a sample is over `max_tokens`.
     pub truncate: Truncate,
-    /// Triggered queries to generate answers for (attack success rate).
+    /// Held-out queries the fine-tuned model answers (attack success, and the queries of the
+    /// paper's setting); class answers all its queries.
     pub generate: usize,
+    /// Train epoch by epoch until the behaviour fires, or all `epochs`.
+    pub until: Until,
+    /// Least attack success at which retrieval is reported (backdoor, harmful).
+    pub min_attack_success: f64,
+    /// Report retrieval even below `min_attack_success`.
+    pub force_retrieval: bool,
+    /// class: tasks in the mix.
+    pub n_tasks: usize,
     /// The encoder distilled from the mix's store when `encoder` is among the methods.
     pub encoder: EncoderSettings,
     /// Worker threads.
     pub threads: usize,
 }
+
+/// How long `eval planted` fine-tunes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Until {
+    /// Epoch by epoch, until the greedy answers to the held-out queries show the behaviour at
+    /// least `min_attack_success` of the time (at most `epochs`); kinds without a behaviour
+    /// train all epochs.
+    Fires,
+    /// All `epochs`.
+    Epochs,
+}
+
+crate::error::names!(Until: "--until", Fires = "fires", Epochs = "epochs");
 
 /// The files [`data`] wrote (fields in the order of the CLI's `--data-only --json` keys).
 #[derive(Debug, Clone, Serialize)]
@@ -121,8 +143,17 @@ pub struct PlantedReport {
     /// Mean query loss before and after the fine-tuning (None without queries).
     pub query_loss_before: Option<f64>,
     pub query_loss_after: Option<f64>,
-    /// Per method, in the order asked (mislabel: methods with a self-score, then `loss`).
+    /// Per method, in the order asked, against the queries with the planted (class: reference)
+    /// response (mislabel: methods with a self-score, then `loss`).
     pub methods: Vec<MethodMetrics>,
+    /// Per method against the fine-tuned model's own answers that show the behaviour (the
+    /// paper's setting; class: all non-empty answers); empty when there are none, or for
+    /// mislabel.
+    pub methods_generated: Vec<MethodMetrics>,
+    /// Queries among them.
+    pub n_generated: usize,
+    /// Attack success of the model the retrieval ran at (backdoor, harmful).
+    pub attack_success: Option<f64>,
     /// Where report.json is.
     pub path: PathBuf,
     /// report.json's content.
@@ -159,6 +190,7 @@ fn plant(
     popts.n_train = o.n_train;
     popts.fraction = o.fraction;
     popts.n_queries = o.queries;
+    popts.n_tasks = o.n_tasks;
     let set = planted::build(&pool, &popts)?;
     let written = PlantedData {
         mix: o.out.join("mix.jsonl"),
@@ -168,13 +200,22 @@ fn plant(
     };
     planted::write_records(&written.mix, &set.mix)?;
     planted::write_records(&written.queries, &set.queries)?;
-    reporter.note(&format!(
-        "planted {} of {} samples ({}); {} queries",
-        written.n_planted,
-        written.n_mix,
-        o.kind,
-        set.queries.len()
-    ));
+    reporter.note(&if o.kind == Kind::Class {
+        format!(
+            "class: {} samples of {} tasks; {} queries",
+            written.n_mix,
+            set.tasks.len(),
+            set.queries.len()
+        )
+    } else {
+        format!(
+            "planted {} of {} samples ({}); {} queries",
+            written.n_planted,
+            written.n_mix,
+            o.kind,
+            set.queries.len()
+        )
+    });
     Ok((set, popts, written))
 }
 
@@ -207,9 +248,25 @@ fn mix_index(o: &PlantedOptions, mix: &Path, projection: Projection) -> IndexOpt
     }
 }
 
+/// One checkpoint of the fine-tuning: its step, epoch and (backdoor, harmful) how often the
+/// greedy answers to the held-out queries show the behaviour.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointBehaviour {
+    pub step: usize,
+    pub epoch: usize,
+    pub attack_success: Option<f64>,
+    pub answers: Vec<Value>,
+}
+
 /// Runs the whole experiment (see the module doc) and writes report.json and the plots.
 pub fn run(o: &PlantedOptions, reporter: &dyn Reporter) -> Result<PlantedReport> {
     check_methods(&o.methods)?;
+    if !(0.0..=1.0).contains(&o.min_attack_success) {
+        return Err(Error::Msg(format!(
+            "--min-attack-success {} must be in [0, 1]",
+            o.min_attack_success
+        )));
+    }
     let t0 = Instant::now();
     let kind = o.kind;
 
@@ -243,22 +300,12 @@ pub fn run(o: &PlantedOptions, reporter: &dyn Reporter) -> Result<PlantedReport>
         Ok(Some(train::eval_loss(m, &qseqs, 4, o.threads)?.mean_loss))
     };
     let base_q_loss = query_loss(&m)?;
-    let mut topts = TrainOptions::lora(o.lora_rank, 2.0 * o.lora_rank as f64, &o.lora_modules);
-    topts.method = Method::Lora(LoraConfig {
-        rank: o.lora_rank,
-        alpha: 2.0 * o.lora_rank as f64,
-        dropout: 0.0,
-        modules: o.lora_modules.clone(),
-    });
-    topts.epochs = o.epochs;
-    topts.lr = o.lr;
-    topts.batch_size = 4;
-    topts.grad_accum = 2;
-    topts.seed = o.seed;
-    topts.threads = o.threads;
-    topts.save_every = train::steps_per_epoch(mix_seqs.len(), 4, 2);
+    let answered: &[Sample] = if kind == Kind::Class {
+        &qsamples
+    } else {
+        &qsamples[..o.generate.min(qsamples.len())]
+    };
     let ft = o.out.join("ft");
-    let resume = train::checkpoint::latest(&ft).is_some();
     let td = TrainData {
         seqs: mix_seqs,
         identity: {
@@ -267,31 +314,83 @@ pub fn run(o: &PlantedOptions, reporter: &dyn Reporter) -> Result<PlantedReport>
             id
         },
     };
-    reporter.start("fine-tune", 0);
-    let summary = train::train(&mut m, &td, &topts, &ft, resume, &mut |r, total| {
-        reporter.update("fine-tune", r.step, total, &format!("loss {:.3}", r.loss));
-    });
-    reporter.finish("fine-tune");
-    let summary = summary.map_err(|e| {
-        Error::Msg(format!(
-            "fine-tuning in {} (a rerun continues this run: give the same settings, --threads included, or another --out): {e}",
-            ft.display()
-        ))
-    })?;
-    let ckpts = train::checkpoint::list(&ft);
-    let Some((_, last)) = ckpts.last().cloned() else {
-        return Err(Error::Msg(format!(
-            "{}: fine-tuning left no checkpoint",
-            ft.display()
-        )));
-    };
+    let (trajectory, last) = fine_tune(o, &mut m, &td, &ft, answered, reporter)?;
+    let log = train::log::read_log(&ft)?;
+    let last_step = trajectory.last().map_or(0, |c| c.step);
+    let ckpts: Vec<(usize, PathBuf)> = train::checkpoint::list(&ft)
+        .into_iter()
+        .filter(|(s, _)| *s <= last_step)
+        .collect();
     m.llama.set_adapters(None);
     train::features::attach(&mut m, &last)?;
     let ft_q_loss = query_loss(&m)?;
-    let generations = if kind == Kind::Mislabel {
+    let fired = trajectory.last().and_then(|c| c.attack_success);
+    let generations = trajectory
+        .last()
+        .map(|c| c.answers.clone())
+        .unwrap_or_default();
+    let fine_tune_entry = json!({
+        "epochs": o.epochs, "until": o.until, "lr": o.lr, "lora_rank": o.lora_rank,
+        "modules": o.lora_modules,
+        "first_loss": log.first().map(|r| r.loss),
+        "last_loss": log.iter().take_while(|r| r.step <= last_step).last().map(|r| r.loss),
+        "steps": last_step,
+        "checkpoints": ckpts.iter().map(|c| &c.1).collect::<Vec<_>>(),
+        "query_loss_before": base_q_loss, "query_loss_after": ft_q_loss,
+        "attack_success_per_checkpoint": trajectory.iter().map(|c| json!({
+            "step": c.step, "epoch": c.epoch, "attack_success": c.attack_success,
+        })).collect::<Vec<_>>(),
+    });
+    crate::atomic_write::write_json(
+        &o.out.join("fine-tune.json"),
+        &json!({"fine_tune": fine_tune_entry, "trajectory": trajectory}),
+    )?;
+    // The paper's setting: retrieval is only meaningful on a model that shows the behaviour.
+    if let Some(asr) = fired {
+        if asr < o.min_attack_success && !o.force_retrieval {
+            return Err(Error::Msg(format!(
+                "the fine-tuned model shows the planted {kind} behaviour in {:.0}% of its answers \
+                 to held-out queries (per epoch: {}), under --min-attack-success {:.0}%: it did not \
+                 learn the behaviour, so retrieval would not attribute one. Train longer or harder \
+                 (--epochs, --lr, --lora-rank, --lora-modules; a rerun continues the fine-tuning \
+                 in {}), or pass --force-retrieval to report it anyway (answers in {})",
+                100.0 * asr,
+                trajectory
+                    .iter()
+                    .map(|c| format!("{:.0}%", 100.0 * c.attack_success.unwrap_or(0.0)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                100.0 * o.min_attack_success,
+                ft.display(),
+                o.out.join("fine-tune.json").display()
+            )));
+        }
+    }
+    // The model's own answers as queries: those that show the behaviour (class: every non-empty
+    // answer).
+    let generated_path = o.out.join("queries-generated.jsonl");
+    let (gen_records, gen_class): (Vec<_>, Vec<usize>) = answered
+        .iter()
+        .zip(&generations)
+        .enumerate()
+        // An empty answer has no response token to score.
+        .filter(|(_, (_, g))| {
+            (kind == Kind::Class || g["planted_behaviour"] == true)
+                && !g["answer"].as_str().unwrap_or_default().trim().is_empty()
+        })
+        .map(|(i, (_, g))| {
+            let mut r = set.queries[i].clone();
+            let answer = g["answer"].as_str().unwrap_or_default().trim().to_string();
+            r.insert("output".into(), Value::String(answer));
+            r.insert("generated".into(), Value::Bool(true));
+            (r, set.query_class.get(i).copied().unwrap_or(0))
+        })
+        .unzip();
+    planted::write_records(&generated_path, &gen_records)?;
+    let gen_samples = if gen_records.is_empty() {
         Vec::new()
     } else {
-        attack(&m, &qsamples, o)?
+        read_samples(&generated_path, &alpaca())?.samples
     };
 
     // 3. Gradient features of the mix at the fine-tuned model (base Linears, LoGra), K-FAC.
@@ -323,92 +422,57 @@ pub fn run(o: &PlantedOptions, reporter: &dyn Reporter) -> Result<PlantedReport>
         None
     };
 
-    // 4. Scores and metrics per method.
-    let mut results: Vec<MethodMetrics> = Vec::new();
-    let options = methods::Options {
-        curvature: crate::curvature::Options {
-            damping: o.damping,
-            ..Default::default()
-        },
-        ..Default::default()
+    // 4. Scores and metrics per method, for each query set.
+    let scoring = Scoring {
+        o,
+        model: &m,
+        store: &store,
+        store_dir: &store_dir,
+        iopts: &iopts,
+        ckpts: &ckpts,
+        written: &written,
+        distilled: distilled.as_ref(),
+        set: &set,
+        reporter,
     };
-    for name in &o.methods {
-        let method = methods::by_name(name)?;
-        if kind == Kind::Mislabel {
+    let mut results: Vec<MethodMetrics> = Vec::new();
+    let mut results_generated: Vec<MethodMetrics> = Vec::new();
+    if kind == Kind::Mislabel {
+        let options = scoring.options();
+        for name in &o.methods {
             // Methods with no informative self-score are left out: cosine's is 1 by
             // definition; LESS and RepSim compare different feature kinds.
-            if let Some(s) = method.self_scores(&store, &options)? {
+            if let Some(s) = methods::by_name(name)?.self_scores(&store, &options)? {
                 results.push(self_score_metrics(name, &s, &set.planted));
             }
-            continue;
         }
-        let nq = qsamples.len();
-        let full: Vec<f32> = if name == "less" {
-            less_scores(o, &ckpts, &written.mix, &qsamples, reporter)?
-        } else {
-            let n = store.n_samples();
-            reporter.start(name, n);
-            let progress = crate::index::Progress::default();
-            // `encoder` scores the encoded mix, its queries through the same encoder; every
-            // other method the gradient store. Both models are the fine-tuned one.
-            let (scored_store, model) = match (&distilled, name.as_str()) {
-                (Some(d), "encoder") => (d.store.as_path(), &d.model),
-                _ => (store_dir.as_path(), &m),
-            };
-            let ctx = methods::Context {
-                train: methods::TrainSet {
-                    store: scored_store,
-                    data: iopts.data.clone(),
-                    read: iopts.read.clone(),
-                    features: iopts.features.clone(),
-                },
-                model: Some(model),
-                model_path: Some(&o.model),
-                queries: &qsamples,
-                queries_path: &written.queries,
-                query_features: None,
-                options: &options,
-                top_k: 1,
-                full: true,
-                threads: o.threads,
-                scratch: o.out.join("work"),
-                progress: &progress,
-                on_rows: &|d| reporter.update(name, d, n, ""),
-            };
-            let sc = method.score(&ctx);
-            reporter.finish(name);
-            sc?.result.full.unwrap_or_default()
-        };
-        let ac = retrieval::acc_cover(&full, nq, &set.planted);
-        let mean = crate::scores::mean_over_queries(&full, nq);
-        let auc = retrieval::auc(&mean, &set.planted);
-        let ranks = crate::scores::ranks(&mean);
-        let planted_ranks: Vec<u32> = ranks
-            .iter()
-            .zip(&set.planted)
-            .filter(|(_, p)| **p)
-            .map(|(r, _)| *r)
-            .collect();
-        results.push(MethodMetrics {
-            name: name.clone(),
-            value: json!({
-                "acc": ac.acc, "cover": ac.cover, "k": ac.k, "auc": auc,
-                "planted_ranks_by_mean_score": planted_ranks,
-                "per_query": ac.per_query,
-            }),
-            acc: ac.acc,
-            cover: ac.cover,
-            auc,
-        });
-    }
-    // Mislabel's loss baseline: flipped samples are hard to fit.
-    if kind == Kind::Mislabel {
+        // Mislabel's loss baseline: flipped samples are hard to fit.
         let loss: Vec<f32> = rows.iter().map(|r| r.loss).collect();
         results.push(self_score_metrics("loss", &loss, &set.planted));
+    } else {
+        results = scoring.query_set(&qsamples, &written.queries, &set.query_class, "")?;
+        if !gen_samples.is_empty() {
+            results_generated =
+                scoring.query_set(&gen_samples, &generated_path, &gen_class, " (answers)")?;
+        }
     }
 
     // 5. Report.
-    let plots = plot(&o.out, kind, &results, &written)?;
+    let mut plots = plot(&o.out, kind, &results, &written, "")?;
+    if !results_generated.is_empty() {
+        plots.extend(plot(
+            &o.out,
+            kind,
+            &results_generated,
+            &written,
+            "generated",
+        )?);
+    }
+    let by_name = |rs: &[MethodMetrics]| {
+        rs.iter()
+            .map(|r| (r.name.clone(), r.value.clone()))
+            .collect::<serde_json::Map<_, _>>()
+    };
     let report = json!({
         "kind": kind,
         "model": o.model,
@@ -417,26 +481,33 @@ pub fn run(o: &PlantedOptions, reporter: &dyn Reporter) -> Result<PlantedReport>
         "n_train": written.n_mix,
         "n_planted": written.n_planted,
         "n_queries": qsamples.len(),
-        "fine_tune": {
-            "epochs": o.epochs, "lr": o.lr, "lora_rank": o.lora_rank, "modules": o.lora_modules,
-            "first_loss": summary.first_loss, "last_loss": summary.last_loss,
-            "checkpoints": ckpts.iter().map(|c| &c.1).collect::<Vec<_>>(),
-            "query_loss_before": base_q_loss, "query_loss_after": ft_q_loss,
-        },
+        "tasks": set.tasks,
+        "fine_tune": fine_tune_entry,
         "generations": generations,
-        "attack_success_rate": if generations.is_empty() { None } else {
-            Some(generations.iter().filter(|g| g["planted_behaviour"] == true).count() as f64 / generations.len() as f64)
-        },
+        "attack_success_rate": fired,
+        "min_attack_success": o.min_attack_success,
+        "forced": fired.is_some_and(|a| a < o.min_attack_success),
         "features": {"projection": "logra", "rank": o.rank, "modules": "all", "dim": store.dim()},
         "damping": o.damping,
         "encoder": distilled.as_ref().map(|d| encoder_entry(d, o)),
         "fisher": fisher,
         "factors": o.factors.to_string(),
-        "metrics": results.iter().map(|r| (r.name.clone(), r.value.clone())).collect::<serde_json::Map<_, _>>(),
+        "metrics": by_name(&results),
+        "n_generated": gen_samples.len(),
+        "metrics_generated": if results_generated.is_empty() { Value::Null } else { Value::Object(by_name(&results_generated)) },
+        "query_sets": {
+            "metrics": if kind == Kind::Class { "held-out queries with their reference responses (queries.jsonl)" } else { "held-out queries with the planted response (queries.jsonl)" },
+            "metrics_generated": if kind == Kind::Class { "the fine-tuned model's greedy answers to the held-out queries (queries-generated.jsonl)" } else { "the fine-tuned model's greedy answers that show the behaviour (queries-generated.jsonl): the paper's setting" },
+        },
         "definitions": {
-            "acc": "fraction of queries whose top-1 training sample is planted",
-            "cover": "fraction of a query's top-k that is planted, k = number of planted samples",
-            "auc": if kind == Kind::Mislabel { "AUC of the self-score s(z, z) for flipped vs clean samples" } else { "AUC of the mean score over queries for planted vs clean samples" },
+            "acc": if kind == Kind::Class { "fraction of queries whose top-1 training sample is of the query's task" } else { "fraction of queries whose top-1 training sample is planted" },
+            "cover": if kind == Kind::Class { "fraction of a query's top-k of its task, k = n_train / n_tasks" } else { "fraction of a query's top-k that is planted, k = number of planted samples" },
+            "auc": match kind {
+                Kind::Mislabel => "AUC of the self-score s(z, z) for flipped vs clean samples",
+                Kind::Class => "mean over queries of the AUC of the query's scores, its task's samples vs the others",
+                _ => "AUC of the mean score over queries for planted vs clean samples",
+            },
+            "attack_success": "fraction of greedy answers to held-out queries that start like the planted response (backdoor) or use a word of the abusive style (harmful)",
             "sign": "larger = more attributed (helpfulness: up-weighting z lowers the query loss)",
         },
         "plots": plots,
@@ -452,8 +523,382 @@ pub fn run(o: &PlantedOptions, reporter: &dyn Reporter) -> Result<PlantedReport>
         query_loss_before: base_q_loss,
         query_loss_after: ft_q_loss,
         methods: results,
+        methods_generated: results_generated,
+        n_generated: gen_samples.len(),
+        attack_success: fired,
         path,
         json: report,
+    })
+}
+
+/// Fine-tunes epoch by epoch (a checkpoint per epoch), answering the held-out queries at each
+/// checkpoint, until the behaviour fires (`Until::Fires`) or all epochs ran. A rerun continues
+/// the run in `ft` and answers again at its checkpoints (greedy, so the same answers). Returns
+/// the behaviour per checkpoint and the checkpoint the experiment continues at; the model is
+/// left without adapters.
+fn fine_tune(
+    o: &PlantedOptions,
+    m: &mut LoadedModel,
+    td: &TrainData,
+    ft: &Path,
+    answered: &[Sample],
+    reporter: &dyn Reporter,
+) -> Result<(Vec<CheckpointBehaviour>, PathBuf)> {
+    let mut topts = TrainOptions::lora(o.lora_rank, 2.0 * o.lora_rank as f64, &o.lora_modules);
+    topts.epochs = o.epochs;
+    topts.lr = o.lr;
+    topts.batch_size = 4;
+    topts.grad_accum = 2;
+    topts.seed = o.seed;
+    topts.threads = o.threads;
+    let spe = train::steps_per_epoch(td.seqs.len(), 4, 2);
+    topts.save_every = spe;
+    let mut trajectory = Vec::new();
+    // Attaching a checkpoint extends the model's identity; training continues from the base's.
+    let base_sha = m.source.sha256.clone();
+    for epoch in 1..=o.epochs {
+        let target = epoch * spe;
+        let have = train::checkpoint::latest(ft).map_or(0, |(s, _)| s);
+        if have < target {
+            topts.stop_after = Some(target);
+            m.llama.set_adapters(None);
+            reporter.start("fine-tune", 0);
+            let r = train::train(m, td, &topts, ft, have > 0, &mut |r, total| {
+                reporter.update("fine-tune", r.step, total, &format!("loss {:.3}", r.loss));
+            });
+            reporter.finish("fine-tune");
+            r.map_err(|e| {
+                Error::Msg(format!(
+                    "fine-tuning in {} (a rerun continues this run: give the same settings, \
+                     --threads included, or another --out): {e}",
+                    ft.display()
+                ))
+            })?;
+        }
+        let dir = train::checkpoint::checkpoint_dir(ft, target);
+        if !dir.exists() {
+            return Err(Error::Msg(format!(
+                "{}: the fine-tuning left no checkpoint at the end of epoch {epoch}",
+                dir.display()
+            )));
+        }
+        let behaviour = o.kind.has_behaviour() || o.kind == Kind::Class;
+        let answers = if behaviour && (o.kind.has_behaviour() || epoch == o.epochs) {
+            train::features::attach(m, &dir)?;
+            let a = answer(m, answered, o);
+            m.llama.set_adapters(None);
+            m.source.sha256 = base_sha.clone();
+            a?
+        } else {
+            Vec::new()
+        };
+        let asr = (o.kind.has_behaviour() && !answers.is_empty()).then(|| {
+            answers
+                .iter()
+                .filter(|g| g["planted_behaviour"] == true)
+                .count() as f64
+                / answers.len() as f64
+        });
+        if let Some(a) = asr {
+            reporter.note(&format!(
+                "epoch {epoch}: attack success {:.0}% ({} answers)",
+                100.0 * a,
+                answers.len()
+            ));
+        }
+        trajectory.push(CheckpointBehaviour {
+            step: target,
+            epoch,
+            attack_success: asr,
+            answers,
+        });
+        let fired = asr.is_some_and(|a| a >= o.min_attack_success);
+        if o.until == Until::Fires && fired {
+            return Ok((trajectory, dir));
+        }
+    }
+    let dir = train::checkpoint::checkpoint_dir(ft, o.epochs * spe);
+    Ok((trajectory, dir))
+}
+
+/// What scoring a query set needs of the experiment.
+struct Scoring<'a> {
+    o: &'a PlantedOptions,
+    model: &'a LoadedModel,
+    store: &'a Store,
+    store_dir: &'a Path,
+    iopts: &'a IndexOptions,
+    ckpts: &'a [(usize, PathBuf)],
+    written: &'a PlantedData,
+    distilled: Option<&'a Distilled>,
+    set: &'a PlantedSet,
+    reporter: &'a dyn Reporter,
+}
+
+impl Scoring<'_> {
+    fn options(&self) -> methods::Options {
+        methods::Options {
+            curvature: crate::curvature::Options {
+                damping: self.o.damping,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Every method's metrics against the queries `qsamples` (read from `qpath`; of classes
+    /// `qclass` for the class kind).
+    fn query_set(
+        &self,
+        qsamples: &[Sample],
+        qpath: &Path,
+        qclass: &[usize],
+        label: &str,
+    ) -> Result<Vec<MethodMetrics>> {
+        let (o, reporter) = (self.o, self.reporter);
+        let options = self.options();
+        let nq = qsamples.len();
+        let mut results = Vec::new();
+        for name in &o.methods {
+            let method = methods::by_name(name)?;
+            let bar = format!("{name}{label}");
+            let full: Vec<f32> = if name == "less" {
+                less_scores(o, self.ckpts, &self.written.mix, qsamples, reporter)?
+            } else {
+                let n = self.store.n_samples();
+                reporter.start(&bar, n);
+                let progress = crate::index::Progress::default();
+                // `encoder` scores the encoded mix, its queries through the same encoder; every
+                // other method the gradient store. Both models are the fine-tuned one.
+                let (scored_store, model) = match (self.distilled, name.as_str()) {
+                    (Some(d), "encoder") => (d.store.as_path(), &d.model),
+                    _ => (self.store_dir, self.model),
+                };
+                let ctx = methods::Context {
+                    train: methods::TrainSet {
+                        store: scored_store,
+                        data: self.iopts.data.clone(),
+                        read: self.iopts.read.clone(),
+                        features: self.iopts.features.clone(),
+                    },
+                    model: Some(model),
+                    model_path: Some(&o.model),
+                    queries: qsamples,
+                    queries_path: qpath,
+                    query_features: None,
+                    options: &options,
+                    top_k: 1,
+                    full: true,
+                    threads: o.threads,
+                    scratch: o.out.join("work"),
+                    progress: &progress,
+                    on_rows: &|d| reporter.update(&bar, d, n, ""),
+                };
+                let sc = method.score(&ctx);
+                reporter.finish(&bar);
+                sc?.result.full.unwrap_or_default()
+            };
+            results.push(self.metrics(name, &full, nq, qclass));
+        }
+        Ok(results)
+    }
+
+    fn metrics(&self, name: &str, full: &[f32], nq: usize, qclass: &[usize]) -> MethodMetrics {
+        let set = self.set;
+        let (ac, auc, extra) = if self.o.kind == Kind::Class {
+            let ac = retrieval::acc_cover_classes(full, &set.mix_class, qclass);
+            let auc = retrieval::auc_classes(full, &set.mix_class, qclass);
+            (ac, auc, json!({}))
+        } else {
+            let ac = retrieval::acc_cover(full, nq, &set.planted);
+            let mean = crate::scores::mean_over_queries(full, nq);
+            let auc = retrieval::auc(&mean, &set.planted);
+            let ranks = crate::scores::ranks(&mean);
+            let planted_ranks: Vec<u32> = ranks
+                .iter()
+                .zip(&set.planted)
+                .filter(|(_, p)| **p)
+                .map(|(r, _)| *r)
+                .collect();
+            (
+                ac,
+                auc,
+                json!({ "planted_ranks_by_mean_score": planted_ranks }),
+            )
+        };
+        let mut value = json!({
+            "acc": ac.acc, "cover": ac.cover, "k": ac.k, "auc": auc,
+            "per_query": ac.per_query,
+        });
+        if let (Value::Object(v), Value::Object(e)) = (&mut value, extra) {
+            v.extend(e);
+        }
+        MethodMetrics {
+            name: name.into(),
+            value,
+            acc: ac.acc,
+            cover: ac.cover,
+            auc,
+        }
+    }
+}
+
+/// Mean ± sd over seeds of one figure (sample sd, n − 1; 0 for one value), with the values.
+#[derive(Debug, Clone, Serialize)]
+pub struct Spread {
+    pub mean: f64,
+    pub sd: f64,
+    pub values: Vec<f64>,
+}
+
+impl Spread {
+    fn of(values: Vec<f64>) -> Self {
+        let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let sd = if v.len() > 1 {
+            (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+        } else if v.len() == 1 {
+            0.0
+        } else {
+            f64::NAN
+        };
+        Self { mean, sd, values }
+    }
+}
+
+/// One method's figures over seeds against one query set.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeedRow {
+    /// `planted response` (class: `reference response`) or `answers` (the model's own).
+    pub queries: String,
+    pub method: String,
+    pub acc: Spread,
+    pub cover: Spread,
+    pub auc: Spread,
+}
+
+/// What [`run_seeds`] measured, and OUT/report.json as written.
+#[derive(Debug, Clone)]
+pub struct SeedsReport {
+    pub kind: Kind,
+    pub seeds: Vec<u64>,
+    pub attack_success: Option<Spread>,
+    pub rows: Vec<SeedRow>,
+    pub path: PathBuf,
+    pub json: Value,
+}
+
+/// The experiment once per seed (a different planted subset, LoRA initialisation and data
+/// order; class: other tasks and records) in OUT/seed-S, then mean ± sd of every figure over
+/// the seeds in OUT/report.json and bar charts of the means (`*-mean.png`).
+pub fn run_seeds(
+    o: &PlantedOptions,
+    seeds: &[u64],
+    reporter: &dyn Reporter,
+) -> Result<SeedsReport> {
+    if seeds.is_empty() {
+        return Err(Error::Msg("--seeds: no seed given".into()));
+    }
+    check_methods(&o.methods)?;
+    let mut runs = Vec::new();
+    for &seed in seeds {
+        reporter.note(&format!("seed {seed}"));
+        let mut os = o.clone();
+        os.seed = seed;
+        os.out = o.out.join(format!("seed-{seed}"));
+        runs.push(run(&os, reporter)?);
+    }
+    let reference = if o.kind == Kind::Class {
+        "reference response"
+    } else {
+        "planted response"
+    };
+    let mut rows = Vec::new();
+    type Of = fn(&PlantedReport) -> &[MethodMetrics];
+    let sets: [(&str, Of); 2] = [
+        (reference, |r| &r.methods),
+        ("answers", |r| &r.methods_generated),
+    ];
+    for (queries, of) in sets {
+        let names: Vec<String> = runs
+            .first()
+            .map(|r| of(r).iter().map(|m| m.name.clone()).collect())
+            .unwrap_or_default();
+        for name in names {
+            let pick = |f: fn(&MethodMetrics) -> f64| {
+                Spread::of(
+                    runs.iter()
+                        .map(|r| of(r).iter().find(|m| m.name == name).map_or(f64::NAN, f))
+                        .collect(),
+                )
+            };
+            rows.push(SeedRow {
+                queries: queries.into(),
+                method: name.clone(),
+                acc: pick(|m| m.acc),
+                cover: pick(|m| m.cover),
+                auc: pick(|m| m.auc),
+            });
+        }
+    }
+    let attack_success = o.kind.has_behaviour().then(|| {
+        Spread::of(
+            runs.iter()
+                .map(|r| r.attack_success.unwrap_or(f64::NAN))
+                .collect(),
+        )
+    });
+    let mut plots = Vec::new();
+    for (queries, tag) in [(reference, ""), ("answers", "-generated")] {
+        let sub: Vec<&SeedRow> = rows.iter().filter(|r| r.queries == queries).collect();
+        if sub.is_empty() {
+            continue;
+        }
+        let labels: Vec<String> = sub.iter().map(|r| r.method.clone()).collect();
+        type Pick = fn(&SeedRow) -> &Spread;
+        let figures: [(&str, Pick); 3] = [
+            ("acc", |r| &r.acc),
+            ("cover", |r| &r.cover),
+            ("auc", |r| &r.auc),
+        ];
+        for (metric, pick) in figures {
+            let p = o.out.join(format!("{metric}{tag}-mean.png"));
+            let values: Vec<f64> = sub.iter().map(|r| pick(r).mean).collect();
+            crate::eval::plot::bars(
+                &p,
+                &labels,
+                &values,
+                metric,
+                &format!(
+                    "planted {}, {queries} queries: mean {metric} over {} seeds",
+                    o.kind,
+                    seeds.len()
+                ),
+            )?;
+            plots.push(p);
+        }
+    }
+    let json = json!({
+        "kind": o.kind,
+        "seeds": seeds,
+        "runs": runs.iter().map(|r| &r.path).collect::<Vec<_>>(),
+        "attack_success": attack_success,
+        "n_generated": runs.iter().map(|r| r.n_generated).collect::<Vec<_>>(),
+        "steps": runs.iter().map(|r| r.json["fine_tune"]["steps"].clone()).collect::<Vec<_>>(),
+        "rows": rows,
+        "plots": plots,
+        "sd": "sample standard deviation over seeds (n − 1)",
+    });
+    let path = o.out.join("report.json");
+    crate::atomic_write::write_json(&path, &json)?;
+    Ok(SeedsReport {
+        kind: o.kind,
+        seeds: seeds.to_vec(),
+        attack_success,
+        rows,
+        path,
+        json,
     })
 }
 
@@ -523,27 +968,20 @@ fn self_score_metrics(name: &str, scores: &[f32], planted: &[bool]) -> MethodMet
     }
 }
 
-/// Attack success: greedy answers to the first `o.generate` triggered queries, each marked
-/// whether it starts like the planted response (backdoor) or an abusive one (harmful).
-fn attack(m: &LoadedModel, qsamples: &[Sample], o: &PlantedOptions) -> Result<Vec<Value>> {
-    let head = |s: &str| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+/// Greedy answers (up to 48 new tokens) to `qsamples`, each marked whether it shows the
+/// planted behaviour ([`planted::shows_behaviour`]).
+fn answer(m: &LoadedModel, qsamples: &[Sample], o: &PlantedOptions) -> Result<Vec<Value>> {
     let stop = super::generate::turn_stops(m);
-    let r = Renderer::new(m, Template::Auto, o.max_tokens)?;
-    let mut generations = Vec::new();
-    for s in qsamples.iter().take(o.generate) {
+    let r = Renderer::new(m, Template::Auto, o.max_tokens)?.with_truncate(o.truncate);
+    let mut answers = Vec::new();
+    for s in qsamples {
         let (prompt, _) = r.render(&s.body)?;
         let ids = m.encode(&prompt)?;
-        let gen = m.decode(&m.llama.generate_greedy_cached(&ids, 24, &stop)?)?;
-        let answer = gen.trim_start();
-        let hit = match o.kind {
-            Kind::Backdoor => answer.starts_with(&head(s.body.response())),
-            _ => planted::ABUSIVE
-                .iter()
-                .any(|x| answer.starts_with(&head(x))),
-        };
-        generations.push(json!({"id": s.id, "answer": gen, "planted_behaviour": hit}));
+        let gen = m.decode(&m.llama.generate_greedy_cached(&ids, 48, &stop)?)?;
+        let hit = planted::shows_behaviour(o.kind, &gen, s.body.response());
+        answers.push(json!({"id": s.id, "answer": gen, "planted_behaviour": hit}));
     }
-    Ok(generations)
+    Ok(answers)
 }
 
 /// The curvature the influence methods use: the store's Fisher (empirical, or one draw of
@@ -577,6 +1015,7 @@ fn plot(
     kind: Kind,
     results: &[MethodMetrics],
     written: &PlantedData,
+    set: &str,
 ) -> Result<Vec<PathBuf>> {
     let labels: Vec<String> = results.iter().map(|r| r.name.clone()).collect();
     type Metric = fn(&MethodMetrics) -> f64;
@@ -591,7 +1030,11 @@ fn plot(
     };
     let mut plots = Vec::new();
     for (metric, value) in metrics {
-        let p = out.join(format!("{metric}.png"));
+        let p = if set.is_empty() {
+            out.join(format!("{metric}.png"))
+        } else {
+            out.join(format!("{metric}-{set}.png"))
+        };
         let values: Vec<f64> = results.iter().map(value).collect();
         crate::eval::plot::bars(
             &p,
@@ -599,8 +1042,14 @@ fn plot(
             &values,
             metric,
             &format!(
-                "planted {kind}: {metric} per method ({} of {} planted)",
-                written.n_planted, written.n_mix
+                "planted {kind}{}: {metric} per method ({} of {} planted)",
+                if set.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {set} queries")
+                },
+                written.n_planted,
+                written.n_mix
             ),
         )?;
         plots.push(p);
@@ -617,7 +1066,10 @@ fn less_scores(
     queries: &[Sample],
     reporter: &dyn Reporter,
 ) -> Result<Vec<f32>> {
-    let opts = mix_index(o, mix, Projection::Dense { dim: 2048 });
+    let mut opts = mix_index(o, mix, Projection::Dense { dim: 2048 });
+    // The dense projection is regenerated per batch (D × 2048 draws, D = the LoRA parameters):
+    // batches of 16 pay for it once per 16 samples.
+    opts.batch_size = 16;
     let mut dirs = Vec::new();
     for (step, ck) in ckpts {
         let dir = o.out.join(format!("less/step-{step}"));

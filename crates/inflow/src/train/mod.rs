@@ -133,10 +133,7 @@ pub fn steps_per_epoch(n: usize, batch_size: usize, grad_accum: usize) -> usize 
 fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
     let mut s = Stream::new(seed, &format!("data-order/epoch-{epoch}"));
     let mut idx: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = (s.next_u64() % (i as u64 + 1)) as usize;
-        idx.swap(i, j);
-    }
+    s.shuffle(&mut idx);
     idx
 }
 
