@@ -23,15 +23,17 @@ mkdir -p runs "$OUT"
 # The encoder of `eval planted`: `encoder train`'s defaults (k=6, last-mean pooling, MLP head
 # 1,024 → 256, 600 steps, seed 0), anchors = the mix and the planted queries.
 METHODS=dot,cosine,less,kfac,ekfac,datainf,repsim,encoder
+# The settings these reports were made with (before `eval planted` moved to the paper's setting).
+OLD="--until epochs --force-retrieval --lora-rank 8 --lora-modules q,v --generate 4"
 for k in $PLANTED; do
   case $k in
-    backdoor) how="--kind backdoor" ;;
+    backdoor) how="--kind backdoor --epochs 2 --lr 1e-3" ;;
     # 8 of 80 planted, 3 epochs, lr 3e-3 (docs/reports/planted/backdoor-strong).
     backdoor-strong) how="--kind backdoor --n-train 80 --epochs 3 --lr 3e-3" ;;
-    harmful) how="--kind harmful" ;;
+    harmful) how="--kind harmful --epochs 2 --lr 1e-3" ;;
   esac
   /usr/bin/time -f '%e s wall, %U s user' -o "runs/enc-planted-$k.wall" \
-    $I --threads "$THREADS" eval planted $how --seed "$SEED" --methods $METHODS \
+    $I --threads "$THREADS" eval planted $how --seed "$SEED" --methods $METHODS $OLD \
     --out "runs/enc-planted-$k" | tee "runs/enc-planted-$k.txt"
   mkdir -p "$OUT/planted-$k"
   cp "runs/enc-planted-$k/report.json" "runs/enc-planted-$k.txt" "runs/enc-planted-$k.wall" \

@@ -73,6 +73,11 @@ pub(crate) struct PlantedArgs {
     /// Report retrieval even when the model's attack success is under --min-attack-success.
     #[arg(long)]
     force_retrieval: bool,
+    /// Also index and score at every earlier epoch checkpoint, with the last one's queries:
+    /// retrieval along training (OUT/store-step-N; all methods but less and encoder;
+    /// report.json's along_training, along-*.png).
+    #[arg(long)]
+    trajectory: bool,
     /// class: tasks in the mix (--n-train / --tasks records each).
     #[arg(long, value_parser = crate::bounds::count, default_value_t = 4)]
     tasks: usize,
@@ -155,6 +160,7 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
         min_attack_success: a.min_attack_success,
         force_retrieval: a.force_retrieval,
         n_tasks: a.tasks,
+        trajectory: a.trajectory,
         encoder: a.encoder.settings(),
         threads,
     };

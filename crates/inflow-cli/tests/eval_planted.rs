@@ -74,13 +74,32 @@ fn planted_backdoor_and_mislabel_reports_are_complete() {
     let after = r["fine_tune"]["query_loss_after"].as_f64().unwrap();
     assert!(after < before, "{before} -> {after}");
     assert!(out.join("acc.png").exists() && out.join("report.json").exists());
-    // A rerun reuses the fine-tuning run and the store and gives the same metrics.
+    // A rerun reuses the fine-tuning run and the store and gives the same metrics; with
+    // --trajectory it also indexes and scores at the epoch-1 checkpoint, and its last entry is
+    // the run's own retrieval.
     let again = planted(
-        "--kind backdoor --methods dot,cosine,less,kfac,ekfac,datainf,repsim",
+        "--kind backdoor --methods dot,cosine,less,kfac,ekfac,datainf,repsim --trajectory",
         &out,
         &shared,
     );
     assert_eq!(r["metrics"], again["metrics"]);
+    let along = again["along_training"].as_array().unwrap();
+    assert_eq!(along.len(), 2, "{again}");
+    assert_eq!(along[0]["epoch"], 1);
+    assert_eq!(along[1]["metrics"], r["metrics"]);
+    assert!(
+        along[0]["metrics"]["less"].is_null(),
+        "less is not rescored per checkpoint"
+    );
+    let at1 = &along[0]["metrics"]["ekfac"]["cover"];
+    assert!((0.0..=1.0).contains(&at1.as_f64().unwrap()), "{at1}");
+    let steps: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("store-step-"))
+        .collect();
+    assert_eq!(steps.len(), 1);
+    assert!(out.join("along-cover.png").exists());
 
     let out = dir.join("mislabel");
     let r = planted("--kind mislabel --methods dot,ekfac", &out, &shared);
@@ -200,7 +219,7 @@ fn planted_class_attribution_over_two_seeds() {
     let data = arg(&pool(&dir));
     let out = dir.join("class");
     let r = planted(
-        "--kind class --tasks 3 --seeds 1,2 --methods dot,repsim",
+        "--kind class --tasks 3 --seeds 1,2 --methods dot,repsim,icp",
         &out,
         &argv(
             "--model {} --data {} --n-train 30 --queries 6 --epochs 1 --lr 1e-2 --lora-rank 4 \
@@ -232,10 +251,11 @@ fn planted_class_attribution_over_two_seeds() {
         answered.push(non_empty > 0);
         assert_eq!(jsonl(&out.join(format!("seed-{seed}/mix.jsonl"))).len(), 30);
     }
-    // dot and repsim against the reference responses, and against the answers when the first
-    // seed had any; mean and sample sd of the seeds' values.
+    // dot, repsim and ICP (its resumable work one folder per query set) against the reference
+    // responses, and against the answers when the first seed had any; mean and sample sd of
+    // the seeds' values.
     let rows = r["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), if answered[0] { 4 } else { 2 }, "{r}");
+    assert_eq!(rows.len(), if answered[0] { 6 } else { 3 }, "{r}");
     for row in rows {
         for k in ["acc", "cover", "auc"] {
             let xs: Vec<f64> = row[k]["values"]

@@ -84,6 +84,80 @@ pub fn scatter(
     .map(|_| ())
 }
 
+/// Lines of y against shared x values, one per named series, with a legend (e.g. a figure per
+/// method along training). Non-finite points are left out.
+pub fn lines(
+    path: &Path,
+    xs: &[f64],
+    series: &[(String, Vec<f64>)],
+    x_label: &str,
+    y_label: &str,
+    title: &str,
+) -> Result<()> {
+    write_atomic_at(path, |target| {
+        register_font();
+        let ys = series.iter().flat_map(|(_, v)| v.iter().copied());
+        let (y0, y1) = ys
+            .filter(|y| y.is_finite())
+            .fold((0.0f64, 1.0f64), |(lo, hi), y| (lo.min(y), hi.max(y)));
+        let (x0, x1) = xs
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+                (lo.min(x), hi.max(x))
+            });
+        let (x0, x1) = if x0 < x1 {
+            (x0, x1)
+        } else {
+            (x0 - 1.0, x0 + 1.0)
+        };
+        let root = BitMapBackend::new(target, (800, 540)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(path, e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(16)
+            .x_label_area_size(48)
+            .y_label_area_size(64)
+            .build_cartesian_2d(x0..x1, (y0 - 0.05)..(y1 + 0.05))
+            .map_err(|e| err(path, e))?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(|e| err(path, e))?;
+        for (i, (name, v)) in series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let points: Vec<(f64, f64)> = xs
+                .iter()
+                .zip(v)
+                .filter(|(_, y)| y.is_finite())
+                .map(|(x, y)| (*x, *y))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                .map_err(|e| err(path, e))?
+                .label(name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .map_err(|e| err(path, e))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .draw()
+            .map_err(|e| err(path, e))?;
+        root.present().map_err(|e| err(path, e))?;
+        Ok(())
+    })
+    .map(|_| ())
+}
+
 /// A bar chart: one bar per label.
 pub fn bars(
     path: &Path,

@@ -81,6 +81,9 @@ pub struct PlantedOptions {
     pub force_retrieval: bool,
     /// class: tasks in the mix.
     pub n_tasks: usize,
+    /// Also index and score at every earlier epoch checkpoint (retrieval along training; all
+    /// methods but `less` and `encoder`), with the queries of the last one.
+    pub trajectory: bool,
     /// The encoder distilled from the mix's store when `encoder` is among the methods.
     pub encoder: EncoderSettings,
     /// Worker threads.
@@ -425,6 +428,7 @@ pub fn run(o: &PlantedOptions, reporter: &dyn Reporter) -> Result<PlantedReport>
     // 4. Scores and metrics per method, for each query set.
     let scoring = Scoring {
         o,
+        methods: &o.methods,
         model: &m,
         store: &store,
         store_dir: &store_dir,
@@ -450,12 +454,39 @@ pub fn run(o: &PlantedOptions, reporter: &dyn Reporter) -> Result<PlantedReport>
         let loss: Vec<f32> = rows.iter().map(|r| r.loss).collect();
         results.push(self_score_metrics("loss", &loss, &set.planted));
     } else {
-        results = scoring.query_set(&qsamples, &written.queries, &set.query_class, "")?;
+        results = scoring.query_set(&qsamples, &written.queries, &set.query_class, "", "work")?;
         if !gen_samples.is_empty() {
-            results_generated =
-                scoring.query_set(&gen_samples, &generated_path, &gen_class, " (answers)")?;
+            results_generated = scoring.query_set(
+                &gen_samples,
+                &generated_path,
+                &gen_class,
+                " (answers)",
+                "work-answers",
+            )?;
         }
     }
+
+    // 4b. Retrieval at every earlier checkpoint, with the same queries.
+    let along = if o.trajectory && kind.has_queries() {
+        let queries = [
+            (
+                &qsamples[..],
+                written.queries.as_path(),
+                &set.query_class[..],
+            ),
+            (&gen_samples[..], generated_path.as_path(), &gen_class[..]),
+        ];
+        let earlier: Vec<&(usize, PathBuf)> =
+            ckpts.iter().filter(|(s, _)| *s < last_step).collect();
+        let mut along = Vec::new();
+        for (step, dir) in earlier {
+            along.push(retrieval_at(&scoring, *step, dir, &queries)?);
+        }
+        along.push((last_step, results.clone(), results_generated.clone()));
+        along
+    } else {
+        Vec::new()
+    };
 
     // 5. Report.
     let mut plots = plot(&o.out, kind, &results, &written, "")?;
@@ -473,6 +504,20 @@ pub fn run(o: &PlantedOptions, reporter: &dyn Reporter) -> Result<PlantedReport>
             .map(|r| (r.name.clone(), r.value.clone()))
             .collect::<serde_json::Map<_, _>>()
     };
+    plots.extend(plot_along(&o.out, kind, &along, &trajectory)?);
+    let along_json: Vec<Value> = along
+        .iter()
+        .map(|(step, r, g)| {
+            let at = trajectory.iter().find(|c| c.step == *step);
+            json!({
+                "step": step,
+                "epoch": at.map(|c| c.epoch),
+                "attack_success": at.and_then(|c| c.attack_success),
+                "metrics": by_name(r),
+                "metrics_generated": by_name(g),
+            })
+        })
+        .collect();
     let report = json!({
         "kind": kind,
         "model": o.model,
@@ -494,6 +539,7 @@ pub fn run(o: &PlantedOptions, reporter: &dyn Reporter) -> Result<PlantedReport>
         "factors": o.factors.to_string(),
         "metrics": by_name(&results),
         "n_generated": gen_samples.len(),
+        "along_training": along_json,
         "metrics_generated": if results_generated.is_empty() { Value::Null } else { Value::Object(by_name(&results_generated)) },
         "query_sets": {
             "metrics": if kind == Kind::Class { "held-out queries with their reference responses (queries.jsonl)" } else { "held-out queries with the planted response (queries.jsonl)" },
@@ -622,8 +668,10 @@ fn fine_tune(
 }
 
 /// What scoring a query set needs of the experiment.
+#[derive(Clone, Copy)]
 struct Scoring<'a> {
     o: &'a PlantedOptions,
+    methods: &'a [String],
     model: &'a LoadedModel,
     store: &'a Store,
     store_dir: &'a Path,
@@ -647,19 +695,21 @@ impl Scoring<'_> {
     }
 
     /// Every method's metrics against the queries `qsamples` (read from `qpath`; of classes
-    /// `qclass` for the class kind).
+    /// `qclass` for the class kind). `label` tells the progress bars apart; the methods'
+    /// resumable work (ICP, one-step) goes to OUT/`scratch`, one folder per query set.
     fn query_set(
         &self,
         qsamples: &[Sample],
         qpath: &Path,
         qclass: &[usize],
         label: &str,
+        scratch: &str,
     ) -> Result<Vec<MethodMetrics>> {
         let (o, reporter) = (self.o, self.reporter);
         let options = self.options();
         let nq = qsamples.len();
         let mut results = Vec::new();
-        for name in &o.methods {
+        for name in self.methods {
             let method = methods::by_name(name)?;
             let bar = format!("{name}{label}");
             let full: Vec<f32> = if name == "less" {
@@ -690,7 +740,7 @@ impl Scoring<'_> {
                     top_k: 1,
                     full: true,
                     threads: o.threads,
-                    scratch: o.out.join("work"),
+                    scratch: o.out.join(scratch),
                     progress: &progress,
                     on_rows: &|d| reporter.update(&bar, d, n, ""),
                 };
@@ -741,6 +791,117 @@ impl Scoring<'_> {
             auc,
         }
     }
+}
+
+/// Retrieval at one checkpoint: its step, the metrics against the planted-response and the
+/// generated queries.
+type Along = (usize, Vec<MethodMetrics>, Vec<MethodMetrics>);
+
+/// A query set: its samples, their file, and (class) their task index.
+type QuerySet<'a> = (&'a [Sample], &'a Path, &'a [usize]);
+
+/// Retrieval with the model at the checkpoint `dir` (step `step`): the mix indexed there into
+/// OUT/store-step-N, its curvature fitted, and every method but `less` and `encoder` scored
+/// on both query sets (the answers set only when it has queries).
+fn retrieval_at(sc: &Scoring, step: usize, dir: &Path, queries: &[QuerySet; 2]) -> Result<Along> {
+    let o = sc.o;
+    let mut m = load_model(&o.model, sc.reporter)?;
+    train::features::attach(&mut m, dir)?;
+    let sdir = o.out.join(format!("store-step-{step}"));
+    index(
+        &m,
+        sc.iopts,
+        &sdir,
+        &format!("index (step {step})"),
+        sc.reporter,
+    )?;
+    let store = Store::open(&sdir)?;
+    fit_curvature(&m, sc.iopts, &store, o, sc.reporter)?;
+    let methods: Vec<String> = o
+        .methods
+        .iter()
+        .filter(|x| *x != "less" && *x != "encoder")
+        .cloned()
+        .collect();
+    let at = Scoring {
+        methods: &methods,
+        model: &m,
+        store: &store,
+        store_dir: &sdir,
+        distilled: None,
+        ..*sc
+    };
+    let [(rq, rp, rc), (gq, gp, gc)] = queries;
+    let (label, work) = (format!(" (step {step})"), format!("work-step-{step}"));
+    let r = at.query_set(rq, rp, rc, &label, &work)?;
+    let g = if gq.is_empty() {
+        Vec::new()
+    } else {
+        let label = format!(" (answers, step {step})");
+        at.query_set(gq, gp, gc, &label, &format!("{work}-answers"))?
+    };
+    Ok((step, r, g))
+}
+
+/// `along-{acc,cover}[-generated].png`: each method's figure per epoch along training.
+fn plot_along(
+    out: &Path,
+    kind: Kind,
+    along: &[Along],
+    trajectory: &[CheckpointBehaviour],
+) -> Result<Vec<PathBuf>> {
+    if along.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let epochs: Vec<f64> = along
+        .iter()
+        .map(|(step, _, _)| {
+            trajectory
+                .iter()
+                .find(|c| c.step == *step)
+                .map_or(f64::NAN, |c| c.epoch as f64)
+        })
+        .collect();
+    let mut plots = Vec::new();
+    type Set = fn(&Along) -> &[MethodMetrics];
+    type Metric = fn(&MethodMetrics) -> f64;
+    let sets: [(&str, &str, Set); 2] = [
+        ("", "planted-response", |a| &a.1),
+        ("-generated", "generated", |a| &a.2),
+    ];
+    for (tag, what, of) in sets {
+        let names: Vec<String> = along
+            .last()
+            .map(|a| of(a).iter().map(|m| m.name.clone()).collect())
+            .unwrap_or_default();
+        if names.is_empty() {
+            continue;
+        }
+        let metrics: [(&str, Metric); 2] = [("acc", |m| m.acc), ("cover", |m| m.cover)];
+        for (metric, value) in metrics {
+            let series: Vec<(String, Vec<f64>)> = names
+                .iter()
+                .map(|n| {
+                    let ys = along
+                        .iter()
+                        .map(|a| of(a).iter().find(|m| &m.name == n).map_or(f64::NAN, value))
+                        .collect();
+                    (n.clone(), ys)
+                })
+                .collect();
+            let p = out.join(format!("along-{metric}{tag}.png"));
+            crate::eval::plot::lines(
+                &p,
+                &epochs,
+                &series,
+                "epoch (checkpoint)",
+                metric,
+                &format!("planted {kind}: {metric} along training, {what} queries"),
+            )?;
+            plots.push(p);
+        }
+    }
+    Ok(plots)
 }
 
 /// Mean ± sd over seeds of one figure (sample sd, n − 1; 0 for one value), with the values.
@@ -1068,8 +1229,9 @@ fn less_scores(
 ) -> Result<Vec<f32>> {
     let mut opts = mix_index(o, mix, Projection::Dense { dim: 2048 });
     // The dense projection is regenerated per batch (D × 2048 draws, D = the LoRA parameters):
-    // batches of 16 pay for it once per 16 samples.
-    opts.batch_size = 16;
+    // batches of 4 pay for it once per 4 samples (16 ran out of memory on 24 GB with the
+    // captures of LoRA on all 210 Linears).
+    opts.batch_size = 4;
     let mut dirs = Vec::new();
     for (step, ck) in ckpts {
         let dir = o.out.join(format!("less/step-{step}"));
