@@ -179,6 +179,12 @@ pub(crate) fn run(a: PlantedArgs, threads: usize, json: bool) -> Result<()> {
         let r = planted::run_seeds(&o, &seeds, &bars)?;
         return crate::output::pretty(json, &r.json, || {
             println!("planted {kind} over seeds {:?} (mean ± sd)", r.seeds);
+            if r.refused > 0 {
+                println!(
+                    "{} seed(s) left out: their model did not learn the behaviour (report.json: refused)",
+                    r.refused
+                );
+            }
             if let Some(a) = &r.attack_success {
                 println!("attack success {:.2} ± {:.2}", a.mean, a.sd);
             }

@@ -208,6 +208,20 @@ fn planted_refuses_retrieval_on_a_model_that_does_not_show_the_behaviour() {
     assert_eq!(per[1]["epoch"], 2);
     assert_eq!(f["trajectory"][0]["answers"].as_array().unwrap().len(), 3);
     assert!(!out.join("report.json").exists());
+    // Over seeds, a seed whose model did not learn is left out of the means; with none left
+    // the run fails, saying so.
+    let out2 = arg(&dir.join("gate-seeds"));
+    let mut seeds = a.clone();
+    let at = seeds.iter().position(|x| *x == "--out").unwrap();
+    seeds.splice(at..at + 2, ["--seeds", "1,2", "--out", &out2]);
+    let o = run(&seeds);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("no seed of [1, 2] gave a model that shows the planted backdoor"),
+        "{err}"
+    );
+    assert!(err.contains("seed 2 left out"), "{err}");
 }
 
 /// Class attribution: queries labelled by task, Acc / Cover against the query's own task with

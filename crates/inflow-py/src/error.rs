@@ -23,6 +23,7 @@ pub fn to_py(e: inflow::Error) -> PyErr {
         E::Store { path, .. } => ("store", Some(path.clone()), None),
         E::Candle(_) => ("tensor", None, None),
         E::Parquet { path, .. } => ("parquet", Some(path.clone()), None),
+        E::NotLearned { .. } => ("not_learned", None, None),
         E::Msg(_) => ("other", None, None),
     };
     let err = Error::new_err(e.to_string());

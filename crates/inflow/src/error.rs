@@ -32,6 +32,10 @@ pub enum Error {
     /// A Parquet or Arrow failure on a named file.
     #[error("{path}: parquet: {msg}")]
     Parquet { path: PathBuf, msg: String },
+    /// An experiment's fine-tuned model did not learn the behaviour the experiment is about
+    /// (`eval planted`'s attack-success gate): the share of held-out answers that showed it.
+    #[error("{msg}")]
+    NotLearned { attack_success: f64, msg: String },
     /// Anything else, with a message that says what was expected.
     #[error("{0}")]
     Msg(String),

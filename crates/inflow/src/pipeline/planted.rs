@@ -351,7 +351,9 @@ pub fn run(o: &PlantedOptions, reporter: &dyn Reporter) -> Result<PlantedReport>
     // The paper's setting: retrieval is only meaningful on a model that shows the behaviour.
     if let Some(asr) = fired {
         if asr < o.min_attack_success && !o.force_retrieval {
-            return Err(Error::Msg(format!(
+            return Err(Error::NotLearned {
+                attack_success: asr,
+                msg: format!(
                 "the fine-tuned model shows the planted {kind} behaviour in {:.0}% of its answers \
                  to held-out queries (per epoch: {}), under --min-attack-success {:.0}%: it did not \
                  learn the behaviour, so retrieval would not attribute one. Train longer or harder \
@@ -366,7 +368,8 @@ pub fn run(o: &PlantedOptions, reporter: &dyn Reporter) -> Result<PlantedReport>
                 100.0 * o.min_attack_success,
                 ft.display(),
                 o.out.join("fine-tune.json").display()
-            )));
+            ),
+            });
         }
     }
     // The model's own answers as queries: those that show the behaviour (class: every non-empty
@@ -943,7 +946,10 @@ pub struct SeedRow {
 #[derive(Debug, Clone)]
 pub struct SeedsReport {
     pub kind: Kind,
+    /// The seeds averaged over: those whose model learned the behaviour.
     pub seeds: Vec<u64>,
+    /// Seeds left out because their model did not (listed in report.json's `refused`).
+    pub refused: usize,
     pub attack_success: Option<Spread>,
     pub rows: Vec<SeedRow>,
     pub path: PathBuf,
@@ -952,7 +958,8 @@ pub struct SeedsReport {
 
 /// The experiment once per seed (a different planted subset, LoRA initialisation and data
 /// order; class: other tasks and records) in OUT/seed-S, then mean ± sd of every figure over
-/// the seeds in OUT/report.json and bar charts of the means (`*-mean.png`).
+/// the seeds in OUT/report.json and bar charts of the means (`*-mean.png`). A seed whose model
+/// does not learn the behaviour is left out of the means and listed under `refused`.
 pub fn run_seeds(
     o: &PlantedOptions,
     seeds: &[u64],
@@ -962,13 +969,42 @@ pub fn run_seeds(
         return Err(Error::Msg("--seeds: no seed given".into()));
     }
     check_methods(&o.methods)?;
-    let mut runs = Vec::new();
+    let (mut runs, mut refused) = (Vec::new(), Vec::new());
+    let mut used = Vec::new();
     for &seed in seeds {
         reporter.note(&format!("seed {seed}"));
         let mut os = o.clone();
         os.seed = seed;
         os.out = o.out.join(format!("seed-{seed}"));
-        runs.push(run(&os, reporter)?);
+        // A seed whose model did not learn the behaviour is reported, not averaged in.
+        match run(&os, reporter) {
+            Ok(r) => {
+                runs.push(r);
+                used.push(seed);
+            }
+            Err(Error::NotLearned {
+                attack_success,
+                msg,
+            }) => {
+                reporter.note(&format!("seed {seed} left out: {msg}"));
+                refused.push(json!({
+                    "seed": seed,
+                    "attack_success": attack_success,
+                    "fine_tune": os.out.join("fine-tune.json"),
+                }));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if runs.is_empty() {
+        return Err(Error::Msg(format!(
+            "no seed of {seeds:?} gave a model that shows the planted {} behaviour at \
+             --min-attack-success {:.0}% (each seed's fine-tune.json under {} has its answers); \
+             train longer or harder, or pass --force-retrieval",
+            o.kind,
+            100.0 * o.min_attack_success,
+            o.out.display()
+        )));
     }
     let reference = if o.kind == Kind::Class {
         "reference response"
@@ -1034,7 +1070,7 @@ pub fn run_seeds(
                 &format!(
                     "planted {}, {queries} queries: mean {metric} over {} seeds",
                     o.kind,
-                    seeds.len()
+                    used.len()
                 ),
             )?;
             plots.push(p);
@@ -1042,7 +1078,8 @@ pub fn run_seeds(
     }
     let json = json!({
         "kind": o.kind,
-        "seeds": seeds,
+        "seeds": used,
+        "refused": refused,
         "runs": runs.iter().map(|r| &r.path).collect::<Vec<_>>(),
         "attack_success": attack_success,
         "n_generated": runs.iter().map(|r| r.n_generated).collect::<Vec<_>>(),
@@ -1055,7 +1092,8 @@ pub fn run_seeds(
     crate::atomic_write::write_json(&path, &json)?;
     Ok(SeedsReport {
         kind: o.kind,
-        seeds: seeds.to_vec(),
+        seeds: used,
+        refused: refused.len(),
         attack_success,
         rows,
         path,
