@@ -21,7 +21,8 @@ refused = r.get("refused") or []
 if refused:
     print("Left out (the model did not learn the behaviour): " + ", ".join(
         f"seed {x['seed']} ({x['attack_success']:.2f})" for x in refused) + ";", end=" ")
-print(f"optimizer steps {', '.join(str(s) for s in steps)}; answers used as queries {r.get('n_generated')}.")
+n_gen = ", ".join(str(n) for n in r.get("n_generated", []))
+print(f"optimizer steps {', '.join(str(s) for s in steps)}; answers used as queries {n_gen}.")
 print()
 for queries in dict.fromkeys(row["queries"] for row in r["rows"]):
     print(f"Queries: {queries}")
