@@ -100,6 +100,19 @@ fn planted_backdoor_and_mislabel_reports_are_complete() {
         .collect();
     assert_eq!(steps.len(), 1);
     assert!(out.join("along-cover.png").exists());
+    // Its checkpoints are not reused for other fine-tuning settings.
+    let other: Vec<&str> = shared
+        .iter()
+        .map(|a| if *a == "1e-2" { "2e-2" } else { a })
+        .collect();
+    let o = run(&[
+        &["eval", "planted", "--kind", "backdoor", "--out", &arg(&out)][..],
+        &other,
+    ]
+    .concat());
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cannot resume") && err.contains("lr"), "{err}");
 
     let out = dir.join("mislabel");
     let r = planted("--kind mislabel --methods dot,ekfac", &out, &shared);

@@ -603,6 +603,8 @@ fn fine_tune(
     let spe = train::steps_per_epoch(td.seqs.len(), 4, 2);
     topts.save_every = spe;
     let mut trajectory = Vec::new();
+    // Checkpoints already past an epoch are used without training: they must be this run's.
+    train::check_same_run(m, td, &topts, ft)?;
     // Attaching a checkpoint extends the model's identity; training continues from the base's.
     let base_sha = m.source.sha256.clone();
     for epoch in 1..=o.epochs {

@@ -232,6 +232,36 @@ fn run_identity(model: &LoadedModel, opts: &TrainOptions, data: &TrainData) -> s
     })
 }
 
+/// The trainer state of the checkpoint `dir`, checked to belong to the run `identity` names
+/// (model, data, options): a run started with other settings is not continued.
+fn same_run(dir: &Path, identity: &serde_json::Value) -> Result<TrainerState> {
+    let state = checkpoint::read_state(dir)?;
+    let diffs = crate::store::differences(&state.config, identity);
+    if !diffs.is_empty() {
+        return Err(Error::Msg(format!(
+            "{}: cannot resume, the run was started with other settings:\n  {}",
+            dir.display(),
+            diffs.join("\n  ")
+        )));
+    }
+    Ok(state)
+}
+
+/// Checks that the latest checkpoint in `out` (if any) was written by the run `train` would
+/// make of `model`, `data` and `opts`, for a caller that uses the checkpoints without
+/// training on (a run already past the step it needs).
+pub fn check_same_run(
+    model: &LoadedModel,
+    data: &TrainData,
+    opts: &TrainOptions,
+    out: &Path,
+) -> Result<()> {
+    match checkpoint::latest(out) {
+        Some((_, dir)) => same_run(&dir, &run_identity(model, opts, data)).map(|_| ()),
+        None => Ok(()),
+    }
+}
+
 /// Trains `model` on `data` into the run folder `out`, or continues the run there from its
 /// latest checkpoint when `resume` is set. `on_step` sees every step as it completes, with the
 /// total. The model keeps the trained adapters (or weights) attached afterwards.
@@ -276,15 +306,7 @@ pub fn train(
     let mut start = 0;
     match (checkpoint::latest(out), resume) {
         (Some((step, dir)), true) => {
-            let state = checkpoint::read_state(&dir)?;
-            let diffs = crate::store::differences(&state.config, &identity);
-            if !diffs.is_empty() {
-                return Err(Error::Msg(format!(
-                    "{}: cannot resume, the run was started with other settings:\n  {}",
-                    dir.display(),
-                    diffs.join("\n  ")
-                )));
-            }
+            let state = same_run(&dir, &identity)?;
             checkpoint::restore_params(&dir, &params)?;
             opt.moments = checkpoint::read_moments(&dir, &params)?;
             opt.step = state.step;
