@@ -22,6 +22,48 @@ fn err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Msg(format!("{}: plot: {e}", path.display()))
 }
 
+/// The frame of an x–y plot: title, axis labels and ranges.
+struct Axes<'t> {
+    title: &'t str,
+    x_label: &'t str,
+    y_label: &'t str,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+}
+
+type XyChart<'a, 'b> = ChartContext<
+    'a,
+    BitMapBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+impl Axes<'_> {
+    /// Fills `root` white and draws the caption, the mesh and the axis labels (`path` names
+    /// the plot in errors).
+    fn draw<'a, 'b>(
+        self,
+        root: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
+        path: &Path,
+    ) -> Result<XyChart<'a, 'b>> {
+        root.fill(&WHITE).map_err(|e| err(path, e))?;
+        let mut chart = ChartBuilder::on(root)
+            .caption(self.title, ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(48)
+            .y_label_area_size(64)
+            .build_cartesian_2d(self.x, self.y)
+            .map_err(|e| err(path, e))?;
+        chart
+            .configure_mesh()
+            .x_desc(self.x_label)
+            .y_desc(self.y_label)
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(|e| err(path, e))?;
+        Ok(chart)
+    }
+}
+
 /// A scatter plot of (x, y) pairs with axis labels and a title.
 pub fn scatter(
     path: &Path,
@@ -55,21 +97,14 @@ pub fn scatter(
         let (x0, x1) = range(&mut finite.iter().map(|p| p.0));
         let (y0, y1) = range(&mut finite.iter().map(|p| p.1));
         let root = BitMapBackend::new(target, (800, 640)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(path, e))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 22))
-            .margin(16)
-            .x_label_area_size(48)
-            .y_label_area_size(64)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(|e| err(path, e))?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .label_style(("sans-serif", 14))
-            .draw()
-            .map_err(|e| err(path, e))?;
+        let axes = Axes {
+            title,
+            x_label,
+            y_label,
+            x: x0..x1,
+            y: y0..y1,
+        };
+        let mut chart = axes.draw(&root, path)?;
         let color = RGBColor(31, 119, 180).mix(0.6);
         chart
             .draw_series(
@@ -111,21 +146,14 @@ pub fn lines(
             (x0 - 1.0, x0 + 1.0)
         };
         let root = BitMapBackend::new(target, (800, 540)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(path, e))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
-            .margin(16)
-            .x_label_area_size(48)
-            .y_label_area_size(64)
-            .build_cartesian_2d(x0..x1, (y0 - 0.05)..(y1 + 0.05))
-            .map_err(|e| err(path, e))?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .label_style(("sans-serif", 14))
-            .draw()
-            .map_err(|e| err(path, e))?;
+        let axes = Axes {
+            title,
+            x_label,
+            y_label,
+            x: x0..x1,
+            y: (y0 - 0.05)..(y1 + 0.05),
+        };
+        let mut chart = axes.draw(&root, path)?;
         for (i, (name, v)) in series.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
             let points: Vec<(f64, f64)> = xs
